@@ -1,0 +1,151 @@
+"""`fedmm` command line: run an experiment, compare strategies, list the valid options."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fedmm.compose import CONFIG_DIR, compose_config, load_config_file
+from fedmm.config import ConfigError, ExperimentConfig
+from fedmm.evaluation.evaluate import HEADLINE_METRIC
+
+console = Console()
+TABLE_METRICS = ("i2t_recall@1", "i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
+GROUP_METRICS = ("zeroshot_auroc_macro", "report_zeroshot_auroc_macro", "i2t_recall@10")
+SHORT_NAMES = {"i2t_recall@1": "i2t R@1", "i2t_recall@10": "i2t R@10", "t2i_recall@10": "t2i R@10",
+               "i2t_precision@5": "i2t P@5", "zeroshot_auroc_macro": "0-shot AUROC",
+               "report_zeroshot_auroc_macro": "report 0-shot AUROC"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    parser = argparse.ArgumentParser(prog="fedmm", description="Federated multimodal (image + report) learning simulator.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run one experiment (Hydra overrides: key=value, group=option)")
+    run.add_argument("overrides", nargs="*", help="e.g. strategy=fedavg scenario=balanced federation.rounds=10")
+    run.add_argument("--config-file", type=Path, help="rerun a saved run_dir/config.yaml (overrides apply on top)")
+    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    compare = commands.add_parser("compare", help="run several strategies with the same seed and budget; write a table")
+    compare.add_argument("--strategies", default="centralized,fedavg,fedavg_modality,local")
+    compare.add_argument("--out", type=Path, default=None, help="folder for the runs and table.md (default: outputs/compare-<scenario>-seed<seed>)")
+    compare.add_argument("overrides", nargs="*")
+    commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return list_options()
+        if args.command == "run":
+            cfg = load_config_file(args.config_file, args.overrides) if args.config_file else compose_config(args.overrides)
+            summary = run_with_progress(cfg, args.verbose)
+            print_summary(summary)
+            return 0
+        return compare_strategies(args.strategies.split(","), args.overrides, args.out)
+    except ConfigError as error:
+        console.print(f"[bold red]configuration error:[/] {error}")
+        return 2
+
+
+def run_with_progress(cfg: ExperimentConfig, verbose: bool = False) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedmm.experiment import run_experiment
+
+    console.print(f"[bold]fedmm[/] {cfg.strategy.name} on {cfg.scenario.name} "
+                  f"({cfg.scenario.num_hospitals} hospitals, {cfg.federation.rounds} rounds, seed {cfg.seed})")
+    with Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[headline]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("rounds", total=cfg.federation.rounds, headline="", start=False)
+
+        def on_round(server_round: int, line: dict[str, Any]) -> None:
+            progress.start_task(task)
+            headline = progress.tasks[task].fields["headline"]
+            if "global" in line and HEADLINE_METRIC in line["global"]:
+                headline = f"{HEADLINE_METRIC} {line['global'][HEADLINE_METRIC]:.3f}"
+            progress.update(task, completed=server_round, headline=headline)
+
+        return run_experiment(cfg, on_round=on_round, progress=True, verbose=verbose)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"{summary['strategy']} on {summary['scenario']} — round {summary['evaluated_round']}")
+    table.add_column("where")
+    for metric in TABLE_METRICS:
+        table.add_column(SHORT_NAMES[metric], justify="right")
+    table.add_row("global test", *(_fmt(summary.get(m)) for m in TABLE_METRICS))
+    table.add_row("label oracle", *(_fmt(summary["ceiling"].get(m)) for m in TABLE_METRICS))
+    table.add_row("chance", *(_fmt(summary["chance"].get(m)) for m in TABLE_METRICS))
+    console.print(table)
+    hospitals = Table(title="local test split of each hospital (global model; `local`: its own model)")
+    hospitals.add_column("hospital")
+    hospitals.add_column("group")
+    for metric in GROUP_METRICS:
+        hospitals.add_column(SHORT_NAMES[metric], justify="right")
+    for hospital, metrics in summary["hospitals"].items():
+        hospitals.add_row(hospital, metrics["group"], *(_fmt(metrics.get(m)) for m in GROUP_METRICS))
+    for key in sorted(k for k in summary if k.startswith("group/")) + ["hospital_mean", "hospital_worst"]:
+        hospitals.add_row(key, "", *(_fmt(summary.get(key, {}).get(m)) for m in GROUP_METRICS))
+    console.print(hospitals)
+    console.print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']} s)")
+
+
+def compare_strategies(strategies: list[str], overrides: list[str], out: Path | None) -> int:
+    base = compose_config(overrides)
+    out = out or Path("outputs") / f"compare-{base.scenario.name}-seed{base.seed}"
+    summaries = []
+    for strategy in strategies:
+        cfg = compose_config([*overrides, f"strategy={strategy}", f"run_dir={out / strategy}"])
+        summary_path = out / strategy / "summary.json"
+        if summary_path.exists():  # finished cells are kept, not rerun
+            console.print(f"{strategy}: reusing {summary_path}")
+            summaries.append(json.loads(summary_path.read_text()) | {"run_dir": str(out / strategy)})
+            continue
+        summaries.append(run_with_progress(cfg))
+    table = comparison_table(summaries)
+    (out / "table.md").write_text(table)
+    console.print(table)
+    console.print(f"written: {out / 'table.md'}")
+    return 0
+
+
+def comparison_table(summaries: list[dict[str, Any]]) -> str:
+    groups = sorted({key for summary in summaries for key in summary if key.startswith("group/")})
+    header = ["strategy", *TABLE_METRICS, *(f"{g.split('/')[1]}: zeroshot_auroc_macro" for g in groups),
+              "worst hospital: zeroshot_auroc_macro"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for summary in summaries:
+        cells = [summary["strategy"], *(_fmt(summary.get(m)) for m in TABLE_METRICS),
+                 *(_fmt(summary.get(g, {}).get("zeroshot_auroc_macro")) for g in groups),
+                 _fmt(summary.get("hospital_worst", {}).get("zeroshot_auroc_macro"))]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def list_options() -> int:
+    from fedmm.data.registry import DATASETS
+    from fedmm.models.encoders import IMAGE_BACKBONES, POOLINGS
+    from fedmm.strategies import FEDERATED_STRATEGIES, REFERENCE_RUNS
+
+    console.print(f"strategies (federated): {sorted(FEDERATED_STRATEGIES)}")
+    console.print(f"strategies (references): {sorted(REFERENCE_RUNS)}")
+    console.print(f"scenarios: {sorted(p.stem for p in (CONFIG_DIR / 'scenario').glob('*.yaml'))}")
+    console.print(f"image encoders: {sorted(IMAGE_BACKBONES)} (pooling: {sorted(POOLINGS)})")
+    console.print(f"text encoders: {sorted(p.stem for p in (CONFIG_DIR / 'encoders' / 'text').glob('*.yaml'))}")
+    console.print(f"datasets: {sorted(DATASETS)}")
+    console.print(f"experiments: {sorted(p.stem for p in (CONFIG_DIR / 'experiment').glob('*.yaml'))}")
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

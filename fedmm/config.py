@@ -1,0 +1,182 @@
+"""The experiment configuration: composed by Hydra from `configs/`, parsed once into typed dataclasses.
+
+Every function takes the part it needs (`cfg.scenario`, `cfg.train`), never a raw dict or a Flower
+Context. Parsing rejects unknown keys and wrong types with the dotted name of the option.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration a run cannot start from; the message names the option and the fix."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = "synthetic_cxr"
+    num_samples: int = 4000
+    image_size: int = 128  # px; the generator draws 64-256
+    seed: int = 0  # the content's seed, separate from the run's seed: runs with other seeds share one dataset
+    global_test_fraction: float = 0.2  # held by the server; no hospital trains on it
+
+
+@dataclass(frozen=True)
+class ModalityProfile:
+    """Modality availability for `count` hospitals.
+
+    Either exact shares (`paired`, `image_only`, `report_only`; they must sum to 1) or per-sample
+    missing rates (`missing_image_rate`, `missing_report_rate`; each sample draws its availability).
+    """
+
+    count: int
+    paired: float | None = None
+    image_only: float | None = None
+    report_only: float | None = None
+    missing_image_rate: float | None = None
+    missing_report_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    name: str = "balanced"
+    num_hospitals: int = 4
+    sample_skew: float = 0.0  # hospital sizes ∝ rank^-skew; 0 = equal sizes
+    dirichlet_alpha: float | None = None  # finding mix per hospital ~ Dir(alpha * global mix); null = IID
+    local_test_fraction: float = 0.2
+    profiles: tuple[ModalityProfile, ...] = (ModalityProfile(count=4, paired=1.0),)
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    name: str = "resnet18"
+    weights: str | None = None  # a local state_dict file; null = seeded random init (nothing is downloaded)
+    init_seed: int = 0
+    pooling: str = "grid2"
+    input_size: int = 128
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    name: str = "minilm"
+    path: str | None = None  # a local Hugging Face model directory; null = the packaged MiniLM
+    max_tokens: int = 128
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class EncodersConfig:
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    hidden_dim: int = 512
+    embed_dim: int = 128
+    init_temperature: float = 0.07  # CLIP's initial softmax temperature; learnable
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "fedavg_modality"
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = 20
+    clients_per_round: int | None = None  # a count; wins over fraction_train when set
+    fraction_train: float = 1.0
+    evaluate_every: int = 2  # rounds between evaluations; the last round is always evaluated
+    round_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    client_cpus: float = 1.0  # Ray CPUs per simulated hospital; also its torch thread count
+    client_gpus: float = 0.0  # fraction of a GPU per simulated hospital (0.25 = 4 hospitals per GPU)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 0
+    run_dir: str | None = None  # null = outputs/<name>/<strategy>-<scenario>-seed<seed>-<time>
+    cache_dir: str = ".cache/fedmm"
+    device: str = "auto"  # auto | cpu | cuda
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+
+def parse_config(data: dict[str, Any]) -> ExperimentConfig:
+    """Build the typed config from a plain (resolved) dict; unknown keys and bad types raise ConfigError."""
+    return _build(ExperimentConfig, data, "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The inverse of `parse_config`: plain dicts and lists, for saving next to a run."""
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"unknown option {where}{unknown[0]}; valid options here: {sorted(names)}")
+    values = {name: _convert(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required field is missing
+        raise ConfigError(f"{path or 'config'}: {error}") from error
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{path} may not be null")
+        for option in options:
+            if option is not type(None):
+                return _convert(option, value, path)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        item_type = typing.get_args(hint)[0]
+        return tuple(_convert(item_type, item, f"{path}[{index}]") for index, item in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{path} must be {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,22 @@
+"""Run one experiment end to end, whichever kind its strategy is (federated or reference)."""
+
+from fedmm.config import ExperimentConfig
+from fedmm.hospitals import load_federated_data
+from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
+from fedmm.strategies import REFERENCE_RUNS, is_reference
+from fedmm.validation import validate_config
+
+
+def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None, progress: bool = False,
+                   verbose: bool = False) -> dict:
+    """Validate, prepare the caches, run; returns the summary (also in `<run_dir>/summary.json`)."""
+    validate_config(cfg)  # fails before any work
+    data = load_federated_data(cfg, progress=progress)  # builds the caches once, before any client reads them
+    if is_reference(cfg.strategy.name):
+        run_dir = claim_run_dir(cfg)
+        recorder = RunRecorder(cfg, data, run_dir, on_round)
+        state = REFERENCE_RUNS[cfg.strategy.name](cfg, data, recorder)
+        return recorder.finish(state) | {"run_dir": str(run_dir)}
+    from fedmm.simulation import run_in_simulation
+
+    return run_in_simulation(cfg, on_round, verbose)

@@ -1,0 +1,94 @@
+"""The tensors each hospital and the server hold: features sliced by the federation's partition."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedmm.config import ExperimentConfig
+from fedmm.data.modality import AVAILABILITY_CODES, Availability
+from fedmm.data.partition import Federation, partition_dataset
+from fedmm.data.registry import load_dataset
+from fedmm.models.features import FeatureSet, load_features
+
+
+@dataclass(frozen=True)
+class SplitTensors:
+    """One split of one holder. Rows whose modality is missing still exist but must not be read."""
+
+    image_features: torch.Tensor  # (n, D_image)
+    report_features: torch.Tensor  # (n, D_text)
+    availability: torch.Tensor  # (n,) int8 codes of `Availability`
+    labels: torch.Tensor  # (n, F) int8, evaluation only
+
+    def __len__(self) -> int:
+        return len(self.availability)
+
+    def mask(self, *availabilities: Availability) -> torch.Tensor:
+        """(n,) bool: rows whose availability is one of `availabilities`."""
+        codes = torch.tensor([AVAILABILITY_CODES[a] for a in availabilities], dtype=torch.int8)
+        return torch.isin(self.availability, codes)
+
+    @property
+    def image_mask(self) -> torch.Tensor:
+        return self.mask(Availability.PAIRED, Availability.IMAGE_ONLY)
+
+    @property
+    def report_mask(self) -> torch.Tensor:
+        return self.mask(Availability.PAIRED, Availability.REPORT_ONLY)
+
+    @property
+    def paired_mask(self) -> torch.Tensor:
+        return self.mask(Availability.PAIRED)
+
+
+@dataclass(frozen=True)
+class HospitalData:
+    hospital_id: int
+    group: Availability
+    train: SplitTensors
+    test: SplitTensors
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Everything a run reads, built once per process: features, partition, prompts."""
+
+    features: FeatureSet
+    labels: torch.Tensor  # (N, F)
+    federation: Federation
+
+    @property
+    def num_hospitals(self) -> int:
+        return len(self.federation.hospitals)
+
+    @property
+    def image_dim(self) -> int:
+        return self.features.image_features.shape[1]
+
+    @property
+    def report_dim(self) -> int:
+        return self.features.report_features.shape[1]
+
+    def split(self, indices: np.ndarray, availability: np.ndarray) -> SplitTensors:
+        rows = torch.from_numpy(indices)
+        return SplitTensors(self.features.image_features[rows], self.features.report_features[rows],
+                            torch.from_numpy(availability), self.labels[rows])
+
+    def hospital(self, hospital_id: int) -> HospitalData:
+        part = self.federation.hospitals[hospital_id]
+        return HospitalData(hospital_id, part.group, self.split(part.train_indices, part.train_availability),
+                            self.split(part.test_indices, part.test_availability))
+
+    def global_test(self) -> SplitTensors:
+        indices = self.federation.global_test_indices
+        paired = np.full(len(indices), AVAILABILITY_CODES[Availability.PAIRED], dtype=np.int8)
+        return self.split(indices, paired)
+
+
+def load_federated_data(cfg: ExperimentConfig, progress: bool = False) -> FederatedData:
+    """Dataset (cached), features (cached) and the seeded partition for `cfg`."""
+    dataset = load_dataset(cfg.dataset, cfg.cache_path)
+    features = load_features(dataset, cfg.encoders, cfg.cache_path, cfg.device, progress)
+    federation = partition_dataset(dataset.labels, cfg.scenario, cfg.dataset.global_test_fraction, cfg.seed)
+    return FederatedData(features, torch.from_numpy(dataset.labels), federation)

@@ -1,0 +1,21 @@
+"""The bridge between Flower's run config and the Hydra configs: the run config carries only names.
+
+`flwr run . --run-config 'experiment="smoke" overrides="federation.rounds=3 seed=1"'` composes the same
+`ExperimentConfig` as `fedmm run +experiment=smoke federation.rounds=3 seed=1`.
+"""
+
+import shlex
+from collections.abc import Mapping
+from functools import lru_cache
+
+from fedmm.compose import compose_config
+from fedmm.config import ExperimentConfig
+
+
+@lru_cache(maxsize=8)
+def _compose(experiment: str, overrides: str) -> ExperimentConfig:
+    return compose_config(shlex.split(overrides), experiment or None)
+
+
+def config_from_run_config(run_config: Mapping[str, object]) -> ExperimentConfig:
+    return _compose(str(run_config.get("experiment", "")), str(run_config.get("overrides", "")))

@@ -1,0 +1,128 @@
+"""A run directory: resolved config, one metrics line per round, the final summary, heads and a plot.
+
+Layout of `run_dir`:
+    config.yaml       the resolved configuration; `fedmm run --config-file run_dir/config.yaml` reruns it
+    metrics.jsonl     one JSON object per round (train per hospital; evaluation rounds add global,
+                      per-hospital and per-modality-group metrics)
+    summary.json      final metrics with stable keys (see `SUMMARY_KEYS`), per hospital and per group
+    heads.safetensors the trained global heads (for `local`: one set per hospital, prefixed)
+    metrics.png       metrics per round
+"""
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
+from fedmm.evaluation.evaluate import KS
+from fedmm.evaluation.retrieval import oracle_recall_at_k
+from fedmm.hospitals import FederatedData
+
+RoundCallback = Callable[[int, dict[str, Any]], None]
+SUMMARY_KEYS = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in KS) + ("zeroshot_auroc_macro",)
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("outputs") / cfg.name / f"{cfg.strategy.name}-{cfg.scenario.name}-seed{cfg.seed}-{stamp}"
+
+
+def claim_run_dir(cfg: ExperimentConfig) -> Path:
+    """Create the run directory; refuse one that already holds a finished run (nothing is overwritten)."""
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if (run_dir / "summary.json").exists():
+        raise ConfigError(f"run_dir={str(run_dir)!r} already holds a finished run; choose another run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def summarize_hospitals(per_hospital: Mapping[int, Mapping[str, float]],
+                        groups: Mapping[int, str]) -> dict[str, dict[str, float]]:
+    """Per modality group: mean of each metric over the group's hospitals that report it.
+    Across all hospitals: mean, worst (minimum) and spread (max - min) of each metric."""
+    summary: dict[str, dict[str, float]] = {}
+    by_group: dict[str, list[Mapping[str, float]]] = {}
+    for hospital, metrics in per_hospital.items():
+        by_group.setdefault(groups[hospital], []).append(metrics)
+    for group, members in sorted(by_group.items()):
+        summary[f"group/{group}"] = _reduce(members, lambda values: sum(values) / len(values))
+    everyone = list(per_hospital.values())
+    summary["hospital_mean"] = _reduce(everyone, lambda values: sum(values) / len(values))
+    summary["hospital_worst"] = _reduce(everyone, min)
+    summary["hospital_spread"] = _reduce(everyone, lambda values: max(values) - min(values))
+    return summary
+
+
+def _reduce(members: list[Mapping[str, float]], reduce: Callable[[list[float]], float]) -> dict[str, float]:
+    names = sorted({name for metrics in members for name in metrics if not name.startswith("num_")})
+    reduced = {}
+    for name in names:
+        values = [m[name] for m in members if name in m and not math.isnan(m[name])]
+        if values:
+            reduced[name] = reduce(values)
+    return reduced
+
+
+class RunRecorder:
+    """Writes a run's outputs as it goes; `finish` writes the summary, heads and plot."""
+
+    def __init__(self, cfg: ExperimentConfig, data: FederatedData, run_dir: Path,
+                 on_round: RoundCallback | None = None) -> None:
+        self.cfg, self.run_dir, self.on_round = cfg, run_dir, on_round
+        self.groups = {h.hospital_id: h.group.value for h in data.federation.hospitals}
+        global_labels = data.global_test().labels
+        oracle = oracle_recall_at_k(global_labels, KS)  # the same bound in both directions
+        self.reference = {
+            "ceiling": {f"{d}_recall@{k}": v for d in ("i2t", "t2i") for k, v in oracle.items()},
+            "chance": {f"{d}_recall@{k}": min(1.0, k / len(global_labels)) for d in ("i2t", "t2i") for k in KS},
+        }
+        self.last_evaluation: dict[str, Any] = {}
+        self.started = time.perf_counter()
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        (run_dir / "metrics.jsonl").write_text("")
+
+    def record(self, server_round: int, sampled: list[int], train: Mapping[int, Mapping[str, float]],
+               global_metrics: Mapping[str, float] | None = None,
+               hospital_metrics: Mapping[int, Mapping[str, float]] | None = None) -> None:
+        """Append one round. `global_metrics`/`hospital_metrics` are given on evaluation rounds only."""
+        line: dict[str, Any] = {"round": server_round, "sampled": list(sampled),
+                                "train": {str(h): dict(m) for h, m in sorted(train.items())}}
+        if global_metrics is not None:
+            line["global"] = dict(global_metrics)
+        if hospital_metrics is not None:
+            line["hospitals"] = {str(h): {"group": self.groups[h], **m} for h, m in sorted(hospital_metrics.items())}
+            line.update(summarize_hospitals(hospital_metrics, self.groups))
+        if global_metrics is not None or hospital_metrics is not None:
+            self.last_evaluation = line
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(line, sort_keys=True, allow_nan=True) + "\n")
+        if self.on_round is not None:
+            self.on_round(server_round, line)
+
+    def finish(self, heads_state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Write summary.json, the heads and the plot; return the summary."""
+        evaluation = self.last_evaluation
+        summary: dict[str, Any] = {
+            "strategy": self.cfg.strategy.name, "scenario": self.cfg.scenario.name, "seed": self.cfg.seed,
+            "rounds": self.cfg.federation.rounds, "evaluated_round": evaluation.get("round"),
+            **evaluation.get("global", {}),
+            **{key: value for key, value in evaluation.items() if key.startswith(("group/", "hospital_"))},
+            "hospitals": evaluation.get("hospitals", {}),
+            **self.reference,
+            "wall_time_s": round(time.perf_counter() - self.started, 2),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False))
+        save_file({key: value.detach().cpu().contiguous() for key, value in heads_state.items()},
+                  self.run_dir / "heads.safetensors")
+        from fedmm.runs.plot import plot_metrics
+
+        plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", title=self.run_dir.name)
+        return summary

@@ -1,0 +1,12 @@
+"""Named random streams derived from the run's seed, so every draw is reproducible and independent."""
+
+import numpy as np
+
+# One stream per consumer; partition (1) and sampling (2) live next to their code.
+HEADS_INIT_STREAM = 3
+LOCAL_TRAIN_STREAM = 4
+
+
+def derive_seed(seed: int, stream: int, *ids: int) -> int:
+    """A 63-bit seed for (seed, stream, ids...), e.g. (run seed, LOCAL_TRAIN_STREAM, round, hospital)."""
+    return int(np.random.SeedSequence([seed, stream, *ids]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))

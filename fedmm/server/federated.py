@@ -1,0 +1,58 @@
+"""A federated run on a Grid: discover hospitals, run the strategy's rounds, record everything."""
+
+import logging
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from fedmm.config import ExperimentConfig
+from fedmm.evaluation.evaluate import Prompts, evaluate_split
+from fedmm.hospitals import load_federated_data
+from fedmm.models.heads import build_heads
+from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
+from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
+from fedmm.server.discovery import discover_hospitals
+from fedmm.strategies import build_strategy
+from fedmm.strategies.fedavg import sample_size
+from fedmm.validation import validate_config
+
+log = logging.getLogger(__name__)
+
+
+def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | None = None) -> dict:
+    """Run `cfg` over the hospitals connected to `grid`; returns the summary written to the run dir."""
+    validate_config(cfg)
+    data = load_federated_data(cfg)
+    run_dir = claim_run_dir(cfg)
+    recorder = RunRecorder(cfg, data, run_dir, on_round)
+    node_of_hospital, _ = discover_hospitals(grid, data.num_hospitals, cfg.federation.round_timeout_s)
+
+    heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
+    strategy = build_strategy(
+        cfg.strategy.name, node_of_hospital=node_of_hospital, seed=cfg.seed,
+        clients_per_round=sample_size(data.num_hospitals, cfg.federation.clients_per_round,
+                                      cfg.federation.fraction_train),
+        evaluate_every=cfg.federation.evaluate_every, num_rounds=cfg.federation.rounds,
+    )
+    global_test, prompts = data.global_test(), Prompts.from_features(data.features)
+
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        # Flower calls this after each round's training and federated evaluation (and once before round 1).
+        if server_round == 0:
+            return None
+        round_log = strategy.logs[server_round]
+        global_metrics = None
+        if strategy.is_evaluation_round(server_round):
+            heads.load_state_dict(arrays.to_torch_state_dict())
+            global_metrics = evaluate_split(heads, global_test, prompts)
+        recorder.record(server_round, round_log.sampled, round_log.train, global_metrics,
+                        round_log.evaluate if strategy.is_evaluation_round(server_round) else None)
+        return MetricRecord(global_metrics) if global_metrics else None
+
+    result = strategy.start(
+        grid=grid, initial_arrays=ArrayRecord(heads.state_dict()), num_rounds=cfg.federation.rounds,
+        timeout=cfg.federation.round_timeout_s, train_config=ConfigRecord(), evaluate_fn=end_of_round,
+    )
+    final_state = result.arrays.to_torch_state_dict() if len(result.arrays) else heads.state_dict()
+    return recorder.finish({key: torch.as_tensor(value) for key, value in final_state.items()}) | {"run_dir": str(run_dir)}

@@ -1,0 +1,48 @@
+"""Run a federated strategy on Flower's Simulation Engine (Ray), one virtual node per hospital."""
+
+import logging
+import os
+
+import torch
+
+from fedmm.clients.app import make_client_app
+from fedmm.config import ExperimentConfig
+from fedmm.runs.recorder import RoundCallback
+from fedmm.server.app import make_server_app
+
+
+def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict:
+    """Ray resources: each hospital gets `client_cpus` CPUs and `client_gpus` of a GPU (fractions share one)."""
+    num_gpus = torch.cuda.device_count() if cfg.simulation.client_gpus > 0 else 0
+    return {
+        "client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": num_gpus, "log_to_driver": verbose,
+                      "logging_level": logging.INFO if verbose else logging.ERROR},
+    }
+
+
+def run_in_simulation(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False) -> dict:
+    """Run `cfg` with the same ServerApp and ClientApp that `flwr run` uses; returns the run's summary."""
+    from flwr.simulation import run_simulation
+
+    if cfg.simulation.client_gpus > 0 and not torch.cuda.is_available():
+        from fedmm.config import ConfigError
+
+        raise ConfigError(f"simulation.client_gpus={cfg.simulation.client_gpus} but no GPU is visible; set it to 0")
+    results: list[dict] = []
+    flwr_logger = logging.getLogger("flwr")
+    previous_level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.ERROR)  # the progress bar says what Flower's INFO lines would
+    try:
+        run_simulation(
+            server_app=make_server_app(cfg, on_round, results),
+            client_app=make_client_app(cfg),
+            num_supernodes=cfg.scenario.num_hospitals,
+            backend_config=backend_config(cfg, verbose),
+        )
+    finally:
+        flwr_logger.setLevel(previous_level)
+    if not results:
+        raise RuntimeError("the simulation ended without a result; rerun with --verbose to see Flower's log")
+    return results[0]

@@ -1,0 +1,40 @@
+"""Reference: each hospital trains alone on its own data, same model and budget, no communication.
+
+Per hospital, its own model is evaluated on its own local test split; the global-test metrics are the
+mean over the hospitals' models (each hospital's own value is in `global_per_hospital` of metrics.jsonl).
+A hospital without pairs cannot train in the baseline, so its model stays at the initialization.
+"""
+
+import torch
+
+from fedmm.config import ExperimentConfig
+from fedmm.evaluation.evaluate import Prompts, evaluate_split
+from fedmm.hospitals import FederatedData
+from fedmm.models.heads import build_heads
+from fedmm.runs.recorder import RunRecorder, summarize_hospitals
+from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
+from fedmm.strategies.centralized import is_evaluation_round
+from fedmm.training.local import train_heads
+
+
+def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder) -> dict[str, torch.Tensor]:
+    hospitals = [data.hospital(h) for h in range(data.num_hospitals)]
+    init_seed = derive_seed(cfg.seed, HEADS_INIT_STREAM)  # every hospital starts where the federation would
+    models = [build_heads(data.image_dim, data.report_dim, cfg.heads, init_seed) for _ in hospitals]
+    global_test, prompts = data.global_test(), Prompts.from_features(data.features)
+    for server_round in range(1, cfg.federation.rounds + 1):
+        train = {}
+        for hospital, heads in zip(hospitals, models):
+            seed = derive_seed(cfg.seed, LOCAL_TRAIN_STREAM, server_round, hospital.hospital_id)
+            result = train_heads(heads, hospital.train, cfg.train, seed)
+            train[hospital.hospital_id] = {"train-loss": result.loss if result.steps else 0.0,
+                                           "train-steps": result.steps, "num-paired-used": result.num_paired_used}
+        if not is_evaluation_round(cfg, server_round):
+            recorder.record(server_round, [h.hospital_id for h in hospitals], train)
+            continue
+        per_model_global = {h.hospital_id: evaluate_split(m, global_test, prompts) for h, m in zip(hospitals, models)}
+        global_mean = summarize_hospitals(per_model_global, {h: "all" for h in per_model_global})["hospital_mean"]
+        recorder.record(server_round, [h.hospital_id for h in hospitals], train, global_mean,
+                        {h.hospital_id: evaluate_split(m, h.test, prompts) for h, m in zip(hospitals, models)})
+    return {f"hospital{h.hospital_id}.{key}": value
+            for h, heads in zip(hospitals, models) for key, value in heads.state_dict().items()}

@@ -1,0 +1,21 @@
+"""Shared fixtures: a tiny composed config whose caches live in one temporary folder per test session."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fedmm-cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_overrides(cache_dir):
+    """Hydra overrides for the 3-hospital, 2-round smoke experiment with an isolated cache."""
+    return ["+experiment=smoke", f"cache_dir={cache_dir}"]

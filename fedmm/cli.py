@@ -116,13 +116,17 @@ def compare_strategies(strategies: list[str], overrides: list[str], out: Path | 
 
 
 def comparison_table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: global metrics, then each modality group's mean on its hospitals' local test splits."""
     groups = sorted({key for summary in summaries for key in summary if key.startswith("group/")})
-    header = ["strategy", *TABLE_METRICS, *(f"{g.split('/')[1]}: zeroshot_auroc_macro" for g in groups),
-              "worst hospital: zeroshot_auroc_macro"]
+    group_metric = {g: "report_zeroshot_auroc_macro" if g == "group/report_only" else "zeroshot_auroc_macro"
+                    for g in groups}  # a report-only hospital has no images to classify
+    header = ["strategy", *(SHORT_NAMES[m] for m in TABLE_METRICS),
+              *(f"{g.split('/')[1]}: {SHORT_NAMES[group_metric[g]]}" for g in groups),
+              "worst hospital: 0-shot AUROC"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for summary in summaries:
         cells = [summary["strategy"], *(_fmt(summary.get(m)) for m in TABLE_METRICS),
-                 *(_fmt(summary.get(g, {}).get("zeroshot_auroc_macro")) for g in groups),
+                 *(_fmt(summary.get(g, {}).get(group_metric[g])) for g in groups),
                  _fmt(summary.get("hospital_worst", {}).get("zeroshot_auroc_macro"))]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"

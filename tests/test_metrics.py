@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fedmm.evaluation.retrieval import finding_precision_at_k, oracle_recall_at_k, recall_at_k
+from fedmm.evaluation.retrieval import chance_finding_precision, finding_precision_at_k, oracle_recall_at_k, recall_at_k
 from fedmm.evaluation.zeroshot import auroc
 from fedmm.models.losses import symmetric_info_nce
 
@@ -76,3 +76,12 @@ def test_oracle_recall_by_hand():
     # finding sets: A A A B -> group sizes 3 3 3 1; recall@1 = (1/3 * 3 + 1) / 4 = 0.5; recall@3 = 1
     labels = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1]])
     assert oracle_recall_at_k(labels, [1, 3]) == {1: pytest.approx(0.5), 3: pytest.approx(1.0)}
+
+
+def test_chance_precision_by_hand_and_by_averaging_random_rankings():
+    labels = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1]])
+    assert chance_finding_precision(labels) == pytest.approx((3 / 4 * 3 + 1 / 4) / 4)  # 0.625
+    embeddings = [normalized(4, 3, seed) for seed in range(400)]
+    measured = sum(finding_precision_at_k(e, normalized(4, 3, 1000 + i), labels, labels, [2])[2]
+                   for i, e in enumerate(embeddings)) / 400
+    assert measured == pytest.approx(0.625, abs=0.03)

@@ -50,3 +50,10 @@ def oracle_recall_at_k(labels: torch.Tensor, ks: Sequence[int]) -> dict[int, flo
     _, group, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
     group_size = counts[group].double()  # (N,)
     return {k: float(torch.clamp(k / group_size, max=1.0).mean()) for k in ks}
+
+
+def chance_finding_precision(labels: torch.Tensor) -> float:
+    """Expected finding-aware precision@k of a random ranking (any k): the mean share of the gallery
+    that has the query's finding set."""
+    _, group, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
+    return float(counts[group].double().mean() / len(labels))

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.evaluation.evaluate import KS
-from fedmm.evaluation.retrieval import oracle_recall_at_k
+from fedmm.evaluation.retrieval import chance_finding_precision, oracle_recall_at_k
 from fedmm.hospitals import FederatedData
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
@@ -82,7 +82,9 @@ class RunRecorder:
         oracle = oracle_recall_at_k(global_labels, KS)  # the same bound in both directions
         self.reference = {
             "ceiling": {f"{d}_recall@{k}": v for d in ("i2t", "t2i") for k, v in oracle.items()},
-            "chance": {f"{d}_recall@{k}": min(1.0, k / len(global_labels)) for d in ("i2t", "t2i") for k in KS},
+            "chance": {f"{d}_{metric}@{k}": value for d in ("i2t", "t2i") for k in KS
+                       for metric, value in (("recall", min(1.0, k / len(global_labels))),
+                                             ("precision", chance_finding_precision(global_labels)))},
         }
         self.last_evaluation: dict[str, Any] = {}
         self.started = time.perf_counter()

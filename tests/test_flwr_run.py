@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -65,4 +64,3 @@ def test_flwr_run_matches_fedmm_run(tmp_path, cache_dir):
     reference = tmp_path / "fedmm-run"
     run_experiment(compose_config(["+experiment=smoke", f"cache_dir={cache_dir}", f"run_dir={reference}"]))
     assert (run_dir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
-    shutil.rmtree(home, ignore_errors=True)

@@ -47,13 +47,17 @@ def oracle_recall_at_k(labels: torch.Tensor, ks: Sequence[int]) -> dict[int, flo
     It ranks the g items sharing the query's finding set first, in random order: recall@k = min(1, k / g).
     This is the ceiling for retrieval from labels alone on this gallery.
     """
-    _, group, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
-    group_size = counts[group].double()  # (N,)
+    group_size = finding_group_sizes(labels)
     return {k: float(torch.clamp(k / group_size, max=1.0).mean()) for k in ks}
 
 
 def chance_finding_precision(labels: torch.Tensor) -> float:
     """Expected finding-aware precision@k of a random ranking (any k): the mean share of the gallery
     that has the query's finding set."""
+    return float(finding_group_sizes(labels).mean() / len(labels))
+
+
+def finding_group_sizes(labels: torch.Tensor) -> torch.Tensor:
+    """(N,) float64: how many items (itself included) share each item's exact finding set."""
     _, group, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
-    return float(counts[group].double().mean() / len(labels))
+    return counts[group].double()

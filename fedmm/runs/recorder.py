@@ -80,11 +80,12 @@ class RunRecorder:
         self.groups = {h.hospital_id: h.group.value for h in data.federation.hospitals}
         global_labels = data.global_test().labels
         oracle = oracle_recall_at_k(global_labels, KS)  # the same bound in both directions
+        chance_precision = chance_finding_precision(global_labels)  # the same for every k
         self.reference = {
             "ceiling": {f"{d}_recall@{k}": v for d in ("i2t", "t2i") for k, v in oracle.items()},
             "chance": {f"{d}_{metric}@{k}": value for d in ("i2t", "t2i") for k in KS
                        for metric, value in (("recall", min(1.0, k / len(global_labels))),
-                                             ("precision", chance_finding_precision(global_labels)))},
+                                             ("precision", chance_precision))},
         }
         self.last_evaluation: dict[str, Any] = {}
         self.started = time.perf_counter()

@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
 from fedmm.strategies import messages as keys
@@ -86,8 +87,8 @@ class HospitalFedAvg(FedAvg):
             [reply.content for reply in ordered], self.weighted_by_key)
 
     def aggregate_arrays(self, ordered: list[Message]) -> ArrayRecord:
-        """FedAvg's weighted average, over replies already sorted by hospital id."""
-        return super().aggregate_train(0, ordered)[0]
+        """FedAvg's weighted average (by `num-examples`), over replies already sorted by hospital id."""
+        return aggregate_arrayrecords([reply.content for reply in ordered], self.weighted_by_key)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

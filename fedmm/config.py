@@ -91,8 +91,54 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ServerOptimizerConfig:
+    """Server-side update from the averaged pseudo-gradient (fedavgm, fedadam, fedyogi)."""
+
+    lr: float = 1.0  # η, the server learning rate
+    momentum: float = 0.0  # FedAvgM's β
+    beta_1: float = 0.9  # FedAdam/FedYogi first-moment decay
+    beta_2: float = 0.99  # second-moment decay
+    tau: float = 1e-3  # adaptivity: larger tau, closer to plain momentum SGD
+
+
+@dataclass(frozen=True)
+class PersonalConfig:
+    """Personalized strategies (fedper, fedrep, ditto, finetune)."""
+
+    ditto_lambda: float = 0.1  # Ditto's pull of the personal model toward the global one
+    head_epochs: int = 2  # FedRep: epochs on the private final layers before the shared base
+    finetune_epochs: int = 1  # finetune: local epochs on the global heads before evaluating them
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Federated distillation on the reference set (`feddistill`)."""
+
+    weight: float = 1.0  # client pull of its reference embeddings toward the global ones
+    server_epochs: int = 2  # epochs over the reference set when distilling the ensemble into the global heads
+    server_lr: float = 1e-3
+    quality_weighting: bool = True  # weight each hospital by its reference-set alignment (CreamFL-style)
+    chunk_size: int = 256  # rows per similarity block; memory ~ chunk_size^2, whatever the reference size
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
     name: str = "fedavg_modality"
+    proximal_mu: float = 0.0  # FedProx's μ: weight of (μ/2)·||w - w_global||² in the local objective
+    server: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    personal: PersonalConfig = field(default_factory=PersonalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """A non-private dataset the server and every hospital may read (distillation targets).
+
+    Generated like `dataset` but from its own content seed, so no study is any hospital's."""
+
+    name: str = "synthetic_cxr"
+    num_samples: int = 1000
+    seed: int = 1  # content seed; must differ from dataset.seed so no hospital study is in it
 
 
 @dataclass(frozen=True)
@@ -118,6 +164,7 @@ class ExperimentConfig:
     cache_dir: str = ".cache/fedmm"
     device: str = "auto"  # auto | cpu | cuda
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)

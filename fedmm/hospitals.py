@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedmm.config import ExperimentConfig
+from fedmm.config import ConfigError, DatasetConfig, ExperimentConfig
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.data.partition import Federation, partition_dataset
 from fedmm.data.registry import load_dataset
@@ -92,3 +92,21 @@ def load_federated_data(cfg: ExperimentConfig, progress: bool = False) -> Federa
     features = load_features(dataset, cfg.encoders, cfg.cache_path, cfg.device, progress)
     federation = partition_dataset(dataset.labels, cfg.scenario, cfg.dataset.global_test_fraction, cfg.seed)
     return FederatedData(features, torch.from_numpy(dataset.labels), federation)
+
+
+def reference_dataset_config(cfg: ExperimentConfig) -> DatasetConfig:
+    """The reference set as a dataset: `cfg.reference`'s content, drawn at the federation's image size."""
+    reference = cfg.reference
+    if reference.name == cfg.dataset.name and reference.seed == cfg.dataset.seed:
+        raise ConfigError(f"reference.seed={reference.seed} equals dataset.seed: the reference set would repeat "
+                          "hospital studies and stop being non-private; choose another reference.seed")
+    return DatasetConfig(name=reference.name, num_samples=reference.num_samples, image_size=cfg.dataset.image_size,
+                         seed=reference.seed, global_test_fraction=0.0)
+
+
+def load_reference(cfg: ExperimentConfig, progress: bool = False) -> SplitTensors:
+    """Features of the non-private reference set (every item paired), with the federation's encoders."""
+    dataset = load_dataset(reference_dataset_config(cfg), cfg.cache_path)
+    features = load_features(dataset, cfg.encoders, cfg.cache_path, cfg.device, progress)
+    paired = torch.full((len(dataset.labels),), AVAILABILITY_CODES[Availability.PAIRED], dtype=torch.int8)
+    return SplitTensors(features.image_features, features.report_features, paired, torch.from_numpy(dataset.labels))

@@ -5,6 +5,8 @@ import numpy as np
 # One stream per consumer; partition (1) and sampling (2) live next to their code.
 HEADS_INIT_STREAM = 3
 LOCAL_TRAIN_STREAM = 4
+DISTILL_STREAM = 5  # the server's distillation steps (feddistill)
+FINETUNE_STREAM = 6  # a hospital's fine-tuning before evaluation (finetune)
 
 
 def derive_seed(seed: int, stream: int, *ids: int) -> int:

@@ -2,7 +2,8 @@
 
 from fedmm.config import ConfigError, ExperimentConfig
 from fedmm.data.partition import check_scenario
-from fedmm.data.registry import check_dataset
+from fedmm.data.registry import DATASETS, check_dataset
+from fedmm.hospitals import reference_dataset_config
 from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
 from fedmm.strategies import check_strategy
 
@@ -10,6 +11,7 @@ from fedmm.strategies import check_strategy
 def validate_config(cfg: ExperimentConfig) -> None:
     """Raise ConfigError naming the option and the fix; cheap (no data, no models)."""
     check_strategy(cfg.strategy.name)
+    check_strategy_options(cfg)
     check_dataset(cfg.dataset)
     check_scenario(cfg.scenario, cfg.dataset.num_samples, cfg.dataset.global_test_fraction)
     check_image_encoder(cfg.encoders.image)
@@ -35,6 +37,36 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"device={cfg.device!r} is unknown; valid: ['auto', 'cpu', 'cuda']")
     if cfg.simulation.client_cpus <= 0 or cfg.simulation.client_gpus < 0:
         raise ConfigError("simulation.client_cpus must be > 0 and simulation.client_gpus >= 0")
+
+
+def check_strategy_options(cfg: ExperimentConfig) -> None:
+    strategy = cfg.strategy
+    server, personal, distill = strategy.server, strategy.personal, strategy.distill
+    _check_non_negative("strategy.proximal_mu", strategy.proximal_mu)
+    _check_positive("strategy.server.lr", server.lr)
+    _check_positive("strategy.server.tau", server.tau)
+    for name, value in (("strategy.server.momentum", server.momentum), ("strategy.server.beta_1", server.beta_1),
+                        ("strategy.server.beta_2", server.beta_2)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name}={value} must lie in [0, 1)")
+    _check_non_negative("strategy.personal.ditto_lambda", personal.ditto_lambda)
+    _check_positive("strategy.personal.head_epochs", personal.head_epochs)
+    _check_positive("strategy.personal.finetune_epochs", personal.finetune_epochs)
+    _check_non_negative("strategy.distill.weight", distill.weight)
+    _check_positive("strategy.distill.server_epochs", distill.server_epochs)
+    _check_positive("strategy.distill.server_lr", distill.server_lr)
+    _check_positive("strategy.distill.chunk_size", distill.chunk_size)
+    if cfg.strategy.name == "feddistill":
+        if cfg.reference.name not in DATASETS:
+            raise ConfigError(f"reference.name={cfg.reference.name!r} is unknown; valid: {sorted(DATASETS)}")
+        reference_dataset_config(cfg)  # refuses a reference set that would repeat hospital studies
+        if cfg.reference.num_samples < 2:
+            raise ConfigError(f"reference.num_samples={cfg.reference.num_samples} must be at least 2")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{name}={value} must be >= 0")
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -1,17 +1,26 @@
-"""The ClientApp: one simulated (or real) hospital. Handlers only translate Messages to tensors and back."""
+"""The ClientApp: one simulated (or real) hospital. Handlers only translate Messages to tensors and back.
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+What a hospital keeps private across rounds (personal layers or models) lives in `context.state`
+under `personal`; it is never put in a reply.
+"""
+
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
-from fedmm.clients.hospital import describe, evaluate_round, hospital_runtime, train_round
+from fedmm.clients.hospital import describe, distill_round, evaluate_round, hospital_runtime, train_round
 from fedmm.config import ExperimentConfig
 from fedmm.run_config import config_from_run_config
 from fedmm.strategies import messages as keys
+from fedmm.training.distill import ReferenceEmbeddings
+from fedmm.training.personalized import StateDict
 
 
-def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
-    """A ClientApp configured by `cfg`, or (cfg=None, as under `flwr run`) by the Flower run config."""
-    app = ClientApp()
+def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None = None) -> ClientApp:
+    """A ClientApp configured by `cfg`, or (cfg=None, as under `flwr run`) by the Flower run config.
+    `mods` wrap every handler (e.g. a test's audit of what leaves the hospital)."""
+    app = ClientApp(mods=mods)
 
     def runtime(context: Context):
         run_cfg = cfg if cfg is not None else config_from_run_config(context.run_config)
@@ -24,19 +33,47 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        hospital = runtime(context)
-        state = msg.content[keys.ARRAYS].to_torch_state_dict()
-        server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
-        new_state, metrics = train_round(hospital, state, server_round)
-        content = RecordDict({keys.ARRAYS: ArrayRecord(new_state), keys.METRICS: MetricRecord(metrics)})
+        # 1. the global (shared) heads and the round's settings; 2. train locally, keeping what is private;
+        # 3. reply with the shared heads and the counts that weight their aggregation.
+        received = msg.content[keys.ARRAYS].to_torch_state_dict()
+        config = msg.content[keys.CONFIG]
+        update, metrics = train_round(runtime(context), received, load_personal(context),
+                                      int(config[keys.SERVER_ROUND]), float(config.get(keys.PROXIMAL_MU, 0.0)))
+        if update.personal is not None:
+            store_personal(context, update.personal)
+        content = RecordDict({keys.ARRAYS: ArrayRecord(update.shared), keys.METRICS: MetricRecord(metrics)})
         return Message(content, reply_to=msg)
+
+    @app.train("distill")
+    def distill(msg: Message, context: Context) -> Message:
+        # 1. the global heads' reference embeddings; 2. train the private heads toward them;
+        # 3. reply with this hospital's reference embeddings of the modalities it holds (no weights).
+        arrays, config = msg.content[keys.ARRAYS], msg.content[keys.CONFIG]
+        global_embeddings = ReferenceEmbeddings(torch.from_numpy(arrays[keys.IMAGE_EMBEDDINGS].numpy()),
+                                                torch.from_numpy(arrays[keys.REPORT_EMBEDDINGS].numpy()))
+        embeddings, personal, metrics = distill_round(runtime(context), global_embeddings, load_personal(context),
+                                                      int(config[keys.SERVER_ROUND]), float(config["distill-weight"]))
+        store_personal(context, personal)
+        sent = {key: Array(value.numpy()) for key, value in ((keys.IMAGE_EMBEDDINGS, embeddings.image),
+                                                              (keys.REPORT_EMBEDDINGS, embeddings.report))
+                if value is not None}
+        return Message(RecordDict({keys.ARRAYS: ArrayRecord(sent), keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        metrics = evaluate_round(runtime(context), msg.content[keys.ARRAYS].to_torch_state_dict())
+        metrics = evaluate_round(runtime(context), msg.content[keys.ARRAYS].to_torch_state_dict(),
+                                 load_personal(context), int(msg.content[keys.CONFIG][keys.SERVER_ROUND]))
         return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
     return app
+
+
+def load_personal(context: Context) -> StateDict | None:
+    return context.state[keys.PERSONAL].to_torch_state_dict() if keys.PERSONAL in context.state else None
+
+
+def store_personal(context: Context, personal: StateDict) -> None:
+    context.state[keys.PERSONAL] = ArrayRecord(personal)
 
 
 app = make_client_app()  # for `flwr run .` (pyproject: [tool.flwr.app.components] clientapp)

@@ -1,23 +1,33 @@
-"""What a hospital does with a message's heads, in plain PyTorch: train them or evaluate them locally.
+"""What a hospital does with a message, in plain PyTorch: train, distill or evaluate its heads locally.
 
-A `HospitalRuntime` (features, model object, device) is built once per process and reused by every
-message, so no message rebuilds the model or reloads data.
+A `HospitalRuntime` (features, model objects, device) is built once per process and reused by every
+message, so no message rebuilds the model or reloads data. What a hospital keeps private between
+rounds (personal layers or models) is passed in and out explicitly; the ClientApp stores it in
+Flower's `context.state`, which never leaves the node.
 """
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from fedmm.config import ExperimentConfig, config_to_dict
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
-from fedmm.hospitals import FederatedData, HospitalData, load_federated_data
+from fedmm.hospitals import FederatedData, HospitalData, SplitTensors, load_federated_data, load_reference
 from fedmm.models.features import resolve_device
 from fedmm.models.heads import ContrastiveHeads, build_heads
-from fedmm.seeding import LOCAL_TRAIN_STREAM, derive_seed
+from fedmm.seeding import FINETUNE_STREAM, HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.strategies import messages as keys
-from fedmm.training.local import train_heads
+from fedmm.strategies import strategy_spec
+from fedmm.training.distill import ReferenceEmbeddings, embed_reference, train_with_reference
+from fedmm.training.local import TrainResult
+from fedmm.training.personalized import (
+    LocalUpdate, Personalization, StateDict, ditto_update, fedper_update, fedrep_update, finetuned, global_update,
+    snapshot, split_personal,
+)
+
+PERSONAL_PREFIX = "personal_"  # metric prefix of the hospital's own (personalized) model
 
 
 @dataclass
@@ -25,8 +35,22 @@ class HospitalRuntime:
     cfg: ExperimentConfig
     data: HospitalData
     heads: ContrastiveHeads  # reused; each message loads its weights into it
+    personal_heads: ContrastiveHeads  # a second model for strategies that train two (Ditto)
+    initial_state: StateDict  # the run's initial heads, where private parts start
     prompts: Prompts
     device: torch.device
+    personalization: Personalization
+    _reference: SplitTensors | None = field(default=None, repr=False)
+
+    @property
+    def reference(self) -> SplitTensors:
+        """The non-private reference set (distillation), loaded on first use."""
+        if self._reference is None:
+            self._reference = load_reference(self.cfg)
+        return self._reference
+
+    def seed(self, stream: int, server_round: int) -> int:
+        return derive_seed(self.cfg.seed, stream, server_round, self.data.hospital_id)
 
 
 _DATA: dict[str, FederatedData] = {}
@@ -49,9 +73,11 @@ def hospital_runtime(cfg: ExperimentConfig, hospital_id: int) -> HospitalRuntime
         if not 0 <= hospital_id < data.num_hospitals:
             raise ValueError(f"partition-id {hospital_id} is outside the federation's {data.num_hospitals} hospitals")
         device = resolve_device(cfg.device if cfg.simulation.client_gpus > 0 or cfg.device == "cuda" else "cpu")
-        heads = build_heads(data.image_dim, data.report_dim, cfg.heads, seed=0).to(device)
+        initial = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
         _RUNTIMES[(digest, hospital_id)] = HospitalRuntime(
-            cfg, data.hospital(hospital_id), heads, Prompts.from_features(data.features), device)
+            cfg, data.hospital(hospital_id), build_heads(data.image_dim, data.report_dim, cfg.heads, seed=0).to(device),
+            build_heads(data.image_dim, data.report_dim, cfg.heads, seed=0).to(device), snapshot(initial),
+            Prompts.from_features(data.features), device, strategy_spec(cfg.strategy.name).personalization)
     return _RUNTIMES[(digest, hospital_id)]
 
 
@@ -63,27 +89,79 @@ def describe(runtime: HospitalRuntime) -> dict[str, float]:
             "num-report": int(train.report_mask.sum())}
 
 
-def train_round(runtime: HospitalRuntime, state: dict[str, torch.Tensor],
-                server_round: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Local training of the global heads `state`; returns the new state and the reply metrics."""
-    runtime.heads.load_state_dict(state)
-    seed = derive_seed(runtime.cfg.seed, LOCAL_TRAIN_STREAM, server_round, runtime.data.hospital_id)
-    result = train_heads(runtime.heads, runtime.data.train, runtime.cfg.train, seed, runtime.device)
-    metrics = {
+def train_metrics(runtime: HospitalRuntime, result: TrainResult) -> dict[str, float]:
+    return {
         keys.HOSPITAL_ID: runtime.data.hospital_id,
         keys.NUM_EXAMPLES: len(runtime.data.train),
         keys.NUM_PAIRED_USED: result.num_paired_used,
         keys.NUM_IMAGE_USED: result.num_image_used,
         keys.NUM_REPORT_USED: result.num_report_used,
         keys.TRAIN_STEPS: result.steps,
-        keys.TRAIN_LOSS: result.loss if result.steps else 0.0,
+        keys.TRAIN_LOSS: result.loss if result.num_paired_used else 0.0,
     }
-    return {key: value.detach().cpu() for key, value in runtime.heads.state_dict().items()}, metrics
 
 
-def evaluate_round(runtime: HospitalRuntime, state: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Metrics of the global heads `state` on this hospital's local test split."""
-    runtime.heads.load_state_dict(state)
-    metrics = evaluate_split(runtime.heads, runtime.data.test, runtime.prompts)
-    return {keys.HOSPITAL_ID: runtime.data.hospital_id, keys.NUM_EXAMPLES: len(runtime.data.test), **metrics}
+def train_round(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None, server_round: int,
+                proximal_mu: float = 0.0) -> tuple[LocalUpdate, dict[str, float]]:
+    """Local training from the server's `received` arrays and this hospital's private `personal` state.
+    Returns the update (what to send, what to keep) and the reply metrics."""
+    cfg, data, device = runtime.cfg, runtime.data.train, runtime.device
+    seed = runtime.seed(LOCAL_TRAIN_STREAM, server_round)
+    mode = runtime.personalization
+    if mode in (Personalization.FEDPER, Personalization.FEDREP):
+        personal = personal if personal is not None else split_personal(runtime.initial_state)[1]
+        update_fn = fedper_update if mode is Personalization.FEDPER else fedrep_update
+        update = update_fn(runtime.heads, received, personal, data, cfg, seed, device)
+    elif mode is Personalization.DITTO:
+        update = ditto_update(runtime.heads, runtime.personal_heads, received, personal, data, cfg, seed, device)
+    else:  # FedAvg and its server-optimizer variants, FedProx, and FedAvg's step of local fine-tuning
+        update = global_update(runtime.heads, received, data, cfg, seed, device, proximal_mu)
+    return update, train_metrics(runtime, update.result)
 
+
+def distill_round(runtime: HospitalRuntime, global_embeddings: ReferenceEmbeddings, personal: StateDict | None,
+                  server_round: int, weight: float) -> tuple[ReferenceEmbeddings, StateDict, dict[str, float]]:
+    """Federated distillation: train the private heads, return their reference embeddings of the
+    modalities this hospital holds, the new private heads (kept) and the reply metrics."""
+    heads, data = runtime.heads, runtime.data.train
+    heads.load_state_dict(personal if personal is not None else runtime.initial_state)
+    result = train_with_reference(heads, data, runtime.reference, global_embeddings, runtime.cfg.train, weight,
+                                  runtime.seed(LOCAL_TRAIN_STREAM, server_round), runtime.device)
+    embeddings = embed_reference(heads, runtime.reference, image=bool(data.image_mask.any()),
+                                 report=bool(data.report_mask.any()))
+    return embeddings, snapshot(heads), train_metrics(runtime, result)
+
+
+def evaluate_round(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None,
+                   server_round: int) -> dict[str, float]:
+    """Metrics on this hospital's local test split: of the global heads (when the server has a complete
+    model) and, for personalized strategies, of this hospital's own model (prefixed `personal_`)."""
+    metrics: dict[str, float] = {keys.HOSPITAL_ID: runtime.data.hospital_id, keys.NUM_EXAMPLES: len(runtime.data.test)}
+    heads, mode = runtime.heads, runtime.personalization
+    if set(received) == set(runtime.initial_state):
+        heads.load_state_dict(received)
+        metrics.update(evaluate_split(heads, runtime.data.test, runtime.prompts))
+    own = personal_model(runtime, received, personal, server_round) if mode is not Personalization.NONE else None
+    if own is not None:
+        own_metrics = evaluate_split(own, runtime.data.test, runtime.prompts)
+        metrics.update({PERSONAL_PREFIX + name: value for name, value in own_metrics.items()
+                        if not name.startswith("num_")})
+    return metrics
+
+
+def personal_model(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None,
+                   server_round: int) -> ContrastiveHeads:
+    """The model this hospital would use itself: global base + its final layers (FedPer, FedRep), its
+    private model (Ditto, distillation; before its first training: where that model starts), or the
+    global heads fine-tuned on its training split (finetune)."""
+    mode, heads = runtime.personalization, runtime.personal_heads
+    if mode is Personalization.FINETUNE:
+        return finetuned(heads, received, runtime.data.train, runtime.cfg,
+                         runtime.seed(FINETUNE_STREAM, server_round), runtime.device)
+    if mode in (Personalization.FEDPER, Personalization.FEDREP):
+        heads.load_state_dict(received | (personal if personal is not None else split_personal(runtime.initial_state)[1]))
+    elif mode is Personalization.DITTO:
+        heads.load_state_dict(personal if personal is not None else received)
+    else:  # DISTILL
+        heads.load_state_dict(personal if personal is not None else runtime.initial_state)
+    return heads

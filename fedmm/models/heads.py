@@ -24,6 +24,14 @@ def head_group(parameter_name: str) -> HeadGroup:
     raise KeyError(f"parameter {parameter_name!r} belongs to no head group")
 
 
+# FedPer/FedRep's private part: the final Linear of each head (index 3 of `ProjectionHead`).
+PERSONAL_LAYER_PREFIXES = ("image_head.3.", "report_head.3.")
+
+
+def is_personal_layer(parameter_name: str) -> bool:
+    return parameter_name.startswith(PERSONAL_LAYER_PREFIXES)
+
+
 class ProjectionHead(nn.Sequential):
     """(B, D_in) frozen features -> (B, D_embed). LayerNorm first: random-init encoders give arbitrary scales."""
 

@@ -9,6 +9,8 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 GLOBAL_CURVES = ("i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
+GROUP_CURVES = ("zeroshot_auroc_macro", "report_zeroshot_auroc_macro", "i2t_recall@10",
+                "personal_zeroshot_auroc_macro", "personal_i2t_recall@10")  # personal_: the hospital's own model
 
 
 def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None:
@@ -20,21 +22,22 @@ def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None
         if points:
             ax_global.plot(*zip(*points), marker="o", label=name)
     ax_global.set(title="global test set", xlabel="round", ylim=(0, 1))
-    ax_global.legend(fontsize=8)
+    _legend(ax_global, 8)
 
-    group_keys = sorted({key for line in evaluated for key in line if key.startswith("group/")})
+    evaluated_locally = [line for line in lines if "hospitals" in line]
+    group_keys = sorted({key for line in evaluated_locally for key in line if key.startswith("group/")})
     for key in group_keys:
-        for metric in ("zeroshot_auroc_macro", "report_zeroshot_auroc_macro", "i2t_recall@10"):
-            points = [(line["round"], line[key][metric]) for line in evaluated if metric in line.get(key, {})]
+        for metric in GROUP_CURVES:
+            points = [(line["round"], line[key][metric]) for line in evaluated_locally if metric in line.get(key, {})]
             if points:
                 ax_groups.plot(*zip(*points), marker=".", label=f"{key.split('/')[1]}: {metric}")
     ax_groups.set(title="hospital local test splits, mean per modality group", xlabel="round", ylim=(0, 1))
-    ax_groups.legend(fontsize=7)
+    _legend(ax_groups, 7)
 
     losses = [(line["round"], sum(m["train-loss"] * m["num-paired-used"] for m in trained) /
                sum(m["num-paired-used"] for m in trained))
               for line in lines
-              if (trained := [m for m in line["train"].values() if m.get("train-steps", 0) > 0])]
+              if (trained := [m for m in line["train"].values() if m.get("num-paired-used", 0) > 0])]
     if losses:
         ax_loss.plot(*zip(*losses), marker=".")
     ax_loss.set(title="training loss (InfoNCE, pair-weighted)", xlabel="round")
@@ -42,3 +45,8 @@ def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None
     figure.tight_layout()
     figure.savefig(output_path, dpi=90)
     plt.close(figure)
+
+
+def _legend(axes, fontsize: int) -> None:
+    if axes.get_legend_handles_labels()[0]:  # a run without such metrics (FedPer: no global model) has none
+        axes.legend(fontsize=fontsize)

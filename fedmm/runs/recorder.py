@@ -88,6 +88,7 @@ class RunRecorder:
                                              ("precision", chance_precision))},
         }
         self.last_evaluation: dict[str, Any] = {}
+        self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
         self.started = time.perf_counter()
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         (run_dir / "metrics.jsonl").write_text("")
@@ -96,6 +97,10 @@ class RunRecorder:
                global_metrics: Mapping[str, float] | None = None,
                hospital_metrics: Mapping[int, Mapping[str, float]] | None = None) -> None:
         """Append one round. `global_metrics`/`hospital_metrics` are given on evaluation rounds only."""
+        for metrics in train.values():
+            for direction in self.bytes_sent:
+                if f"{direction}-bytes" in metrics:
+                    self.bytes_sent[direction].append(int(metrics[f"{direction}-bytes"]))
         line: dict[str, Any] = {"round": server_round, "sampled": list(sampled),
                                 "train": {str(h): dict(m) for h, m in sorted(train.items())}}
         if global_metrics is not None:
@@ -119,6 +124,8 @@ class RunRecorder:
             **evaluation.get("global", {}),
             **{key: value for key, value in evaluation.items() if key.startswith(("group/", "hospital_"))},
             "hospitals": evaluation.get("hospitals", {}),
+            # what one sampled hospital sends (upload) and receives (download) per round, in bytes of arrays
+            **{f"{direction}_bytes_per_round": sum(sent) / len(sent) for direction, sent in self.bytes_sent.items() if sent},
             **self.reference,
             "wall_time_s": round(time.perf_counter() - self.started, 2),
         }

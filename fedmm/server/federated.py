@@ -30,7 +30,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
     strategy = build_strategy(
-        cfg.strategy.name, node_of_hospital=node_of_hospital, seed=cfg.seed,
+        cfg, data, node_of_hospital=node_of_hospital, seed=cfg.seed,
         clients_per_round=sample_size(data.num_hospitals, cfg.federation.clients_per_round,
                                       cfg.federation.fraction_train),
         evaluate_every=cfg.federation.evaluate_every, num_rounds=cfg.federation.rounds,
@@ -42,17 +42,20 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
         if server_round == 0:
             return None
         round_log = strategy.logs[server_round]
+        evaluating = strategy.is_evaluation_round(server_round)
         global_metrics = None
-        if strategy.is_evaluation_round(server_round):
+        if evaluating and strategy.has_global_model:  # FedPer/FedRep: the server holds no complete model
             heads.load_state_dict(arrays.to_torch_state_dict())
             global_metrics = evaluate_split(heads, global_test, prompts)
         recorder.record(server_round, round_log.sampled, round_log.train, global_metrics,
-                        round_log.evaluate if strategy.is_evaluation_round(server_round) else None)
+                        round_log.evaluate if evaluating else None)
         return MetricRecord(global_metrics) if global_metrics else None
 
+    initial_arrays = strategy.initial_arrays(heads.state_dict())
     result = strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(heads.state_dict()), num_rounds=cfg.federation.rounds,
+        grid=grid, initial_arrays=initial_arrays, num_rounds=cfg.federation.rounds,
         timeout=cfg.federation.round_timeout_s, train_config=ConfigRecord(), evaluate_fn=end_of_round,
     )
-    final_state = result.arrays.to_torch_state_dict() if len(result.arrays) else heads.state_dict()
-    return recorder.finish({key: torch.as_tensor(value) for key, value in final_state.items()}) | {"run_dir": str(run_dir)}
+    final_arrays = result.arrays if len(result.arrays) else initial_arrays
+    final_state = {key: torch.as_tensor(value) for key, value in final_arrays.to_torch_state_dict().items()}
+    return recorder.finish(final_state) | {"run_dir": str(run_dir)}

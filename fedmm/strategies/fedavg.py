@@ -3,7 +3,13 @@
 McMahan et al., 2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data"
 (AISTATS). Each head is averaged over the sampled hospitals, weighted by their training-set size
 (`num-examples`), whatever modalities those samples hold: an image-only hospital sends back report
-heads it did not train and they count as much as anyone's. `fedavg_modality` removes that dilution.
+heads it did not train and they count as much as anyone's.
+
+Modality-aware form (`modality_aware=True`, the `*_modality` strategies): each head group is averaged
+only over the hospitals that trained it, weighted by the samples that carried gradient into it (image
+samples for the image head, report samples for the report head, pairs for the temperature); a group
+no sampled hospital trained keeps its global value. A `ServerOptimizer` then turns the average into
+the next global model (FedAvg: take it; FedAvgM, FedAdam, FedYogi: a pseudo-gradient step).
 
 Flower's node ids are random in every run, so sampling draws hospital ids from the run's seed and maps
 them to nodes, and replies are sorted by hospital id before aggregation.
@@ -14,15 +20,23 @@ from dataclasses import dataclass, field
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
+from fedmm.models.heads import HeadGroup
 from fedmm.strategies import messages as keys
+from fedmm.strategies.aggregation import modality_weighted_average
+from fedmm.strategies.server_optimizers import ServerOptimizer
 
 SAMPLING_STREAM = 2
+GROUP_COUNT_KEYS = {  # the reply metric that weights each head group in the modality-aware average
+    HeadGroup.IMAGE: keys.NUM_IMAGE_USED,
+    HeadGroup.REPORT: keys.NUM_REPORT_USED,
+    HeadGroup.TEMPERATURE: keys.NUM_PAIRED_USED,
+}
 
 
 @dataclass
@@ -47,17 +61,27 @@ def sample_size(num_hospitals: int, clients_per_round: int | None, fraction: flo
 
 
 class HospitalFedAvg(FedAvg):
-    """FedAvg whose sampling, ordering and logs are by hospital id."""
+    """FedAvg whose sampling, ordering and logs are by hospital id; optionally modality-aware and
+    followed by a server optimizer."""
+
+    has_global_model = True  # False when hospitals keep part of the model (FedPer, FedRep)
 
     def __init__(self, node_of_hospital: Mapping[int, int], clients_per_round: int, seed: int,
-                 evaluate_every: int, num_rounds: int) -> None:
+                 evaluate_every: int, num_rounds: int, modality_aware: bool = False,
+                 server_optimizer: ServerOptimizer | None = None) -> None:
         super().__init__(min_available_nodes=len(node_of_hospital), weighted_by_key=keys.NUM_EXAMPLES,
                          train_metrics_aggr_fn=aggregate_train_metrics)
         self.node_of_hospital = dict(node_of_hospital)
         self.clients_per_round, self.seed = clients_per_round, seed
         self.evaluate_every, self.num_rounds = evaluate_every, num_rounds
+        self.modality_aware, self.server_optimizer = modality_aware, server_optimizer
         self.logs: dict[int, RoundLog] = {}
-        self.current_arrays: ArrayRecord | None = None  # the global model sent this round
+        self.current_arrays: ArrayRecord | None = None  # the global model at the start of this round
+        self.sent_arrays: ArrayRecord | None = None  # what the hospitals received for training this round
+
+    def initial_arrays(self, heads_state: Mapping) -> ArrayRecord:
+        """What the server holds and sends: the whole heads here; the shared part in FedPer/FedRep."""
+        return ArrayRecord(dict(heads_state))
 
     def is_evaluation_round(self, server_round: int) -> bool:
         return server_round % self.evaluate_every == 0 or server_round == self.num_rounds
@@ -74,21 +98,51 @@ class HospitalFedAvg(FedAvg):
         sampled = sample_hospitals(len(self.node_of_hospital), self.clients_per_round, self.seed, server_round)
         self.logs[server_round] = RoundLog(sampled=sampled)
         self.current_arrays = arrays
+        self.sent_arrays = self.train_payload(server_round, arrays)
         log(INFO, "configure_train: hospitals %s", sampled)
-        return self._messages(sampled, arrays, config, server_round, MessageType.TRAIN)
+        return self._messages(sampled, self.sent_arrays, config, server_round, self.train_message_type)
+
+    train_message_type = MessageType.TRAIN
+
+    def train_payload(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """What the sampled hospitals receive for training: the global arrays (distillation: embeddings)."""
+        return arrays
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ordered = sort_replies(replies, "training", expected=len(self.logs[server_round].sampled))
         self.logs[server_round].train = {
-            int(reply.content[keys.METRICS][keys.HOSPITAL_ID]): dict(reply.content[keys.METRICS]) for reply in ordered
+            int(reply.content[keys.METRICS][keys.HOSPITAL_ID]): dict(reply.content[keys.METRICS])
+            | {keys.UPLOAD_BYTES: record_bytes(reply.content), keys.DOWNLOAD_BYTES: self.download_bytes}
+            for reply in ordered
         }
         return self.aggregate_arrays(ordered), self.train_metrics_aggr_fn(
             [reply.content for reply in ordered], self.weighted_by_key)
 
+    @property
+    def download_bytes(self) -> int:
+        """Bytes of arrays sent to each sampled hospital this round."""
+        return record_bytes(RecordDict({keys.ARRAYS: self.sent_arrays})) if self.sent_arrays is not None else 0
+
     def aggregate_arrays(self, ordered: list[Message]) -> ArrayRecord:
-        """FedAvg's weighted average (by `num-examples`), over replies already sorted by hospital id."""
-        return aggregate_arrayrecords([reply.content for reply in ordered], self.weighted_by_key)
+        """The next global arrays from replies already sorted by hospital id."""
+        assert self.current_arrays is not None, "configure_train stores the global model first"
+        if not self.modality_aware and self.server_optimizer is None:  # plain FedAvg: exactly Flower's average
+            return aggregate_arrayrecords([reply.content for reply in ordered], self.weighted_by_key)
+        current = {key: array.numpy() for key, array in self.current_arrays.items()}
+        states = [{key: array.numpy() for key, array in reply.content[keys.ARRAYS].items()} for reply in ordered]
+        if self.modality_aware:
+            counts = [{group: float(reply.content[keys.METRICS][key]) for group, key in GROUP_COUNT_KEYS.items()}
+                      for reply in ordered]
+            averaged = modality_weighted_average(current, states, counts)
+            trained = {group for group in HeadGroup if any(count[group] > 0 for count in counts)}
+        else:
+            averaged = {key: array.numpy() for key, array in aggregate_arrayrecords(
+                [reply.content for reply in ordered], self.weighted_by_key).items()}
+            trained = set(HeadGroup)
+        if self.server_optimizer is not None:
+            averaged = self.server_optimizer.step(current, averaged, trained)
+        return ArrayRecord({key: Array(value) for key, value in averaged.items()})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -120,6 +174,11 @@ def sort_replies(replies: Iterable[Message], stage: str, expected: int) -> list[
             + (f" ({reasons})" if reasons else " (the others timed out; raise federation.round_timeout_s)")
         )
     return sorted(replies, key=lambda reply: int(reply.content[keys.METRICS][keys.HOSPITAL_ID]))
+
+
+def record_bytes(record: RecordDict) -> int:
+    """Payload bytes of the arrays in a message (metrics and config are a few hundred bytes more)."""
+    return sum(len(array.data) for item in record.array_records.values() for array in item.values())
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:

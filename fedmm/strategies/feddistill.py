@@ -1,0 +1,95 @@
+"""Federated distillation on a reference set: hospitals send embeddings of public items, not weights.
+
+In the spirit of CreamFL (Yu et al., 2023, "Multimodal Federated Learning via Contrastive
+Representation Ensemble", ICLR). Each round:
+1. the server embeds the reference set with the global heads and sends those embeddings (R x E per
+   modality) to the sampled hospitals, as a `train.distill` message;
+2. each hospital trains its own heads (kept in its state) on its private pairs, pulled toward the
+   global reference embeddings, and replies with its embeddings of the reference items of the
+   modalities it holds: an image-only hospital sends image embeddings, a report-only one report
+   embeddings;
+3. the server ensembles them per modality (weights ∝ samples of that modality, times a quality score
+   on the reference set when `distill.quality_weighting`) and distills the ensemble into the global heads.
+The math is in `fedmm.strategies.distillation` and `fedmm.training.distill`.
+"""
+
+from collections.abc import Iterable
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from fedmm.config import DistillConfig, TrainConfig
+from fedmm.hospitals import SplitTensors
+from fedmm.models.heads import ContrastiveHeads
+from fedmm.seeding import DISTILL_STREAM, derive_seed
+from fedmm.strategies import messages as keys
+from fedmm.strategies.distillation import ensemble_targets, ensemble_weights, quality_score
+from fedmm.strategies.fedavg import HospitalFedAvg, record_bytes, sort_replies
+from fedmm.training.distill import ReferenceEmbeddings, distill_heads, embed_reference
+
+DISTILL_MESSAGE = "train.distill"
+
+
+class FedDistill(HospitalFedAvg):
+    def __init__(self, *args, heads: ContrastiveHeads, reference: SplitTensors, distill: DistillConfig,
+                 train: TrainConfig, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.heads, self.reference, self.distill, self.train = heads, reference, distill, train
+        self.global_embeddings: ReferenceEmbeddings | None = None
+        self.scale = 1.0
+
+    def train_payload(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """The global heads' embeddings of the reference set, instead of the heads themselves."""
+        self.heads.load_state_dict(arrays.to_torch_state_dict())
+        self.global_embeddings = embed_reference(self.heads, self.reference)
+        self.scale = self.heads.scale().item()
+        return ArrayRecord({keys.IMAGE_EMBEDDINGS: Array(self.global_embeddings.image.numpy()),
+                            keys.REPORT_EMBEDDINGS: Array(self.global_embeddings.report.numpy())})
+
+    train_message_type = DISTILL_MESSAGE
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ordered = sort_replies(replies, "training", expected=len(self.logs[server_round].sampled))
+        qualities: dict[int, dict[str, float]] = {}
+        targets = {}
+        for modality, key, count_key, other in (
+                ("image", keys.IMAGE_EMBEDDINGS, keys.NUM_IMAGE_USED, self.global_embeddings.report),
+                ("report", keys.REPORT_EMBEDDINGS, keys.NUM_REPORT_USED, self.global_embeddings.image)):
+            holders = [reply for reply in ordered if key in reply.content[keys.ARRAYS]]
+            if not holders:
+                targets[modality] = None  # nobody sampled holds this modality: no target this round
+                continue
+            embeddings = [torch.from_numpy(reply.content[keys.ARRAYS][key].numpy()) for reply in holders]  # (R, E)
+            scores = [quality_score(e, other, self.scale, self.distill.chunk_size) for e in embeddings]
+            for reply, score in zip(holders, scores):
+                qualities.setdefault(_hospital(reply), {})[f"quality-{modality}"] = score
+            counts = [float(reply.content[keys.METRICS][count_key]) for reply in holders]
+            weights = ensemble_weights(counts, scores if self.distill.quality_weighting else None)
+            for reply, weight in zip(holders, weights.tolist()):
+                qualities[_hospital(reply)][f"weight-{modality}"] = weight
+            targets[modality] = ensemble_targets(embeddings, weights)
+        self.logs[server_round].train = {
+            _hospital(reply): dict(reply.content[keys.METRICS]) | qualities.get(_hospital(reply), {})
+            | {keys.UPLOAD_BYTES: record_bytes(reply.content), keys.DOWNLOAD_BYTES: self.download_bytes}
+            for reply in ordered
+        }
+        self.heads.load_state_dict(self.current_arrays.to_torch_state_dict())
+        distill_loss = distill_heads(
+            self.heads, self.reference, ReferenceEmbeddings(targets["image"], targets["report"]),
+            self.distill.server_epochs, self.distill.server_lr, self.train.batch_size,
+            derive_seed(self.seed, DISTILL_STREAM, server_round), next(self.heads.parameters()).device)
+        metrics = self.train_metrics_aggr_fn([reply.content for reply in ordered], self.weighted_by_key)
+        metrics["distill-loss"] = distill_loss
+        state = {key: Array(value.detach().cpu().numpy()) for key, value in self.heads.state_dict().items()}
+        return ArrayRecord(state), metrics
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config["distill-weight"] = self.distill.weight
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+def _hospital(reply: Message) -> int:
+    return int(reply.content[keys.METRICS][keys.HOSPITAL_ID])

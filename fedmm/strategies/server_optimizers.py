@@ -1,0 +1,91 @@
+"""Server optimizers that treat the averaged client update as a pseudo-gradient (plain numpy).
+
+FedAvgM: Hsu, Qi and Brown, 2019, "Measuring the Effects of Non-Identical Data Distribution for
+Federated Visual Classification" (arXiv:1909.06335). FedAdam and FedYogi: Reddi et al., 2021,
+"Adaptive Federated Optimization" (ICLR). The equations are Flower's (`flwr.serverapp.strategy`),
+including FedAdam's bias correction, so without masking the results equal Flower's strategies.
+
+Modality-aware form: each step receives the head groups that some sampled hospital trained this
+round. Only those groups move, and only their optimizer state advances; a group nobody trained keeps
+its weights, moments and step count, instead of drifting on stale momentum.
+"""
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+
+from fedmm.config import ServerOptimizerConfig
+from fedmm.models.heads import HeadGroup, head_group
+
+State = Mapping[str, np.ndarray]
+
+
+class ServerOptimizer:
+    """x_{t+1} = step(x_t, averaged_t): the base class replaces x by the average (FedAvg)."""
+
+    def __init__(self, cfg: ServerOptimizerConfig) -> None:
+        self.cfg = cfg
+        self.steps: dict[HeadGroup, int] = {}  # updates each head group has received
+
+    def step(self, current: State, averaged: State, trained: Collection[HeadGroup]) -> dict[str, np.ndarray]:
+        new = {}
+        for group in sorted(set(trained), key=lambda g: g.value):
+            self.steps[group] = self.steps.get(group, 0) + 1
+        for key, x in current.items():
+            group = head_group(key)
+            if group not in trained:
+                new[key] = np.array(x, copy=True)
+                continue
+            delta = np.asarray(averaged[key], dtype=np.float64) - x  # the pseudo-gradient, ascent direction
+            new[key] = np.asarray(x + self.update(key, delta, self.steps[group]), dtype=x.dtype)
+        return new
+
+    def update(self, key: str, delta: np.ndarray, step: int) -> np.ndarray:
+        return delta
+
+
+class ServerMomentum(ServerOptimizer):
+    """FedAvgM: v_t = β v_{t-1} + Δ_t (v_1 = Δ_1); x_{t+1} = x_t + η v_t."""
+
+    def __init__(self, cfg: ServerOptimizerConfig) -> None:
+        super().__init__(cfg)
+        self.velocity: dict[str, np.ndarray] = {}
+
+    def update(self, key: str, delta: np.ndarray, step: int) -> np.ndarray:
+        previous = self.velocity.get(key)
+        self.velocity[key] = delta if previous is None or self.cfg.momentum == 0 else self.cfg.momentum * previous + delta
+        return self.cfg.lr * self.velocity[key]
+
+
+class ServerAdam(ServerOptimizer):
+    """FedAdam: m_t = β1 m + (1-β1) Δ; v_t = β2 v + (1-β2) Δ²; x += η_t m_t / (√v_t + τ),
+    with Flower's η_t = η √(1-β2^{t+1}) / (1-β1^{t+1})."""
+
+    def __init__(self, cfg: ServerOptimizerConfig) -> None:
+        super().__init__(cfg)
+        self.first: dict[str, np.ndarray] = {}
+        self.second: dict[str, np.ndarray] = {}
+
+    def update(self, key: str, delta: np.ndarray, step: int) -> np.ndarray:
+        beta_1, beta_2 = self.cfg.beta_1, self.cfg.beta_2
+        self.first[key] = beta_1 * self.first.get(key, 0.0) + (1 - beta_1) * delta
+        self.second[key] = self.second_moment(self.second.get(key, np.zeros_like(delta)), delta)
+        return self.learning_rate(step) * self.first[key] / (np.sqrt(self.second[key]) + self.cfg.tau)
+
+    def second_moment(self, previous: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return self.cfg.beta_2 * previous + (1 - self.cfg.beta_2) * delta**2
+
+    def learning_rate(self, step: int) -> float:
+        beta_1, beta_2 = self.cfg.beta_1, self.cfg.beta_2
+        return self.cfg.lr * np.sqrt(1 - beta_2 ** (step + 1.0)) / (1 - beta_1 ** (step + 1.0))
+
+
+class ServerYogi(ServerAdam):
+    """FedYogi: FedAdam with v_t = v - (1-β2) Δ² sign(v - Δ²) (additive, slower-growing second moment),
+    and no bias correction."""
+
+    def second_moment(self, previous: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return previous - (1 - self.cfg.beta_2) * delta**2 * np.sign(previous - delta**2)
+
+    def learning_rate(self, step: int) -> float:
+        return self.cfg.lr

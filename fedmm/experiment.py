@@ -1,17 +1,20 @@
 """Run one experiment end to end, whichever kind its strategy is (federated or reference)."""
 
 from fedmm.config import ExperimentConfig
-from fedmm.hospitals import load_federated_data
+from fedmm.hospitals import load_federated_data, load_reference
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.strategies import REFERENCE_RUNS, is_reference
 from fedmm.validation import validate_config
 
 
 def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None, progress: bool = False,
-                   verbose: bool = False) -> dict:
-    """Validate, prepare the caches, run; returns the summary (also in `<run_dir>/summary.json`)."""
+                   verbose: bool = False, client_mods: list | None = None) -> dict:
+    """Validate, prepare the caches, run; returns the summary (also in `<run_dir>/summary.json`).
+    `client_mods`: Flower mods around every hospital's handlers (federated strategies only)."""
     validate_config(cfg)  # fails before any work
     data = load_federated_data(cfg, progress=progress)  # builds the caches once, before any client reads them
+    if cfg.strategy.name == "feddistill":
+        load_reference(cfg, progress=progress)  # the same for the reference set's features
     if is_reference(cfg.strategy.name):
         run_dir = claim_run_dir(cfg)
         recorder = RunRecorder(cfg, data, run_dir, on_round)
@@ -19,4 +22,4 @@ def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None,
         return recorder.finish(state) | {"run_dir": str(run_dir)}
     from fedmm.simulation import run_in_simulation
 
-    return run_in_simulation(cfg, on_round, verbose)
+    return run_in_simulation(cfg, on_round, verbose, client_mods)

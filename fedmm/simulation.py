@@ -4,6 +4,7 @@ import logging
 import os
 
 import torch
+from flwr.clientapp.typing import Mod
 
 from fedmm.clients.app import make_client_app
 from fedmm.config import ExperimentConfig
@@ -21,8 +22,10 @@ def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict:
     }
 
 
-def run_in_simulation(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False) -> dict:
-    """Run `cfg` with the same ServerApp and ClientApp that `flwr run` uses; returns the run's summary."""
+def run_in_simulation(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False,
+                      client_mods: list[Mod] | None = None) -> dict:
+    """Run `cfg` with the same ServerApp and ClientApp that `flwr run` uses; returns the run's summary.
+    `client_mods` are Flower mods wrapped around every hospital's handlers."""
     from flwr.simulation import run_simulation
 
     if cfg.simulation.client_gpus > 0 and not torch.cuda.is_available():
@@ -37,7 +40,7 @@ def run_in_simulation(cfg: ExperimentConfig, on_round: RoundCallback | None = No
     try:
         run_simulation(
             server_app=make_server_app(cfg, on_round, results),
-            client_app=make_client_app(cfg),
+            client_app=make_client_app(cfg, client_mods),
             num_supernodes=cfg.scenario.num_hospitals,
             backend_config=backend_config(cfg, verbose),
         )

@@ -19,3 +19,13 @@ def cache_dir(tmp_path_factory):
 def smoke_overrides(cache_dir):
     """Hydra overrides for the 3-hospital, 2-round smoke experiment with an isolated cache."""
     return ["+experiment=smoke", f"cache_dir={cache_dir}"]
+
+
+@pytest.fixture
+def flower_run_identity(monkeypatch):
+    """Messages can only be built inside a Flower run; give this process one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)

@@ -10,7 +10,8 @@ from fedmm.models.heads import HeadGroup
 from fedmm.strategies import messages as keys
 from fedmm.strategies.aggregation import modality_weighted_average, weighted_average
 from fedmm.strategies.fedavg import HospitalFedAvg, RoundLog, sample_hospitals
-from fedmm.strategies.fedavg_modality import FedAvgModality
+
+pytestmark = pytest.mark.usefixtures("flower_run_identity")  # the tests build Flower Messages
 
 
 def state(image: list[float], report: list[float], scale: float) -> dict[str, np.ndarray]:
@@ -50,16 +51,6 @@ def test_head_that_no_sampled_hospital_trained_keeps_its_global_value():
     assert averaged["logit_scale"] == 2.0
 
 
-@pytest.fixture(autouse=True)
-def flower_run_identity(monkeypatch):
-    """Messages can only be built inside a Flower run; give this process one."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-
-
 def reply(hospital: int, arrays: dict[str, np.ndarray], num_examples: int, paired: int, images: int, reports: int) -> Message:
     metrics = MetricRecord({keys.HOSPITAL_ID: hospital, keys.NUM_EXAMPLES: num_examples, keys.NUM_PAIRED_USED: paired,
                             keys.NUM_IMAGE_USED: images, keys.NUM_REPORT_USED: reports,
@@ -68,19 +59,19 @@ def reply(hospital: int, arrays: dict[str, np.ndarray], num_examples: int, paire
     return Message(content=content, dst_node_id=0, message_type="train")
 
 
-def strategy(cls, num_hospitals: int = 3):
+def strategy(cls=HospitalFedAvg, num_hospitals: int = 3, **kwargs):
     return cls(node_of_hospital={h: 100 + h for h in range(num_hospitals)}, clients_per_round=num_hospitals,
-               seed=0, evaluate_every=1, num_rounds=1)
+               seed=0, evaluate_every=1, num_rounds=1, **kwargs)
 
 
-@pytest.mark.parametrize("cls", [HospitalFedAvg, FedAvgModality])
-def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(cls):
+@pytest.mark.parametrize("modality_aware", [False, True])
+def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(modality_aware):
     replies = [reply(0, state([2, 2], [4], 3.0), num_examples=10, paired=2, images=2, reports=2),
                reply(1, state([6, 10], [999], 999.0), num_examples=30, paired=0, images=6, reports=0),
                reply(2, state([0, 0], [1], 1.0), num_examples=20, paired=0, images=0, reports=4)]
     results = []
     for order in ([0, 1, 2], [2, 0, 1]):
-        built = strategy(cls)
+        built = strategy(modality_aware=modality_aware)
         built.logs[1] = RoundLog(sampled=[0, 1, 2])
         built.current_arrays = ArrayRecord({k: Array(v) for k, v in state([0, 0], [10], 1.0).items()})
         arrays, metrics = built.aggregate_train(1, [replies[i] for i in order])
@@ -89,7 +80,7 @@ def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(cl
     for key in results[0]:
         np.testing.assert_array_equal(results[0][key], results[1][key])
     averaged = results[0]
-    if cls is HospitalFedAvg:  # weights 10, 30, 20 (training-set sizes), whatever was trained
+    if not modality_aware:  # weights 10, 30, 20 (training-set sizes), whatever was trained
         np.testing.assert_allclose(averaged["image_head.0.weight"], [(20 + 180 + 0) / 60, (20 + 300) / 60], rtol=1e-6)
         np.testing.assert_allclose(averaged["report_head.0.weight"], [(40 + 29970 + 20) / 60], rtol=1e-6)
     else:  # image: 2 and 6 images; report: 2 and 4 reports; scale: the 2 pairs of hospital 0

@@ -1,0 +1,98 @@
+"""Every federated strategy through Flower's Simulation Engine, with an audit of what leaves each hospital."""
+
+import hashlib
+import json
+import uuid
+
+import numpy as np
+import pytest
+from flwr.app import Array
+
+from fedmm.compose import compose_config
+from fedmm.experiment import run_experiment
+from fedmm.models.heads import is_personal_layer
+from fedmm.strategies import FEDERATED_STRATEGIES
+from fedmm.strategies import messages as keys
+from fedmm.training.personalized import Personalization
+
+KEEPS_PRIVATE_STATE = {Personalization.FEDPER, Personalization.FEDREP, Personalization.DITTO, Personalization.DISTILL}
+
+
+def fingerprint(array) -> str:
+    values = array.numpy()
+    return hashlib.sha256(f"{values.dtype}{values.shape}".encode() + values.tobytes()).hexdigest()
+
+
+def make_audit_mod(folder):
+    """A Flower mod that writes down, for every message a hospital answers: what came in, every record of
+    the reply, and the hospital's private state afterwards (hashes of array values)."""
+
+    def audit(msg, context, call_next):
+        reply = call_next(msg, context)
+        personal = context.state.array_records.get(keys.PERSONAL)
+        entry = {
+            "hospital": int(context.node_config["partition-id"]),
+            "type": msg.metadata.message_type,
+            "round": int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0)),
+            "received": [fingerprint(a) for record in msg.content.array_records.values() for a in record.values()],
+            "reply_records": {name: type(record).__name__ for name, record in reply.content.items()},
+            "reply_arrays": {key: fingerprint(a) for record in reply.content.array_records.values() for key, a in record.items()},
+            "reply_shapes": {key: list(a.shape) for record in reply.content.array_records.values() for key, a in record.items()},
+            "personal": {key: fingerprint(a) for key, a in personal.items()} if personal is not None else None,
+        }
+        (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps(entry))
+        return reply
+
+    return audit
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FEDERATED_STRATEGIES))
+def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_overrides, tmp_path):
+    audit_dir = tmp_path / "audit"
+    audit_dir.mkdir()
+    cfg = compose_config([*smoke_overrides, f"strategy={name}", f"run_dir={tmp_path / 'run'}"])
+    summary = run_experiment(cfg, client_mods=[make_audit_mod(audit_dir)])
+    spec = FEDERATED_STRATEGIES[name]
+    entries = [json.loads(path.read_text()) for path in audit_dir.glob("*.json")]
+    train = [e for e in entries if e["type"].startswith("train")]
+
+    # The run itself: two rounds, every hospital evaluated, bytes measured
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2] and set(summary["hospitals"]) == {"0", "1", "2"}
+    sent = [sum(len(Array(np.zeros(shape, dtype=np.float32)).data) for shape in e["reply_shapes"].values()) for e in train]
+    assert summary["upload_bytes_per_round"] == pytest.approx(np.mean(sent))  # all arrays are float32
+    assert ("i2t_recall@10" in summary) == (spec.personalization not in (Personalization.FEDPER, Personalization.FEDREP))
+    if spec.personalization is not Personalization.NONE:  # judged on each hospital's own split, with its own model
+        assert all("personal_zeroshot_auroc_macro" in summary["hospitals"][h] for h in ("0", "1"))
+        assert "personal_zeroshot_auroc_macro" in summary["hospital_worst"]
+
+    # The audit: replies hold only arrays and metrics ...
+    assert len(train) == 6  # 3 hospitals x 2 rounds
+    for entry in entries:
+        expected = {keys.METRICS: "MetricRecord"} | ({keys.ARRAYS: "ArrayRecord"} if entry["type"].startswith("train") else {})
+        assert entry["reply_records"] == expected, entry
+    # ... never a private array: no private value under any name (FedPer/FedRep: no final layer by name either)
+    shares_base_only = spec.personalization in (Personalization.FEDPER, Personalization.FEDREP)
+    for entry in train:
+        assert not (shares_base_only and any(is_personal_layer(key) for key in entry["reply_arrays"]))
+        private = set((entry["personal"] or {}).values()) - set(entry["received"])
+        # Scalars are left out: Adam moves a scalar whose gradient keeps its sign by exactly lr per step,
+        # so Ditto's two temperatures can coincide bit for bit without one being copied from the other.
+        leaked = sorted(key for key, value in entry["reply_arrays"].items()
+                        if value in private and np.prod(entry["reply_shapes"][key]) > 1)
+        assert not leaked, f"hospital {entry['hospital']} sent private arrays {leaked} in round {entry['round']}"
+    if spec.exchanges == "embeddings":  # distillation: reference embeddings of the modalities held, no weights
+        reference_size, embed_dim = cfg.reference.num_samples, cfg.heads.embed_dim
+        for entry in train:
+            assert set(entry["reply_arrays"]) <= {keys.IMAGE_EMBEDDINGS, keys.REPORT_EMBEDDINGS}
+            assert all(shape == [reference_size, embed_dim] for shape in entry["reply_shapes"].values())
+        image_only = [e for e in train if e["hospital"] == 1]
+        assert all(set(e["reply_arrays"]) == {keys.IMAGE_EMBEDDINGS} for e in image_only)
+    # Private state is kept across rounds by the strategies that have one, and changes with training
+    paired_hospital = sorted((e for e in train if e["hospital"] == 0), key=lambda e: e["round"])
+    if spec.personalization in KEEPS_PRIVATE_STATE:
+        assert all(e["personal"] for e in train)
+        assert paired_hospital[0]["personal"] != paired_hospital[1]["personal"]
+    else:
+        assert all(e["personal"] is None for e in train)

@@ -16,10 +16,10 @@ from fedmm.evaluation.evaluate import HEADLINE_METRIC
 
 console = Console()
 TABLE_METRICS = ("i2t_recall@1", "i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
-GROUP_METRICS = ("zeroshot_auroc_macro", "report_zeroshot_auroc_macro", "i2t_recall@10")
+GROUP_METRICS = ("zeroshot_auroc_macro", "report_zeroshot_auroc_macro", "i2t_recall@10", "personal_zeroshot_auroc_macro")
 SHORT_NAMES = {"i2t_recall@1": "i2t R@1", "i2t_recall@10": "i2t R@10", "t2i_recall@10": "t2i R@10",
                "i2t_precision@5": "i2t P@5", "zeroshot_auroc_macro": "0-shot AUROC",
-               "report_zeroshot_auroc_macro": "report 0-shot AUROC"}
+               "report_zeroshot_auroc_macro": "report 0-shot AUROC", "personal_zeroshot_auroc_macro": "own model 0-shot AUROC"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", help="e.g. strategy=fedavg scenario=balanced federation.rounds=10")
     run.add_argument("--config-file", type=Path, help="rerun a saved run_dir/config.yaml (overrides apply on top)")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
-    compare = commands.add_parser("compare", help="run several strategies with the same seed and budget; write a table")
-    compare.add_argument("--strategies", default="centralized,fedavg,fedavg_modality,local")
-    compare.add_argument("--out", type=Path, default=None, help="folder for the runs and table.md (default: outputs/compare-<scenario>-seed<seed>)")
+    compare = commands.add_parser("compare", help="run strategies x scenarios with the same seed and budget; "
+                                                  "write table.csv, table.md and comparison.png")
+    compare.add_argument("--strategies", default="all", help="comma-separated names, or 'all' (see `fedmm list`)")
+    compare.add_argument("--scenarios", default="imbalanced,balanced", help="comma-separated scenario options")
+    compare.add_argument("--out", type=Path, default=None, help="folder for the runs and tables (default: outputs/compare-seed<seed>)")
     compare.add_argument("overrides", nargs="*")
     commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
     args = parser.parse_args(argv)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_with_progress(cfg, args.verbose)
             print_summary(summary)
             return 0
-        return compare_strategies(args.strategies.split(","), args.overrides, args.out)
+        return compare_strategies(args.strategies.split(","), args.scenarios.split(","), args.overrides, args.out)
     except ConfigError as error:
         console.print(f"[bold red]configuration error:[/] {error}")
         return 2
@@ -83,7 +85,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("label oracle", *(_fmt(summary["ceiling"].get(m)) for m in TABLE_METRICS))
     table.add_row("chance", *(_fmt(summary["chance"].get(m)) for m in TABLE_METRICS))
     console.print(table)
-    hospitals = Table(title="local test split of each hospital (global model; `local`: its own model)")
+    hospitals = Table(title="local test split of each hospital (global model, and its own model where it has one)")
     hospitals.add_column("hospital")
     hospitals.add_column("group")
     for metric in GROUP_METRICS:
@@ -96,40 +98,21 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']} s)")
 
 
-def compare_strategies(strategies: list[str], overrides: list[str], out: Path | None) -> int:
-    base = compose_config(overrides)
-    out = out or Path("outputs") / f"compare-{base.scenario.name}-seed{base.seed}"
-    summaries = []
+def compare_strategies(strategies: list[str], scenarios: list[str], overrides: list[str], out: Path | None) -> int:
+    from fedmm.runs.compare import run_comparison
+    from fedmm.strategies import STRATEGY_NAMES, check_strategy
+
+    base = compose_config(overrides)  # fails early on a bad override
+    strategies = list(STRATEGY_NAMES) if strategies == ["all"] else strategies
     for strategy in strategies:
-        cfg = compose_config([*overrides, f"strategy={strategy}", f"run_dir={out / strategy}"])
-        summary_path = out / strategy / "summary.json"
-        if summary_path.exists():  # finished cells are kept, not rerun
-            console.print(f"{strategy}: reusing {summary_path}")
-            summaries.append(json.loads(summary_path.read_text()) | {"run_dir": str(out / strategy)})
-            continue
-        summaries.append(run_with_progress(cfg))
-    table = comparison_table(summaries)
-    (out / "table.md").write_text(table)
-    console.print(table)
-    console.print(f"written: {out / 'table.md'}")
+        check_strategy(strategy)
+    for scenario in scenarios:
+        compose_config([*overrides, f"scenario={scenario}"])  # fails early on an unknown scenario
+    out = out or Path("outputs") / f"compare-seed{base.seed}"
+    run_comparison(strategies, scenarios, overrides, out, run_with_progress, log=console.print)
+    console.print((out / "table.md").read_text())
+    console.print(f"written: {out / 'table.csv'}, {out / 'table.md'}, {out / 'comparison.png'}")
     return 0
-
-
-def comparison_table(summaries: list[dict[str, Any]]) -> str:
-    """Markdown: global metrics, then each modality group's mean on its hospitals' local test splits."""
-    groups = sorted({key for summary in summaries for key in summary if key.startswith("group/")})
-    group_metric = {g: "report_zeroshot_auroc_macro" if g == "group/report_only" else "zeroshot_auroc_macro"
-                    for g in groups}  # a report-only hospital has no images to classify
-    header = ["strategy", *(SHORT_NAMES[m] for m in TABLE_METRICS),
-              *(f"{g.split('/')[1]}: {SHORT_NAMES[group_metric[g]]}" for g in groups),
-              "worst hospital: 0-shot AUROC"]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for summary in summaries:
-        cells = [summary["strategy"], *(_fmt(summary.get(m)) for m in TABLE_METRICS),
-                 *(_fmt(summary.get(g, {}).get(group_metric[g])) for g in groups),
-                 _fmt(summary.get("hospital_worst", {}).get("zeroshot_auroc_macro"))]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
 
 
 def list_options() -> int:

@@ -112,3 +112,22 @@ def test_cli_rejects_bad_options_before_any_work(overrides, message, capsys, tmp
     assert code == 2
     assert message in capsys.readouterr().out.replace("\n", "")
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_compare_writes_csv_markdown_and_plot_and_reuses_finished_cells(smoke_overrides, tmp_path, capsys):
+    import csv
+
+    arguments = ["compare", "--strategies", "fedavg,fedper", "--scenarios", "balanced", "--out", str(tmp_path), *smoke_overrides]
+    assert cli_main(arguments) == 0
+    rows = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [(r["scenario"], r["strategy"]) for r in rows] == [("balanced", "fedavg"), ("balanced", "fedper")]
+    assert float(rows[0]["i2t_recall@10"]) >= 0 and rows[1]["i2t_recall@10"] == ""  # FedPer has no global model
+    assert rows[1]["hospital_worst_auroc_own"] != "" and float(rows[0]["upload_kib"]) > 0
+    assert "### balanced" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    first = (tmp_path / "balanced" / "fedavg" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert cli_main(arguments) == 0  # second time: both cells reused, nothing rerun
+    assert capsys.readouterr().out.count("reusing") == 2
+    assert (tmp_path / "balanced" / "fedavg" / "metrics.jsonl").read_text() == first

@@ -44,8 +44,20 @@ def test_unknown_group_option_lists_the_valid_ones():
 
 
 def test_unknown_strategy_name_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"strategy.name='nope' is unknown; valid: \['fedavg'"):
+    with pytest.raises(ConfigError, match=r"strategy.name='nope' is unknown; valid: \[.*'ditto'.*'fedavg_modality'.*'local'\]"):
         validate_config(compose_config(["strategy.name=nope"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu=-1.0 must be >= 0"),
+    (["strategy=fedavgm", "strategy.server.momentum=1.0"], r"strategy.server.momentum=1.0 must lie in \[0, 1\)"),
+    (["strategy=feddistill", "reference.seed=0"], "reference.seed=0 equals dataset.seed"),
+    (["strategy=feddistill", "reference.name=nope"], "reference.name='nope' is unknown"),
+    (["strategy=fedrep", "strategy.personal.head_epochs=0"], "strategy.personal.head_epochs=0 must be positive"),
+])
+def test_bad_strategy_options_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_config(overrides))
 
 
 def test_unknown_key_is_named():

@@ -65,6 +65,7 @@ class HospitalFedAvg(FedAvg):
     followed by a server optimizer."""
 
     has_global_model = True  # False when hospitals keep part of the model (FedPer, FedRep)
+    train_message_type = MessageType.TRAIN  # distillation: `train.distill`
 
     def __init__(self, node_of_hospital: Mapping[int, int], clients_per_round: int, seed: int,
                  evaluate_every: int, num_rounds: int, modality_aware: bool = False,
@@ -101,8 +102,6 @@ class HospitalFedAvg(FedAvg):
         self.sent_arrays = self.train_payload(server_round, arrays)
         log(INFO, "configure_train: hospitals %s", sampled)
         return self._messages(sampled, self.sent_arrays, config, server_round, self.train_message_type)
-
-    train_message_type = MessageType.TRAIN
 
     def train_payload(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """What the sampled hospitals receive for training: the global arrays (distillation: embeddings)."""

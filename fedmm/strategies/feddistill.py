@@ -32,6 +32,8 @@ DISTILL_MESSAGE = "train.distill"
 
 
 class FedDistill(HospitalFedAvg):
+    train_message_type = DISTILL_MESSAGE
+
     def __init__(self, *args, heads: ContrastiveHeads, reference: SplitTensors, distill: DistillConfig,
                  train: TrainConfig, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -46,8 +48,6 @@ class FedDistill(HospitalFedAvg):
         self.scale = self.heads.scale().item()
         return ArrayRecord({keys.IMAGE_EMBEDDINGS: Array(self.global_embeddings.image.numpy()),
                             keys.REPORT_EMBEDDINGS: Array(self.global_embeddings.report.numpy())})
-
-    train_message_type = DISTILL_MESSAGE
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -49,6 +49,11 @@ class HospitalRuntime:
             self._reference = load_reference(self.cfg)
         return self._reference
 
+    @property
+    def initial_personal_layers(self) -> StateDict:
+        """FedPer/FedRep's private final layers before this hospital's first training: the run's initial ones."""
+        return split_personal(self.initial_state)[1]
+
     def seed(self, stream: int, server_round: int) -> int:
         return derive_seed(self.cfg.seed, stream, server_round, self.data.hospital_id)
 
@@ -109,7 +114,7 @@ def train_round(runtime: HospitalRuntime, received: StateDict, personal: StateDi
     seed = runtime.seed(LOCAL_TRAIN_STREAM, server_round)
     mode = runtime.personalization
     if mode in (Personalization.FEDPER, Personalization.FEDREP):
-        personal = personal if personal is not None else split_personal(runtime.initial_state)[1]
+        personal = personal if personal is not None else runtime.initial_personal_layers
         update_fn = fedper_update if mode is Personalization.FEDPER else fedrep_update
         update = update_fn(runtime.heads, received, personal, data, cfg, seed, device)
     elif mode is Personalization.DITTO:
@@ -159,7 +164,7 @@ def personal_model(runtime: HospitalRuntime, received: StateDict, personal: Stat
         return finetuned(heads, received, runtime.data.train, runtime.cfg,
                          runtime.seed(FINETUNE_STREAM, server_round), runtime.device)
     if mode in (Personalization.FEDPER, Personalization.FEDREP):
-        heads.load_state_dict(received | (personal if personal is not None else split_personal(runtime.initial_state)[1]))
+        heads.load_state_dict(received | (personal if personal is not None else runtime.initial_personal_layers))
     elif mode is Personalization.DITTO:
         heads.load_state_dict(personal if personal is not None else received)
     else:  # DISTILL

@@ -110,13 +110,19 @@ class HospitalFedAvg(FedAvg):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ordered = sort_replies(replies, "training", expected=len(self.logs[server_round].sampled))
-        self.logs[server_round].train = {
-            int(reply.content[keys.METRICS][keys.HOSPITAL_ID]): dict(reply.content[keys.METRICS])
-            | {keys.UPLOAD_BYTES: record_bytes(reply.content), keys.DOWNLOAD_BYTES: self.download_bytes}
-            for reply in ordered
-        }
+        self.log_train(server_round, ordered)
         return self.aggregate_arrays(ordered), self.train_metrics_aggr_fn(
             [reply.content for reply in ordered], self.weighted_by_key)
+
+    def log_train(self, server_round: int, ordered: list[Message],
+                  extra: Mapping[int, Mapping[str, float]] | None = None) -> None:
+        """Keep each hospital's training metrics, the bytes it sent and received, and any `extra` per hospital."""
+        download = self.download_bytes
+        self.logs[server_round].train = {
+            hospital_of(reply): dict(reply.content[keys.METRICS]) | dict((extra or {}).get(hospital_of(reply), {}))
+            | {keys.UPLOAD_BYTES: record_bytes(reply.content), keys.DOWNLOAD_BYTES: download}
+            for reply in ordered
+        }
 
     @property
     def download_bytes(self) -> int:
@@ -156,9 +162,7 @@ class HospitalFedAvg(FedAvg):
         # Hospitals report different metrics (an image-only one has no retrieval), so no Flower averaging here:
         # the per-hospital values are kept and summarized per modality group by the run recorder.
         ordered = sort_replies(replies, "evaluation", expected=len(self.node_of_hospital))
-        self.logs[server_round].evaluate = {
-            int(reply.content[keys.METRICS][keys.HOSPITAL_ID]): dict(reply.content[keys.METRICS]) for reply in ordered
-        }
+        self.logs[server_round].evaluate = {hospital_of(reply): dict(reply.content[keys.METRICS]) for reply in ordered}
         return None
 
 
@@ -172,7 +176,11 @@ def sort_replies(replies: Iterable[Message], stage: str, expected: int) -> list[
             f"{stage}: {len(replies) - len(errors)} of {expected} hospitals replied"
             + (f" ({reasons})" if reasons else " (the others timed out; raise federation.round_timeout_s)")
         )
-    return sorted(replies, key=lambda reply: int(reply.content[keys.METRICS][keys.HOSPITAL_ID]))
+    return sorted(replies, key=hospital_of)
+
+
+def hospital_of(reply: Message) -> int:
+    return int(reply.content[keys.METRICS][keys.HOSPITAL_ID])
 
 
 def record_bytes(record: RecordDict) -> int:

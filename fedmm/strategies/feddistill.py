@@ -25,7 +25,7 @@ from fedmm.models.heads import ContrastiveHeads
 from fedmm.seeding import DISTILL_STREAM, derive_seed
 from fedmm.strategies import messages as keys
 from fedmm.strategies.distillation import ensemble_targets, ensemble_weights, quality_score
-from fedmm.strategies.fedavg import HospitalFedAvg, record_bytes, sort_replies
+from fedmm.strategies.fedavg import HospitalFedAvg, hospital_of, sort_replies
 from fedmm.training.distill import ReferenceEmbeddings, distill_heads, embed_reference
 
 DISTILL_MESSAGE = "train.distill"
@@ -64,17 +64,13 @@ class FedDistill(HospitalFedAvg):
             embeddings = [torch.from_numpy(reply.content[keys.ARRAYS][key].numpy()) for reply in holders]  # (R, E)
             scores = [quality_score(e, other, self.scale, self.distill.chunk_size) for e in embeddings]
             for reply, score in zip(holders, scores):
-                qualities.setdefault(_hospital(reply), {})[f"quality-{modality}"] = score
+                qualities.setdefault(hospital_of(reply), {})[f"quality-{modality}"] = score
             counts = [float(reply.content[keys.METRICS][count_key]) for reply in holders]
             weights = ensemble_weights(counts, scores if self.distill.quality_weighting else None)
             for reply, weight in zip(holders, weights.tolist()):
-                qualities[_hospital(reply)][f"weight-{modality}"] = weight
+                qualities[hospital_of(reply)][f"weight-{modality}"] = weight
             targets[modality] = ensemble_targets(embeddings, weights)
-        self.logs[server_round].train = {
-            _hospital(reply): dict(reply.content[keys.METRICS]) | qualities.get(_hospital(reply), {})
-            | {keys.UPLOAD_BYTES: record_bytes(reply.content), keys.DOWNLOAD_BYTES: self.download_bytes}
-            for reply in ordered
-        }
+        self.log_train(server_round, ordered, extra=qualities)
         self.heads.load_state_dict(self.current_arrays.to_torch_state_dict())
         distill_loss = distill_heads(
             self.heads, self.reference, ReferenceEmbeddings(targets["image"], targets["report"]),
@@ -89,7 +85,3 @@ class FedDistill(HospitalFedAvg):
                         grid: Grid) -> Iterable[Message]:
         config["distill-weight"] = self.distill.weight
         return super().configure_train(server_round, arrays, config, grid)
-
-
-def _hospital(reply: Message) -> int:
-    return int(reply.content[keys.METRICS][keys.HOSPITAL_ID])

@@ -88,6 +88,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    objective: str = "auto"  # in_batch | reference_bank | auto (reference_bank exactly when privacy.sample is on)
+    bank_size: int = 256  # reference_bank: negatives per step, drawn from the non-private reference set
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,40 @@ class ReferenceConfig:
 
 
 @dataclass(frozen=True)
+class SampleDPConfig:
+    """Sample-level DP inside each hospital: DP-SGD through Opacus (per-sample clipping, Gaussian noise,
+    Poisson sampling). Set `noise_multiplier` or `target_epsilon`, not both."""
+
+    enabled: bool = False
+    noise_multiplier: float | None = None  # σ: noise std / max_grad_norm
+    target_epsilon: float | None = None  # ε after every planned round; each hospital derives its σ from it
+    delta: float | None = None  # null: 1/(10·n) for the hospital's n paired training samples
+    max_grad_norm: float = 1.0  # C: every sample's gradient is clipped to this L2 norm
+    max_epsilon: float | None = None  # the budget; null: target_epsilon (with a noise multiplier: no budget)
+
+
+@dataclass(frozen=True)
+class ClientDPConfig:
+    """Client-level DP across the federation: one of Flower's DP strategy wrappers (central noise)."""
+
+    clipping: str = "none"  # none | server_fixed | server_adaptive | client_fixed | client_adaptive
+    noise_multiplier: float = 1.0  # z: noise std / clipping norm on the summed updates
+    clipping_norm: float = 1.0  # fixed: the L2 bound on a hospital's update; adaptive: the initial bound
+    target_quantile: float = 0.5  # adaptive: the share of updates left unclipped
+    clip_norm_lr: float = 0.2  # adaptive: geometric step of the bound per round
+    clipped_count_stddev: float | None = None  # adaptive: noise on the unclipped count; null: sampled/20
+    delta: float = 1e-5  # must be below 1/num_hospitals
+    max_epsilon: float | None = None  # per-hospital budget; null: none
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    sample: SampleDPConfig = field(default_factory=SampleDPConfig)
+    client: ClientDPConfig = field(default_factory=ClientDPConfig)
+    on_budget: str = "stop_hospital"  # stop_hospital: it trains no more | stop_run: the run ends there
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     rounds: int = 20
     clients_per_round: int | None = None  # a count; wins over fraction_train when set
@@ -170,6 +206,7 @@ class ExperimentConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 

@@ -2,8 +2,10 @@
 
 from fedmm.config import ExperimentConfig
 from fedmm.hospitals import load_federated_data, load_reference
+from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.strategies import REFERENCE_RUNS, is_reference
+from fedmm.training.bank import uses_reference_bank
 from fedmm.validation import validate_config
 
 
@@ -13,8 +15,9 @@ def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None,
     `client_mods`: Flower mods around every hospital's handlers (federated strategies only)."""
     validate_config(cfg)  # fails before any work
     data = load_federated_data(cfg, progress=progress)  # builds the caches once, before any client reads them
-    if cfg.strategy.name == "feddistill":
+    if cfg.strategy.name == "feddistill" or uses_reference_bank(cfg):
         load_reference(cfg, progress=progress)  # the same for the reference set's features
+    plan_all_hospitals(cfg, data.paired_counts())  # an unreachable privacy target fails here, before training
     if is_reference(cfg.strategy.name):
         run_dir = claim_run_dir(cfg)
         recorder = RunRecorder(cfg, data, run_dir, on_round)

@@ -80,6 +80,11 @@ class FederatedData:
         return HospitalData(hospital_id, part.group, self.split(part.train_indices, part.train_availability),
                             self.split(part.test_indices, part.test_availability))
 
+    def paired_counts(self) -> dict[int, int]:
+        """Paired training samples per hospital: the n of each hospital's DP-SGD."""
+        return {part.hospital_id: int((part.train_availability == AVAILABILITY_CODES[Availability.PAIRED]).sum())
+                for part in self.federation.hospitals}
+
     def global_test(self) -> SplitTensors:
         indices = self.federation.global_test_indices
         paired = np.full(len(indices), AVAILABILITY_CODES[Availability.PAIRED], dtype=np.int8)

@@ -7,6 +7,7 @@ HEADS_INIT_STREAM = 3
 LOCAL_TRAIN_STREAM = 4
 DISTILL_STREAM = 5  # the server's distillation steps (feddistill)
 FINETUNE_STREAM = 6  # a hospital's fine-tuning before evaluation (finetune)
+DP_NOISE_STREAM = 7  # client-level DP noise added by the server (Flower's wrappers)
 
 
 def derive_seed(seed: int, stream: int, *ids: int) -> int:

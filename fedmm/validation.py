@@ -5,7 +5,11 @@ from fedmm.data.partition import check_scenario
 from fedmm.data.registry import DATASETS, check_dataset
 from fedmm.hospitals import reference_dataset_config
 from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
+from fedmm.privacy.client_level import check_client_privacy
+from fedmm.privacy.sample_level import ON_BUDGET, SAMPLE_DP_STRATEGIES, check_sample_privacy
 from fedmm.strategies import check_strategy
+from fedmm.strategies.fedavg import sample_size
+from fedmm.training.bank import OBJECTIVES, uses_reference_bank
 
 
 def validate_config(cfg: ExperimentConfig) -> None:
@@ -37,6 +41,38 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"device={cfg.device!r} is unknown; valid: ['auto', 'cpu', 'cuda']")
     if cfg.simulation.client_cpus <= 0 or cfg.simulation.client_gpus < 0:
         raise ConfigError("simulation.client_cpus must be > 0 and simulation.client_gpus >= 0")
+    check_privacy(cfg)
+
+
+def check_privacy(cfg: ExperimentConfig) -> None:
+    """Unsound or impossible privacy settings and the objective they need; per-hospital plans (which need
+    sample counts) are checked by `plan_all_hospitals` once the data is loaded, still before training."""
+    strategy, sample = cfg.strategy.name, cfg.privacy.sample
+    if cfg.train.objective not in OBJECTIVES:
+        raise ConfigError(f"train.objective={cfg.train.objective!r} is unknown; valid: {list(OBJECTIVES)}")
+    if cfg.privacy.on_budget not in ON_BUDGET:
+        raise ConfigError(f"privacy.on_budget={cfg.privacy.on_budget!r} is unknown; valid: {list(ON_BUDGET)}")
+    if sample.enabled:
+        check_sample_privacy(sample)
+        if cfg.train.objective == "in_batch":
+            raise ConfigError(
+                "privacy.sample.enabled=true with train.objective=in_batch is refused: with CLIP's in-batch "
+                "negatives every pair also appears in the loss terms of all the others, so clipping each pair's "
+                "gradient does not bound its influence and the reported ε would not hold (Logit-DP, arXiv "
+                "2310.03104). Use train.objective=reference_bank (or auto): negatives from the public reference set"
+            )
+        if strategy not in SAMPLE_DP_STRATEGIES:
+            raise ConfigError(f"privacy.sample (DP-SGD) is wired to FedAvg's local step: strategy.name must be one "
+                              f"of {list(SAMPLE_DP_STRATEGIES)}, not {strategy!r}")
+    if uses_reference_bank(cfg):
+        if strategy not in SAMPLE_DP_STRATEGIES:
+            raise ConfigError(f"train.objective=reference_bank is wired to FedAvg's local step: strategy.name must "
+                              f"be one of {list(SAMPLE_DP_STRATEGIES)}, not {strategy!r}")
+        _check_reference(cfg)
+        _check_positive("train.bank_size", cfg.train.bank_size)
+    hospitals = cfg.scenario.num_hospitals
+    check_client_privacy(cfg.privacy.client, strategy, hospitals,
+                         sample_size(hospitals, cfg.federation.clients_per_round, cfg.federation.fraction_train))
 
 
 def check_strategy_options(cfg: ExperimentConfig) -> None:
@@ -57,11 +93,15 @@ def check_strategy_options(cfg: ExperimentConfig) -> None:
     _check_positive("strategy.distill.server_lr", distill.server_lr)
     _check_positive("strategy.distill.chunk_size", distill.chunk_size)
     if cfg.strategy.name == "feddistill":
-        if cfg.reference.name not in DATASETS:
-            raise ConfigError(f"reference.name={cfg.reference.name!r} is unknown; valid: {sorted(DATASETS)}")
-        reference_dataset_config(cfg)  # refuses a reference set that would repeat hospital studies
-        if cfg.reference.num_samples < 2:
-            raise ConfigError(f"reference.num_samples={cfg.reference.num_samples} must be at least 2")
+        _check_reference(cfg)
+
+
+def _check_reference(cfg: ExperimentConfig) -> None:
+    if cfg.reference.name not in DATASETS:
+        raise ConfigError(f"reference.name={cfg.reference.name!r} is unknown; valid: {sorted(DATASETS)}")
+    reference_dataset_config(cfg)  # refuses a reference set that would repeat hospital studies
+    if cfg.reference.num_samples < 2:
+        raise ConfigError(f"reference.num_samples={cfg.reference.num_samples} must be at least 2")
 
 
 def _check_non_negative(name: str, value: float) -> None:

@@ -1,16 +1,23 @@
 """The ClientApp: one simulated (or real) hospital. Handlers only translate Messages to tensors and back.
 
-What a hospital keeps private across rounds (personal layers or models) lives in `context.state`
-under `personal`; it is never put in a reply.
+What a hospital keeps private across rounds (personal layers or models, its DP-SGD ledger) lives in
+`context.state` under `personal` and `privacy-ledger`; it is never put in a reply.
 """
 
+from collections.abc import Callable
+
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedmm.clients.hospital import describe, distill_round, evaluate_round, hospital_runtime, train_round
 from fedmm.config import ExperimentConfig
+from fedmm.privacy.accounting import Ledger, ledger_from_lists, ledger_to_lists
+from fedmm.privacy.client_level import unchanged
 from fedmm.run_config import config_from_run_config
 from fedmm.strategies import messages as keys
 from fedmm.training.distill import ReferenceEmbeddings
@@ -20,11 +27,14 @@ from fedmm.training.personalized import StateDict
 def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None = None) -> ClientApp:
     """A ClientApp configured by `cfg`, or (cfg=None, as under `flwr run`) by the Flower run config.
     `mods` wrap every handler (e.g. a test's audit of what leaves the hospital)."""
-    app = ClientApp(mods=mods)
+    def run_cfg(context: Context) -> ExperimentConfig:
+        return cfg if cfg is not None else config_from_run_config(context.run_config)
+
+    # Client-side clipping (client-level DP) must see the reply last, so it is the innermost mod.
+    app = ClientApp(mods=[*(mods or []), clipping_mod(run_cfg)])
 
     def runtime(context: Context):
-        run_cfg = cfg if cfg is not None else config_from_run_config(context.run_config)
-        return hospital_runtime(run_cfg, int(context.node_config["partition-id"]))
+        return hospital_runtime(run_cfg(context), int(context.node_config["partition-id"]))
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -37,10 +47,13 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
         # 3. reply with the shared heads and the counts that weight their aggregation.
         received = msg.content[keys.ARRAYS].to_torch_state_dict()
         config = msg.content[keys.CONFIG]
-        update, metrics = train_round(runtime(context), received, load_personal(context),
-                                      int(config[keys.SERVER_ROUND]), float(config.get(keys.PROXIMAL_MU, 0.0)))
+        update, ledger, metrics = train_round(runtime(context), received, load_personal(context),
+                                              int(config[keys.SERVER_ROUND]), float(config.get(keys.PROXIMAL_MU, 0.0)),
+                                              load_ledger(context))
         if update.personal is not None:
             store_personal(context, update.personal)
+        if ledger:
+            store_ledger(context, ledger)
         content = RecordDict({keys.ARRAYS: ArrayRecord(update.shared), keys.METRICS: MetricRecord(metrics)})
         return Message(content, reply_to=msg)
 
@@ -68,12 +81,45 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
     return app
 
 
+def clipping_mod(run_cfg: Callable[[Context], ExperimentConfig]) -> Mod:
+    """Flower's client-side clipping mod named by `privacy.client.clipping` (client_fixed, client_adaptive),
+    on training messages; every other message and setting passes through untouched."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        clipping = run_cfg(context).privacy.client.clipping
+        if msg.metadata.message_type != MessageType.TRAIN or clipping not in CLIENT_CLIPPING_MODS:
+            return call_next(msg, context)
+        reply = call_next(msg, context)
+        if not reply.has_error() and unchanged(reply.content[keys.ARRAYS], msg.content[keys.ARRAYS]):
+            # Nothing trained: clipping a zero update is the identity, and Flower's divides by its norm.
+            if clipping == "client_adaptive":
+                reply.content[keys.METRICS][KEY_NORM_BIT] = 1  # its norm, 0, is below any bound (an int, as Flower sends)
+            return reply
+        return CLIENT_CLIPPING_MODS[clipping](msg, context, lambda _msg, _context: reply)
+
+    return mod
+
+
+CLIENT_CLIPPING_MODS = {"client_fixed": fixedclipping_mod, "client_adaptive": adaptiveclipping_mod}
+
+
 def load_personal(context: Context) -> StateDict | None:
     return context.state[keys.PERSONAL].to_torch_state_dict() if keys.PERSONAL in context.state else None
 
 
 def store_personal(context: Context, personal: StateDict) -> None:
     context.state[keys.PERSONAL] = ArrayRecord(personal)
+
+
+def load_ledger(context: Context) -> Ledger:
+    """This hospital's DP-SGD history over the rounds it trained; it never leaves the node."""
+    if keys.PRIVACY_LEDGER not in context.state:
+        return ()
+    return ledger_from_lists(dict(context.state[keys.PRIVACY_LEDGER]))
+
+
+def store_ledger(context: Context, ledger: Ledger) -> None:
+    context.state[keys.PRIVACY_LEDGER] = ConfigRecord(ledger_to_lists(ledger))
 
 
 app = make_client_app()  # for `flwr run .` (pyproject: [tool.flwr.app.components] clientapp)

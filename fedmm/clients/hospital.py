@@ -8,6 +8,7 @@ Flower's `context.state`, which never leaves the node.
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -17,9 +18,12 @@ from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.hospitals import FederatedData, HospitalData, SplitTensors, load_federated_data, load_reference
 from fedmm.models.features import resolve_device
 from fedmm.models.heads import ContrastiveHeads, build_heads
+from fedmm.privacy.accounting import Ledger, SampledGaussianSteps, epsilon_spent
+from fedmm.privacy.sample_level import SamplePrivacyPlan, plan_sample_privacy
 from fedmm.seeding import FINETUNE_STREAM, HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.strategies import messages as keys
 from fedmm.strategies import strategy_spec
+from fedmm.training.bank import bank_update, uses_reference_bank
 from fedmm.training.distill import ReferenceEmbeddings, embed_reference, train_with_reference
 from fedmm.training.local import TrainResult
 from fedmm.training.personalized import (
@@ -41,6 +45,7 @@ class HospitalRuntime:
     device: torch.device
     personalization: Personalization
     _reference: SplitTensors | None = field(default=None, repr=False)
+    _privacy_plan: SamplePrivacyPlan | None = field(default=None, repr=False)
 
     @property
     def reference(self) -> SplitTensors:
@@ -48,6 +53,14 @@ class HospitalRuntime:
         if self._reference is None:
             self._reference = load_reference(self.cfg)
         return self._reference
+
+    @property
+    def privacy_plan(self) -> SamplePrivacyPlan | None:
+        """This hospital's DP-SGD plan (σ, q, δ, budget); None without sample-level DP or without pairs."""
+        if self._privacy_plan is None and self.cfg.privacy.sample.enabled:
+            self._privacy_plan = plan_sample_privacy(self.cfg, int(self.data.train.paired_mask.sum()),
+                                                     self.data.hospital_id)
+        return self._privacy_plan
 
     @property
     def initial_personal_layers(self) -> StateDict:
@@ -95,25 +108,44 @@ def describe(runtime: HospitalRuntime) -> dict[str, float]:
 
 
 def train_metrics(runtime: HospitalRuntime, result: TrainResult) -> dict[str, float]:
-    return {
+    metrics = {
         keys.HOSPITAL_ID: runtime.data.hospital_id,
         keys.NUM_EXAMPLES: len(runtime.data.train),
         keys.NUM_PAIRED_USED: result.num_paired_used,
         keys.NUM_IMAGE_USED: result.num_image_used,
         keys.NUM_REPORT_USED: result.num_report_used,
         keys.TRAIN_STEPS: result.steps,
-        keys.TRAIN_LOSS: result.loss if result.num_paired_used else 0.0,
     }
+    if not math.isnan(result.loss) or not result.num_paired_used:  # DP-SGD does not publish its private loss
+        metrics[keys.TRAIN_LOSS] = result.loss if result.num_paired_used else 0.0
+    return metrics
+
+
+def privacy_metrics(plan: SamplePrivacyPlan | None, ledger: Ledger, exhausted: bool = False) -> dict[str, float]:
+    """Cumulative sample-level ε over every round this hospital trained (0 for one that never trains)."""
+    if plan is None:
+        return {keys.DP_EPSILON: 0.0, keys.PRIVACY_EXHAUSTED: 0}
+    return {keys.DP_EPSILON: epsilon_spent(ledger, plan.delta), keys.DP_DELTA: plan.delta,
+            keys.DP_NOISE_MULTIPLIER: plan.dpsgd.noise_multiplier, keys.DP_STEPS: sum(e.steps for e in ledger),
+            keys.PRIVACY_EXHAUSTED: int(exhausted)}
 
 
 def train_round(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None, server_round: int,
-                proximal_mu: float = 0.0) -> tuple[LocalUpdate, dict[str, float]]:
+                proximal_mu: float = 0.0, ledger: Ledger = ()) -> tuple[LocalUpdate, Ledger, dict[str, float]]:
     """Local training from the server's `received` arrays and this hospital's private `personal` state.
-    Returns the update (what to send, what to keep) and the reply metrics."""
+    `ledger`: this hospital's DP-SGD history (sample-level DP). Returns the update (what to send, what to
+    keep), the new ledger and the reply metrics. A hospital whose next round would pass its privacy budget
+    does not train: it sends the received arrays back and says so (`privacy-exhausted`)."""
     cfg, data, device = runtime.cfg, runtime.data.train, runtime.device
     seed = runtime.seed(LOCAL_TRAIN_STREAM, server_round)
-    mode = runtime.personalization
-    if mode in (Personalization.FEDPER, Personalization.FEDREP):
+    mode, plan = runtime.personalization, runtime.privacy_plan
+    if plan is not None and plan.would_exceed(ledger):
+        idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
+        return idle, ledger, train_metrics(runtime, idle.result) | privacy_metrics(plan, ledger, exhausted=True)
+    if uses_reference_bank(cfg):  # validation allows it for FedAvg's local step only
+        update = bank_update(runtime.heads, received, data, runtime.reference, cfg, seed, device,
+                             plan.dpsgd if plan is not None else None)
+    elif mode in (Personalization.FEDPER, Personalization.FEDREP):
         personal = personal if personal is not None else runtime.initial_personal_layers
         update_fn = fedper_update if mode is Personalization.FEDPER else fedrep_update
         update = update_fn(runtime.heads, received, personal, data, cfg, seed, device)
@@ -121,7 +153,13 @@ def train_round(runtime: HospitalRuntime, received: StateDict, personal: StateDi
         update = ditto_update(runtime.heads, runtime.personal_heads, received, personal, data, cfg, seed, device)
     else:  # FedAvg and its server-optimizer variants, FedProx, and FedAvg's step of local fine-tuning
         update = global_update(runtime.heads, received, data, cfg, seed, device, proximal_mu)
-    return update, train_metrics(runtime, update.result)
+    metrics = train_metrics(runtime, update.result)
+    if cfg.privacy.sample.enabled:
+        if plan is not None:
+            ledger = ledger + (SampledGaussianSteps(plan.dpsgd.noise_multiplier, plan.dpsgd.sample_rate,
+                                                    update.result.steps),)
+        metrics |= privacy_metrics(plan, ledger)
+    return update, ledger, metrics
 
 
 def distill_round(runtime: HospitalRuntime, global_embeddings: ReferenceEmbeddings, personal: StateDict | None,

@@ -37,9 +37,12 @@ def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None
     losses = [(line["round"], sum(m["train-loss"] * m["num-paired-used"] for m in trained) /
                sum(m["num-paired-used"] for m in trained))
               for line in lines
-              if (trained := [m for m in line["train"].values() if m.get("num-paired-used", 0) > 0])]
+              if (trained := [m for m in line["train"].values()
+                              if m.get("num-paired-used", 0) > 0 and "train-loss" in m])]
     if losses:
         ax_loss.plot(*zip(*losses), marker=".")
+    else:  # DP-SGD: the loss is a statistic of private data and is not published
+        ax_loss.text(0.5, 0.5, "no training loss reported", ha="center", va="center", transform=ax_loss.transAxes)
     ax_loss.set(title="training loss (InfoNCE, pair-weighted)", xlabel="round")
     figure.suptitle(title)
     figure.tight_layout()

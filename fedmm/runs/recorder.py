@@ -27,6 +27,7 @@ from fedmm.evaluation.retrieval import chance_finding_precision, oracle_recall_a
 from fedmm.hospitals import FederatedData
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
+PRIVACY_PREFIXES = ("dp-", "client-dp-", "privacy-")  # training metrics on privacy (strategies.messages)
 SUMMARY_KEYS = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in KS) + ("zeroshot_auroc_macro",)
 
 
@@ -89,6 +90,7 @@ class RunRecorder:
         }
         self.last_evaluation: dict[str, Any] = {}
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
+        self.privacy: dict[int, dict[str, float]] = {}  # per hospital: its latest cumulative ε and DP settings
         self.started = time.perf_counter()
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         (run_dir / "metrics.jsonl").write_text("")
@@ -101,6 +103,10 @@ class RunRecorder:
             for direction in self.bytes_sent:
                 if f"{direction}-bytes" in metrics:
                     self.bytes_sent[direction].append(int(metrics[f"{direction}-bytes"]))
+        for hospital, metrics in train.items():
+            reported = {key.replace("-", "_"): value for key, value in metrics.items() if key.startswith(PRIVACY_PREFIXES)}
+            if reported:
+                self.privacy.setdefault(hospital, {}).update(reported)
         line: dict[str, Any] = {"round": server_round, "sampled": list(sampled),
                                 "train": {str(h): dict(m) for h, m in sorted(train.items())}}
         if global_metrics is not None:
@@ -115,8 +121,20 @@ class RunRecorder:
         if self.on_round is not None:
             self.on_round(server_round, line)
 
-    def finish(self, heads_state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        """Write summary.json, the heads and the plot; return the summary."""
+    def privacy_summary(self, retired: Mapping[int, str]) -> dict[str, Any]:
+        """Each hospital's cumulative ε (sample- and client-level) at the end, and the largest of each."""
+        hospitals = {str(h): dict(values) | ({"retired": retired[h]} if h in retired else {})
+                     for h, values in sorted(self.privacy.items())}
+        hospitals.update({str(h): {"retired": reason} for h, reason in retired.items() if str(h) not in hospitals})
+        largest = {f"max_{name}": max(values[name] for values in self.privacy.values() if name in values)
+                   for name in ("dp_epsilon", "client_dp_epsilon")
+                   if any(name in values for values in self.privacy.values())}
+        return largest | {"hospitals": hospitals}
+
+    def finish(self, heads_state: Mapping[str, torch.Tensor], stopped: str | None = None,
+               retired: Mapping[int, str] | None = None) -> dict[str, Any]:
+        """Write summary.json, the heads and the plot; return the summary. `stopped`: why the run ended
+        before its last round; `retired`: hospitals that stopped training, and why."""
         evaluation = self.last_evaluation
         summary: dict[str, Any] = {
             "strategy": self.cfg.strategy.name, "scenario": self.cfg.scenario.name, "seed": self.cfg.seed,
@@ -127,6 +145,8 @@ class RunRecorder:
             # what one sampled hospital sends (upload) and receives (download) per round, in bytes of arrays
             **{f"{direction}_bytes_per_round": sum(sent) / len(sent) for direction, sent in self.bytes_sent.items() if sent},
             **self.reference,
+            **({"privacy": self.privacy_summary(retired or {})} if self.privacy or retired else {}),
+            **({"stopped": stopped} if stopped else {}),
             "wall_time_s": round(time.perf_counter() - self.started, 2),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False))

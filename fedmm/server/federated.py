@@ -10,11 +10,12 @@ from fedmm.config import ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.hospitals import load_federated_data
 from fedmm.models.heads import build_heads
+from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals
 from fedmm.strategies import build_strategy
-from fedmm.strategies.fedavg import sample_size
+from fedmm.strategies.fedavg import RunStopped, sample_size
 from fedmm.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     """Run `cfg` over the hospitals connected to `grid`; returns the summary written to the run dir."""
     validate_config(cfg)
     data = load_federated_data(cfg)
+    plan_all_hospitals(cfg, data.paired_counts())  # fails before training when a privacy target is unreachable
     run_dir = claim_run_dir(cfg)
     recorder = RunRecorder(cfg, data, run_dir, on_round)
     node_of_hospital, _ = discover_hospitals(grid, data.num_hospitals, cfg.federation.round_timeout_s)
@@ -34,11 +36,15 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
         clients_per_round=sample_size(data.num_hospitals, cfg.federation.clients_per_round,
                                       cfg.federation.fraction_train),
         evaluate_every=cfg.federation.evaluate_every, num_rounds=cfg.federation.rounds,
+        stop_run_at_budget=cfg.privacy.on_budget == "stop_run",
     )
     global_test, prompts = data.global_test(), Prompts.from_features(data.features)
 
+    latest = {"arrays": None}
+
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         # Flower calls this after each round's training and federated evaluation (and once before round 1).
+        latest["arrays"] = arrays
         if server_round == 0:
             return None
         round_log = strategy.logs[server_round]
@@ -52,10 +58,13 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
         return MetricRecord(global_metrics) if global_metrics else None
 
     initial_arrays = strategy.initial_arrays(heads.state_dict())
-    result = strategy.start(
-        grid=grid, initial_arrays=initial_arrays, num_rounds=cfg.federation.rounds,
-        timeout=cfg.federation.round_timeout_s, train_config=ConfigRecord(), evaluate_fn=end_of_round,
-    )
-    final_arrays = result.arrays if len(result.arrays) else initial_arrays
+    stopped = None
+    try:
+        strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=cfg.federation.rounds,
+                       timeout=cfg.federation.round_timeout_s, train_config=ConfigRecord(), evaluate_fn=end_of_round)
+    except RunStopped as stop:  # a privacy budget: the rounds recorded so far are the run's result
+        stopped = str(stop)
+        log.warning("the run stops early: %s", stopped)
+    final_arrays = latest["arrays"] if latest["arrays"] is not None else initial_arrays
     final_state = {key: torch.as_tensor(value) for key, value in final_arrays.to_torch_state_dict().items()}
-    return recorder.finish(final_state) | {"run_dir": str(run_dir)}
+    return recorder.finish(final_state, stopped=stopped, retired=strategy.retired) | {"run_dir": str(run_dir)}

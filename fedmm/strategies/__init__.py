@@ -15,7 +15,8 @@ from fedmm.strategies.local import run_local
 from fedmm.strategies.server_optimizers import ServerAdam, ServerMomentum, ServerOptimizer, ServerYogi
 from fedmm.training.personalized import Personalization
 
-Builder = Callable[[ExperimentConfig, Any, dict[str, Any]], HospitalFedAvg]  # (cfg, FederatedData, common kwargs)
+# (cfg, FederatedData, common kwargs) -> a HospitalFedAvg, or one wrapped for client-level DP
+Builder = Callable[[ExperimentConfig, Any, dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,24 @@ class StrategySpec:
 def averaging(optimizer: type[ServerOptimizer] | None, modality_aware: bool, proximal: bool = False) -> Builder:
     """FedAvg, FedProx, FedAvgM, FedAdam or FedYogi, plain or modality-aware."""
 
-    def build(cfg: ExperimentConfig, data: Any, common: dict[str, Any]) -> HospitalFedAvg:
+    def build(cfg: ExperimentConfig, data: Any, common: dict[str, Any]) -> Any:
         server_optimizer = optimizer(cfg.strategy.server) if optimizer is not None else None
+        client_dp = cfg.privacy.client.clipping != "none"
+        # Client-level DP: the inner strategy averages uniformly, the server optimizer steps after the noise.
+        options = dict(common, modality_aware=modality_aware, uniform_weights=client_dp,
+                       server_optimizer=None if client_dp else server_optimizer)
         if proximal:
             from fedmm.strategies.fedprox import FedProx
 
-            return FedProx(**common, modality_aware=modality_aware, server_optimizer=server_optimizer,
-                           proximal_mu=cfg.strategy.proximal_mu)
-        return HospitalFedAvg(**common, modality_aware=modality_aware, server_optimizer=server_optimizer)
+            strategy = FedProx(**options, proximal_mu=cfg.strategy.proximal_mu)
+        else:
+            strategy = HospitalFedAvg(**options)
+        if not client_dp:
+            return strategy
+        from fedmm.privacy.client_level import ClientLevelDP
+
+        return ClientLevelDP(strategy, cfg.privacy.client, server_optimizer,
+                             stop_run_at_budget=cfg.privacy.on_budget == "stop_run", seed=cfg.seed)
 
     return build
 
@@ -93,6 +104,6 @@ def strategy_spec(name: str) -> StrategySpec:
     return FEDERATED_STRATEGIES[name]
 
 
-def build_strategy(cfg: ExperimentConfig, data: Any, **common: Any) -> HospitalFedAvg:
+def build_strategy(cfg: ExperimentConfig, data: Any, **common: Any) -> Any:
     """The server-side strategy of `cfg.strategy.name`; `common` holds the sampling and round settings."""
     return strategy_spec(cfg.strategy.name).build(cfg, data, common)

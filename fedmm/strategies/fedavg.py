@@ -13,11 +13,15 @@ the next global model (FedAvg: take it; FedAvgM, FedAdam, FedYogi: a pseudo-grad
 
 Flower's node ids are random in every run, so sampling draws hospital ids from the run's seed and maps
 them to nodes, and replies are sorted by hospital id before aggregation.
+
+Privacy budgets: a hospital that reports `privacy-exhausted` (it did not train: one more round would pass
+its sample-level budget) is left out of the average and retired: it is not sent training messages any
+more (`privacy.on_budget: stop_hospital`), or the run stops after that round (`stop_run`).
 """
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from logging import INFO
+from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -37,6 +41,10 @@ GROUP_COUNT_KEYS = {  # the reply metric that weights each head group in the mod
     HeadGroup.REPORT: keys.NUM_REPORT_USED,
     HeadGroup.TEMPERATURE: keys.NUM_PAIRED_USED,
 }
+
+
+class RunStopped(Exception):
+    """Ends the round loop early and cleanly (a privacy budget); the rounds already recorded are kept."""
 
 
 @dataclass
@@ -69,13 +77,19 @@ class HospitalFedAvg(FedAvg):
 
     def __init__(self, node_of_hospital: Mapping[int, int], clients_per_round: int, seed: int,
                  evaluate_every: int, num_rounds: int, modality_aware: bool = False,
-                 server_optimizer: ServerOptimizer | None = None) -> None:
+                 server_optimizer: ServerOptimizer | None = None, uniform_weights: bool = False,
+                 stop_run_at_budget: bool = False) -> None:
         super().__init__(min_available_nodes=len(node_of_hospital), weighted_by_key=keys.NUM_EXAMPLES,
                          train_metrics_aggr_fn=aggregate_train_metrics)
         self.node_of_hospital = dict(node_of_hospital)
         self.clients_per_round, self.seed = clients_per_round, seed
         self.evaluate_every, self.num_rounds = evaluate_every, num_rounds
         self.modality_aware, self.server_optimizer = modality_aware, server_optimizer
+        self.uniform_weights = uniform_weights  # client-level DP: every update counts 1/m, m = clients_per_round
+        self.stop_run_at_budget = stop_run_at_budget
+        self.retired: dict[int, str] = {}  # hospital -> why it trains no more
+        self.stop_reason: str | None = None  # set in a round's aggregation; the next round raises RunStopped
+        self.stop_round: int | None = None
         self.logs: dict[int, RoundLog] = {}
         self.current_arrays: ArrayRecord | None = None  # the global model at the start of this round
         self.sent_arrays: ArrayRecord | None = None  # what the hospitals received for training this round
@@ -85,7 +99,19 @@ class HospitalFedAvg(FedAvg):
         return ArrayRecord(dict(heads_state))
 
     def is_evaluation_round(self, server_round: int) -> bool:
-        return server_round % self.evaluate_every == 0 or server_round == self.num_rounds
+        return (server_round % self.evaluate_every == 0 or server_round in (self.num_rounds, self.stop_round))
+
+    def draw(self, server_round: int) -> list[int]:
+        """This round's hospitals: the seeded sample, less the retired ones."""
+        sample = sample_hospitals(len(self.node_of_hospital), self.clients_per_round, self.seed, server_round)
+        return [hospital for hospital in sample if hospital not in self.retired]
+
+    def retire(self, hospital: int, reason: str) -> None:
+        self.retired.setdefault(hospital, reason)
+
+    def contributors(self, server_round: int) -> list[int]:
+        """Hospitals whose update entered this round's average."""
+        return [h for h, metrics in self.logs[server_round].train.items() if not metrics.get(keys.PRIVACY_EXHAUSTED)]
 
     def _messages(self, hospitals: list[int], arrays: ArrayRecord, config: ConfigRecord,
                   server_round: int, message_type: str) -> list[Message]:
@@ -96,7 +122,9 @@ class HospitalFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        sampled = sample_hospitals(len(self.node_of_hospital), self.clients_per_round, self.seed, server_round)
+        if self.stop_reason is not None:
+            raise RunStopped(self.stop_reason)
+        sampled = self.draw(server_round)
         self.logs[server_round] = RoundLog(sampled=sampled)
         self.current_arrays = arrays
         self.sent_arrays = self.train_payload(server_round, arrays)
@@ -111,8 +139,25 @@ class HospitalFedAvg(FedAvg):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ordered = sort_replies(replies, "training", expected=len(self.logs[server_round].sampled))
         self.log_train(server_round, ordered)
-        return self.aggregate_arrays(ordered), self.train_metrics_aggr_fn(
-            [reply.content for reply in ordered], self.weighted_by_key)
+        contributing = [reply for reply in ordered if not reply.content[keys.METRICS].get(keys.PRIVACY_EXHAUSTED)]
+        self.retire_exhausted(server_round, ordered)
+        if not contributing:  # nobody trained: the global model stays as it is
+            return None, None
+        return self.aggregate_arrays(contributing), self.train_metrics_aggr_fn(
+            [reply.content for reply in contributing], self.weighted_by_key)
+
+    def retire_exhausted(self, server_round: int, ordered: list[Message]) -> None:
+        exhausted = [hospital_of(r) for r in ordered if r.content[keys.METRICS].get(keys.PRIVACY_EXHAUSTED)]
+        if not exhausted:
+            return
+        reason = f"hospital(s) {exhausted} reached their sample-level privacy budget (privacy.sample.max_epsilon)"
+        if self.stop_run_at_budget:
+            self.stop_reason, self.stop_round = f"round {server_round}: {reason}", server_round
+            log(WARNING, "%s; the run stops after this round", reason)
+            return
+        log(WARNING, "%s; they train no more", reason)
+        for hospital in exhausted:
+            self.retire(hospital, "sample-level privacy budget")
 
     def log_train(self, server_round: int, ordered: list[Message],
                   extra: Mapping[int, Mapping[str, float]] | None = None) -> None:
@@ -132,11 +177,15 @@ class HospitalFedAvg(FedAvg):
     def aggregate_arrays(self, ordered: list[Message]) -> ArrayRecord:
         """The next global arrays from replies already sorted by hospital id."""
         assert self.current_arrays is not None, "configure_train stores the global model first"
-        if not self.modality_aware and self.server_optimizer is None:  # plain FedAvg: exactly Flower's average
-            return aggregate_arrayrecords([reply.content for reply in ordered], self.weighted_by_key)
+        if not self.modality_aware and self.server_optimizer is None and not self.uniform_weights:
+            return aggregate_arrayrecords([reply.content for reply in ordered], self.weighted_by_key)  # Flower's
         current = {key: array.numpy() for key, array in self.current_arrays.items()}
         states = [{key: array.numpy() for key, array in reply.content[keys.ARRAYS].items()} for reply in ordered]
-        if self.modality_aware:
+        if self.uniform_weights:  # client-level DP: one hospital moves the average by at most C/m, whoever replies
+            averaged = {key: np.asarray(value + sum(state[key] - value for state in states) / self.clients_per_round,
+                                        dtype=value.dtype) for key, value in current.items()}
+            trained = set(HeadGroup)
+        elif self.modality_aware:
             counts = [{group: float(reply.content[keys.METRICS][key]) for group, key in GROUP_COUNT_KEYS.items()}
                       for reply in ordered]
             averaged = modality_weighted_average(current, states, counts)
@@ -191,7 +240,9 @@ def record_bytes(record: RecordDict) -> int:
 def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Loss averaged over hospitals that trained (weighted by pairs used); sample counts summed."""
     metrics = [record[keys.METRICS] for record in records]
-    trained = [(m[keys.TRAIN_LOSS], m[keys.NUM_PAIRED_USED]) for m in metrics if m[keys.TRAIN_STEPS] > 0]
+    # Under DP-SGD hospitals publish no loss (a statistic of private data).
+    trained = [(m[keys.TRAIN_LOSS], m[keys.NUM_PAIRED_USED]) for m in metrics
+               if m[keys.TRAIN_STEPS] > 0 and keys.TRAIN_LOSS in m]
     total_pairs = sum(weight for _, weight in trained)
     summary = {key: float(sum(m[key] for m in metrics))
                for key in (keys.NUM_PAIRED_USED, keys.NUM_IMAGE_USED, keys.NUM_REPORT_USED, keys.NUM_EXAMPLES)}

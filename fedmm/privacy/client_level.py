@@ -1,0 +1,229 @@
+"""Client-level DP across the federation: Flower's DP strategy wrappers, with per-hospital RDP accounting.
+
+McMahan et al., 2018, "Learning Differentially Private Recurrent Language Models" (ICLR): each sampled
+hospital's update is clipped to L2 norm C (on the server, or at the hospital by Flower's clipping mod),
+the updates are averaged uniformly over the m sampled hospitals and N(0, (zC/m)²) is added to the
+average. Adaptive clipping (Andrew et al., 2021, "Differentially Private Learning with Adaptive
+Clipping", NeurIPS) moves C toward a quantile of the update norms, paying for the noisy count with a
+share of the same noise multiplier z.
+
+`ClientLevelDP` puts the pieces in the order that keeps the guarantee:
+    HospitalFedAvg (uniform average)  ->  Flower wrapper (clip, average, add noise)
+    ->  server optimizer (FedAvgM/FedAdam/FedYogi: post-processing of the noised average)
+and keeps one Flower `RdpAccountant` per hospital: a hospital's ε composes only the rounds whose
+average included its update. Sampling is seeded and therefore public, so no amplification by
+subsampling is claimed (Flower's `no-amplification` model).
+"""
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping, DifferentialPrivacyServerSideFixedClipping, Strategy,
+)
+from flwr.supercore.privacy_accounting import (
+    GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, SamplingMethod,
+)
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+from fedmm.config import ClientDPConfig, ConfigError
+from fedmm.models.heads import HeadGroup
+from fedmm.seeding import DP_NOISE_STREAM, derive_seed
+from fedmm.strategies import messages as keys
+from fedmm.strategies.fedavg import HospitalFedAvg, RunStopped, hospital_of, sort_replies
+from fedmm.strategies.server_optimizers import ServerOptimizer
+
+log = logging.getLogger(__name__)
+
+FIXED = {"server_fixed": DifferentialPrivacyServerSideFixedClipping,
+         "client_fixed": DifferentialPrivacyClientSideFixedClipping}
+ADAPTIVE = {"server_adaptive": DifferentialPrivacyServerSideAdaptiveClipping,
+            "client_adaptive": DifferentialPrivacyClientSideAdaptiveClipping}
+CLIPPING_MODES = ("none", *FIXED, *ADAPTIVE)
+# Uniform averaging is what the noise is calibrated to; modality-aware and personalized aggregation are not.
+CLIENT_DP_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
+
+
+def build_wrapper(inner: Strategy, dp: ClientDPConfig, num_sampled: int) -> Strategy:
+    """The Flower wrapper named by `dp.clipping` around `inner`."""
+    if dp.clipping in FIXED:
+        return FIXED[dp.clipping](inner, dp.noise_multiplier, dp.clipping_norm, num_sampled)
+    return ADAPTIVE[dp.clipping](inner, dp.noise_multiplier, num_sampled, initial_clipping_norm=dp.clipping_norm,
+                                 target_clipped_quantile=dp.target_quantile, clip_norm_lr=dp.clip_norm_lr,
+                                 clipped_count_stddev=count_stddev(dp, num_sampled))
+
+
+def count_stddev(dp: ClientDPConfig, num_sampled: int) -> float:
+    return dp.clipped_count_stddev if dp.clipped_count_stddev is not None else num_sampled / 20  # Flower's default
+
+
+def release_noise_multiplier(dp: ClientDPConfig) -> float:
+    """The Gaussian noise multiplier of one round's release, for every hospital in the round's sample.
+
+    The average divides by the planned sample size m whoever contributes (`HospitalFedAvg` with uniform
+    weights), so one hospital moves it by at most C/m and the noise std zC/m gives multiplier z. Adaptive
+    clipping splits z between the update (z_Δ, larger) and the unclipped count (σ_b, sensitivity 1) so that
+    z^-2 = z_Δ^-2 + (2σ_b)^-2 (Andrew et al., Theorem 1): the composite release costs a Gaussian with z."""
+    return dp.noise_multiplier
+
+
+def new_accountant(dp: ClientDPConfig, num_hospitals: int) -> RdpAccountant:
+    return RdpAccountant(PrivacyConfig(target_delta=dp.delta, population_size=num_hospitals,
+                                       neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                                       sampling_method=SamplingMethod.NO_AMPLIFICATION))
+
+
+class ClientLevelDP(Strategy):
+    """A Flower DP wrapper around a uniformly weighted `HospitalFedAvg`, the server optimizer after the
+    noise, and each hospital's cumulative ε (reported as `client-dp-epsilon` in its training metrics)."""
+
+    def __init__(self, inner: HospitalFedAvg, dp: ClientDPConfig, server_optimizer: ServerOptimizer | None,
+                 stop_run_at_budget: bool, seed: int) -> None:
+        super().__init__()
+        assert inner.uniform_weights and inner.server_optimizer is None, "the noise is calibrated to a plain mean"
+        self.inner, self.dp, self.server_optimizer = inner, dp, server_optimizer
+        self.stop_run_at_budget = stop_run_at_budget
+        self.wrapper = build_wrapper(FixedDenominatorAverage(inner), dp, inner.clients_per_round)
+        num_hospitals = len(inner.node_of_hospital)
+        self.accountants = {hospital: new_accountant(dp, num_hospitals) for hospital in inner.node_of_hospital}
+        self.event = GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=inner.clients_per_round,
+                                          population_size=num_hospitals)
+        self.current_arrays: ArrayRecord | None = None
+        # Flower's wrappers draw their noise from numpy's global generator: seed it from the run's seed.
+        np.random.seed(derive_seed(seed, DP_NOISE_STREAM) % 2**32)
+
+    def __getattr__(self, name: str):  # logs, has_global_model, is_evaluation_round, ... are the inner strategy's
+        if name in ("inner", "wrapper"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def epsilon(self, hospital: int) -> float:
+        accountant = self.accountants[hospital]
+        return accountant.get_privacy_spent().epsilon if accountant.num_releases else 0.0
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.current_arrays = arrays
+        self.retire_over_budget(server_round)
+        return self.wrapper.configure_train(server_round, arrays, config, grid)
+
+    def retire_over_budget(self, server_round: int) -> None:
+        """Before sending: drop every sampled hospital whose ε would pass `max_epsilon` this round (or stop)."""
+        if self.dp.max_epsilon is None:
+            return
+        over = [h for h in self.inner.draw(server_round)
+                if self.accountants[h].would_exceed(self.event, max_epsilon=self.dp.max_epsilon)]
+        if not over:
+            return
+        reason = (f"round {server_round}: hospital(s) {over} would pass privacy.client.max_epsilon="
+                  f"{self.dp.max_epsilon} (spent: {[round(self.epsilon(h), 4) for h in over]})")
+        if self.stop_run_at_budget:
+            raise RunStopped(reason)
+        log.warning("%s; they train no more", reason)
+        for hospital in over:
+            self.inner.retire(hospital, "client-level privacy budget")
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        # A failed hospital stops the run with its error (Flower's wrappers would skip the round silently).
+        ordered = sort_replies(replies, "training", expected=len(self.inner.logs[server_round].sampled))
+        self.inner.log_train(server_round, ordered)
+        self.inner.retire_exhausted(server_round, ordered)
+        contributors = self.inner.contributors(server_round)
+        if not contributors:
+            return None, None
+        assert self.current_arrays is not None
+        # An update of exactly zero (a hospital that had nothing to train on, or stopped at its budget) adds
+        # nothing to the fixed-denominator sum; it is left out because Flower's clipping divides by its norm.
+        moved = [reply for reply in ordered if hospital_of(reply) in contributors
+                 and not unchanged(reply.content[keys.ARRAYS], self.current_arrays)]
+        noised, _ = self.wrapper.aggregate_train(server_round, moved)
+        for hospital in contributors:  # every sampled hospital's data could have moved this release
+            self.accountants[hospital].compose(self.event)
+        for hospital, train_metrics in self.inner.logs[server_round].train.items():
+            train_metrics[keys.CLIENT_DP_EPSILON] = self.epsilon(hospital)
+        metrics = self.inner.train_metrics_aggr_fn(
+            [reply.content for reply in ordered if hospital_of(reply) in contributors], self.inner.weighted_by_key)
+        if noised is None or self.server_optimizer is None:
+            return noised, metrics
+        current = {key: array.numpy() for key, array in self.current_arrays.items()}
+        stepped = self.server_optimizer.step(current, {key: array.numpy() for key, array in noised.items()},
+                                             set(HeadGroup))
+        return ArrayRecord({key: Array(value) for key, value in stepped.items()}), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.wrapper.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.wrapper.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.wrapper.summary()
+
+
+class FixedDenominatorAverage(Strategy):
+    """What Flower's DP wrapper wraps: the hospital strategy's messages, and the average of the (clipped)
+    updates it is handed, current + Σ updates / m for the planned m, even when fewer are handed in."""
+
+    def __init__(self, inner: HospitalFedAvg) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_arrays(list(replies)), None
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+
+def unchanged(sent_back: ArrayRecord, current: ArrayRecord) -> bool:
+    return all(np.array_equal(sent_back[key].numpy(), current[key].numpy()) for key in current)
+
+
+def check_client_privacy(dp: ClientDPConfig, strategy: str, num_hospitals: int, num_sampled: int) -> None:
+    """Impossible or unsound client-level settings, named with their fix."""
+    if dp.clipping not in CLIPPING_MODES:
+        raise ConfigError(f"privacy.client.clipping={dp.clipping!r} is unknown; valid: {list(CLIPPING_MODES)}")
+    if dp.clipping == "none":
+        return
+    if strategy not in CLIENT_DP_STRATEGIES:
+        raise ConfigError(
+            f"privacy.client.clipping={dp.clipping!r} needs a uniformly averaged strategy, one of "
+            f"{list(CLIENT_DP_STRATEGIES)}; strategy.name={strategy!r} weights or splits hospitals' updates "
+            "(modality-aware groups are averaged over fewer hospitals than the noise is calibrated to)"
+        )
+    if not dp.noise_multiplier > 0:
+        raise ConfigError(f"privacy.client.noise_multiplier={dp.noise_multiplier} must be > 0")
+    if not dp.clipping_norm > 0:
+        raise ConfigError(f"privacy.client.clipping_norm={dp.clipping_norm} must be > 0")
+    if not 0 < dp.delta < 1 / num_hospitals:
+        raise ConfigError(f"privacy.client.delta={dp.delta} is impossible: it must lie in (0, 1/num_hospitals) "
+                          f"= (0, {1 / num_hospitals:.3g}); 1e-5 is usual")
+    if dp.max_epsilon is not None and not dp.max_epsilon > 0:
+        raise ConfigError(f"privacy.client.max_epsilon={dp.max_epsilon} is impossible: ε must be > 0")
+    if dp.clipping in ADAPTIVE:
+        sigma_b = count_stddev(dp, num_sampled)
+        if not dp.noise_multiplier < 2 * sigma_b:
+            raise ConfigError(
+                f"privacy.client: adaptive clipping spends part of noise_multiplier={dp.noise_multiplier} on the "
+                f"unclipped count (clipped_count_stddev={sigma_b:g}); it needs noise_multiplier < "
+                f"2 x clipped_count_stddev. Raise privacy.client.clipped_count_stddev (e.g. to "
+                f"{dp.noise_multiplier:g}) or lower the noise multiplier"
+            )

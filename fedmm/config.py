@@ -89,7 +89,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     objective: str = "auto"  # in_batch | reference_bank | auto (reference_bank exactly when privacy.sample is on)
-    bank_size: int = 256  # reference_bank: negatives per step, drawn from the non-private reference set
+    bank_size: int = 64  # reference_bank: negatives per step, drawn from the non-private reference set
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from fedmm.models.losses import reference_bank_info_nce
 from fedmm.privacy.accounting import SampledGaussianSteps, epsilon_spent, ledger_from_lists, ledger_to_lists
 from fedmm.privacy.client_level import ClientLevelDP, new_accountant, release_noise_multiplier
 from fedmm.privacy.sample_level import plan_all_hospitals, plan_sample_privacy
-from fedmm.training.bank import DPSGD, make_private, train_heads_on_bank
+from fedmm.training.bank import DPSGD, bank_loss, make_private, per_pair_gradients, train_heads_on_bank
 from fedmm.training.personalized import snapshot
 from fedmm.validation import validate_config
 from test_personalized import heads, tiny_split
@@ -130,7 +130,7 @@ def _pair_gradient(loss_fn, model, batch: slice) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.image_head.parameters()])
 
 
-def test_a_pairs_bank_loss_gradient_does_not_depend_on_the_other_pairs_but_in_batch_clip_does():
+def test_a_pairs_bank_loss_term_does_not_depend_on_the_other_pairs_but_in_batch_clips_does():
     bank = tiny_split(16)
     with torch.no_grad():
         model = heads()
@@ -150,6 +150,19 @@ def test_a_pairs_bank_loss_gradient_does_not_depend_on_the_other_pairs_but_in_ba
                               _pair_gradient(in_batch_terms, model, slice(0, 8)), atol=1e-4)
 
 
+def test_per_pair_gradients_include_the_bank_path_and_match_autograd():
+    data, bank, model = tiny_split(5), tiny_split(16), heads()
+    trainable = dict(model.named_parameters())
+    per_pair = per_pair_gradients(model, trainable, data.image_features, data.report_features,
+                                  bank.image_features, bank.report_features)
+    for pair in (0, 3):
+        model.zero_grad()
+        bank_loss(model, data.image_features[pair:pair + 1], data.report_features[pair:pair + 1],
+                  bank.image_features, bank.report_features)[0].backward()
+        for name, parameter in trainable.items():
+            torch.testing.assert_close(per_pair[name][pair], parameter.grad, atol=1e-5, rtol=1e-4)
+
+
 def test_dp_sgd_clips_every_pairs_gradient_to_the_bound():
     """σ = 0 and SGD with lr 1: one step moves the parameters by exactly the sum of clipped per-pair gradients
     / expected batch size, so with one pair per step the move is min(||g||, C)."""
@@ -157,21 +170,19 @@ def test_dp_sgd_clips_every_pairs_gradient_to_the_bound():
     for pair in range(4):
         model = heads()
         model.logit_scale.requires_grad_(False)
-        before = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
-        optimizer = make_private(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0),
+        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        before = torch.cat([p.detach().flatten().clone() for p in trainable.values()])
+        optimizer = make_private(torch.optim.SGD(trainable.values(), lr=1.0),
                                  DPSGD(noise_multiplier=0.0, max_grad_norm=bound, sample_rate=1.0),
                                  expected_batch_size=1, seed=0)
-        with torch.no_grad():
-            bank_images, bank_reports = model.embed_images(bank.image_features), model.embed_reports(bank.report_features)
         row = slice(pair, pair + 1)
-        loss = reference_bank_info_nce(model.embed_images(data.image_features[row]),
-                                       model.embed_reports(data.report_features[row]),
-                                       bank_images, bank_reports, model.scale()).total.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        unclipped = torch.cat([p.grad_sample.flatten() for p in model.parameters() if p.requires_grad]).norm()
+        per_pair = per_pair_gradients(model, trainable, data.image_features[row], data.report_features[row],
+                                      bank.image_features, bank.report_features)
+        for name, parameter in trainable.items():
+            parameter.grad_sample = per_pair[name]
+        unclipped = torch.cat([g.flatten() for g in per_pair.values()]).norm()
         optimizer.step()
-        after = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+        after = torch.cat([p.detach().flatten() for p in trainable.values()])
         assert unclipped > bound  # so the bound is what limits the move
         assert (after - before).norm().item() == pytest.approx(bound, rel=1e-3)
 

@@ -55,6 +55,10 @@ class ContrastiveHeads(nn.Module):
         self.report_head = ProjectionHead(report_dim, cfg.hidden_dim, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
 
+    def forward(self, image_features: torch.Tensor, report_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D_image), (B, D_text) -> (B, E) image and (B, E) report embeddings."""
+        return self.embed_images(image_features), self.embed_reports(report_features)
+
     def embed_images(self, image_features: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.image_head(image_features), dim=-1)  # (B, E)
 

@@ -64,15 +64,15 @@ def run_comparison(strategies: Sequence[str], scenarios: Sequence[str], override
             rows.append({"scenario": scenario, "strategy": strategy,
                          **{column: read(summary) for column, _, read in COLUMNS}})
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "table.csv")
+    write_csv(rows, out / "table.csv", ["scenario", "strategy", *(c for c, _, _ in COLUMNS)])
     (out / "table.md").write_text(markdown_table(rows))
     plot_comparison(rows, out / "comparison.png")
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], path: Path, fieldnames: Sequence[str]) -> None:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["scenario", "strategy", *(c for c, _, _ in COLUMNS)])
+        writer = csv.DictWriter(handle, fieldnames=list(fieldnames))
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
 
@@ -86,13 +86,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines = [f"### {scenario}", "", "| strategy | " + " | ".join(h for _, h in columns) + " |",
                  "|---|" + "---|" * len(columns)]
         for row in members:
-            cells = [_format(row[c], c) for c, _ in columns]
+            cells = [format_cell(row[c], c) for c, _ in columns]
             lines.append(f"| {row['strategy']} | " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
 
 
-def _format(value: Any, column: str) -> str:
+def format_cell(value: Any, column: str) -> str:
     if value is None:
         return "–"
     return f"{value:,.0f}" if column.endswith("_kib") else f"{value:.3f}"

@@ -2,18 +2,21 @@
 
 DP-SGD: Abadi et al., 2016, "Deep Learning with Differential Privacy" (CCS). Each step draws a Poisson
 sample of the hospital's pairs (every pair independently with probability q), clips every pair's
-gradient to L2 norm C, sums, adds N(0, σ²C²) and divides by the expected batch size. The objective is
-`reference_bank_info_nce`: a pair's loss depends on that pair and on the bank only, so per-pair clipping
-bounds each pair's influence. The bank is re-embedded from the reference set at every step with the
-current heads and without gradient: public data and already-released weights, so it costs no privacy.
+gradient to L2 norm C, sums, adds N(0, σ²C²) and divides by the expected batch size (Opacus'
+`DPOptimizer`). The objective is `reference_bank_info_nce`: pair i's loss depends on pair i and on K
+reference studies drawn for the step, embedded by the same heads *with* gradient, so negatives are
+pushed apart as in CLIP. Its gradient is a function of one private pair and public data, so clipping it
+bounds that pair's influence. Opacus' layer hooks would count the bank rows as extra samples, so the
+per-pair gradients (bank path included) are computed with `torch.func` (vmap of grad) and handed to
+`DPOptimizer` as `grad_sample`.
+
+Measured (README): embedding the bank without gradient, whether once per round or at every step, lets
+the heads drift or collapse (the loss climbs to log(K+1)); with gradient through the bank it learns.
 """
 
-import copy
-import warnings
 from dataclasses import dataclass
 
 import torch
-from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
@@ -46,62 +49,92 @@ def sample_rate(batch_size: int, num_samples: int) -> float:
 
 def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: SplitTensors, cfg: TrainConfig,
                         seed: int, device: torch.device | str = "cpu", dp: DPSGD | None = None) -> TrainResult:
-    """Train `heads` in place for `cfg.local_epochs` on the pairs, with `cfg.bank_size` bank negatives per
-    step; with `dp`, as DP-SGD (the temperature is then frozen: Opacus clips per-layer gradients only).
+    """Train `heads` in place for `cfg.local_epochs` on the pairs, with `cfg.bank_size` reference negatives
+    per step; with `dp`, as DP-SGD (the temperature is then frozen, and no loss is reported: it is a
+    statistic of private data).
 
-    `TrainResult.steps` counts noisy steps taken (what the accountant composes), including steps whose
-    Poisson sample came out empty. The reported loss is nan under DP: it is a statistic of private data.
+    `TrainResult.steps` counts the steps taken (what the accountant composes), including DP steps whose
+    Poisson sample came out empty (they still add noise).
     """
     paired = data.paired_mask.nonzero().flatten()
     if len(paired) == 0:  # an unimodal hospital: no pair to learn from (see the missing-modality handlers)
         return TrainResult(float("nan"), 0, 0, 0, 0)
     image_features = data.image_features[paired].to(device)  # (P, D_image)
     report_features = data.report_features[paired].to(device)  # (P, D_text)
-    bank_images_all, bank_reports_all = bank.image_features.to(device), bank.report_features.to(device)
+    bank_image_features, bank_report_features = bank.image_features.to(device), bank.report_features.to(device)
     generator = torch.Generator().manual_seed(seed)
-    model = copy.deepcopy(heads) if dp is not None else heads  # Opacus hooks stay off the reused model
     if dp is not None:
-        model.logit_scale.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        heads.logit_scale.requires_grad_(False)
+    trainable = {name: p for name, p in heads.named_parameters() if p.requires_grad}
+    optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if dp is not None:
-        optimizer = make_private(model, optimizer, dp, expected_batch_size=max(1, round(dp.sample_rate * len(paired))),
+        optimizer = make_private(optimizer, dp, expected_batch_size=max(1, round(dp.sample_rate * len(paired))),
                                  seed=seed)
-    model.train()
+    heads.train()
     losses, steps = [], 0
-    for epoch in range(cfg.local_epochs):
-        for batch in _batches(len(paired), cfg.batch_size, dp, seed, epoch, generator):
-            batch = batch.to(device)
-            bank_index = torch.randint(len(bank), (min(cfg.bank_size, len(bank)),), generator=generator).to(device)
-            with torch.no_grad():  # the bank carries no gradient (and no per-sample hooks fire without it)
-                bank_images = model.embed_images(bank_images_all[bank_index])  # (K, E)
-                bank_reports = model.embed_reports(bank_reports_all[bank_index])  # (K, E)
-            per_pair = reference_bank_info_nce(model.embed_images(image_features[batch]),
-                                               model.embed_reports(report_features[batch]),
-                                               bank_images, bank_reports, model.scale()).total  # (B,)
-            loss = per_pair.sum() if dp is not None else per_pair.mean()
-            optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():  # inputs are frozen features: Opacus' hooks warn about it
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                loss.backward()
-            optimizer.step()
-            steps += 1
-            if dp is None:
-                losses.append(loss.detach())
-    model.eval()
-    if dp is not None:
-        heads.load_state_dict(model.state_dict())
+    try:
+        for epoch in range(cfg.local_epochs):
+            for batch in _batches(len(paired), cfg.batch_size, dp, seed, epoch, generator):
+                batch = batch.to(device)
+                drawn = torch.randint(len(bank), (min(cfg.bank_size, len(bank)),), generator=generator).to(device)
+                images, reports = image_features[batch], report_features[batch]  # (B, D_image), (B, D_text)
+                bank_images, bank_reports = bank_image_features[drawn], bank_report_features[drawn]  # (K, D) each
+                optimizer.zero_grad(set_to_none=True)
+                if dp is None:
+                    loss = bank_loss(heads, images, reports, bank_images, bank_reports).mean()
+                    loss.backward()
+                    losses.append(loss.detach())
+                else:
+                    per_pair = per_pair_gradients(heads, trainable, images, reports, bank_images, bank_reports)
+                    for name, parameter in trainable.items():
+                        parameter.grad_sample = per_pair[name]  # (B, *shape): what DPOptimizer clips and noises
+                optimizer.step()
+                steps += 1
+    finally:
+        heads.logit_scale.requires_grad_(True)
+    heads.eval()
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
     return TrainResult(mean_loss, steps, len(paired), len(paired), len(paired))
 
 
-def make_private(model: ContrastiveHeads, optimizer: torch.optim.Optimizer, dp: DPSGD, expected_batch_size: int,
-                 seed: int) -> DPOptimizer:
-    """Opacus' DP-SGD around `optimizer`: hooks on `model`'s layers compute per-sample gradients of a
-    sum-reduced loss; each step clips them to `dp.max_grad_norm`, sums, adds seeded N(0, σ²C²) and divides
-    by `expected_batch_size` (q·n, fixed, as the privacy analysis of Poisson sampling assumes)."""
-    GradSampleModule(model, loss_reduction="sum")
-    device = next(model.parameters()).device
+def bank_loss(heads: ContrastiveHeads, images: torch.Tensor, reports: torch.Tensor, bank_images: torch.Tensor,
+              bank_reports: torch.Tensor) -> torch.Tensor:
+    """(B,) per-pair terms; the bank (K studies, features) goes through the heads with gradient."""
+    image_embeddings, report_embeddings = heads(images, reports)  # (B, E) each
+    bank_image_embeddings, bank_report_embeddings = heads(bank_images, bank_reports)  # (K, E) each
+    return reference_bank_info_nce(image_embeddings, report_embeddings, bank_image_embeddings,
+                                   bank_report_embeddings, heads.scale()).total
+
+
+def per_pair_gradients(heads: ContrastiveHeads, trainable: dict[str, torch.nn.Parameter], images: torch.Tensor,
+                       reports: torch.Tensor, bank_images: torch.Tensor,
+                       bank_reports: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{name: (B, *shape)}: the gradient of each pair's own loss term, bank path included."""
+    if len(images) == 0:  # an empty Poisson sample: a noise-only step
+        return {name: torch.zeros((0, *p.shape), device=p.device) for name, p in trainable.items()}
+    frozen = {name: p.detach() for name, p in heads.named_parameters() if name not in trainable}
+
+    def pair_loss(parameters, image, report):  # image (D_image,), report (D_text,): one pair
+        every = parameters | frozen
+        image_embeddings, report_embeddings = torch.func.functional_call(
+            heads, every, (torch.cat([image[None], bank_images]), torch.cat([report[None], bank_reports])))  # (1+K, E)
+        scale = every["logit_scale"].exp().clamp(max=heads.MAX_LOGIT_SCALE)
+        return reference_bank_info_nce(image_embeddings[:1], report_embeddings[:1], image_embeddings[1:],
+                                       report_embeddings[1:], scale).total[0]
+
+    parameters = {name: p.detach() for name, p in trainable.items()}
+    return torch.func.vmap(torch.func.grad(pair_loss), in_dims=(None, 0, 0))(parameters, images, reports)
+
+
+def embed_in_chunks(embed, features: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    return torch.cat([embed(features[start:start + chunk]) for start in range(0, len(features), chunk)])
+
+
+def make_private(optimizer: torch.optim.Optimizer, dp: DPSGD, expected_batch_size: int, seed: int) -> DPOptimizer:
+    """Opacus' DP-SGD step around `optimizer`: each step clips every parameter's `grad_sample` rows (one per
+    pair, set by the caller) to joint L2 norm `dp.max_grad_norm`, sums them, adds seeded N(0, σ²C²) and
+    divides by `expected_batch_size` (q·n, fixed, as the analysis of Poisson sampling assumes)."""
+    device = optimizer.param_groups[0]["params"][0].device
     return DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                        expected_batch_size=expected_batch_size, loss_reduction="mean",
                        generator=_derived_generator(seed, 1, device))

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run one experiment (Hydra overrides: key=value, group=option)")
     run.add_argument("overrides", nargs="*", help="e.g. strategy=fedavg scenario=balanced federation.rounds=10")
     run.add_argument("--config-file", type=Path, help="rerun a saved run_dir/config.yaml (overrides apply on top)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue RUN_DIR from its last checkpoint (with its saved config; overrides such as "
+                          "federation.rounds=30 apply on top)")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
     compare = commands.add_parser("compare", help="run strategies x scenarios with the same seed and budget; "
                                                   "write table.csv, table.md and comparison.png")
@@ -51,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return list_options()
         if args.command == "run":
-            cfg = load_config_file(args.config_file, args.overrides) if args.config_file else compose_config(args.overrides)
+            if args.resume:
+                cfg = load_config_file(args.resume / "config.yaml",
+                                       [*args.overrides, f"run_dir={args.resume}", "resume=true"])
+            elif args.config_file:
+                cfg = load_config_file(args.config_file, args.overrides)
+            else:
+                cfg = compose_config(args.overrides)
             summary = run_with_progress(cfg, args.verbose)
             print_summary(summary)
             return 0

@@ -197,6 +197,7 @@ class ExperimentConfig:
     name: str = "default"
     seed: int = 0
     run_dir: str | None = None  # null = outputs/<name>/<strategy>-<scenario>-seed<seed>-<time>
+    resume: bool = False  # continue the run in run_dir from its last checkpoint (e.g. with more rounds)
     cache_dir: str = ".cache/fedmm"
     device: str = "auto"  # auto | cpu | cuda
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

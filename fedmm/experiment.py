@@ -1,9 +1,11 @@
 """Run one experiment end to end, whichever kind its strategy is (federated or reference)."""
 
+import dataclasses
+
 from fedmm.config import ExperimentConfig
 from fedmm.hospitals import load_federated_data, load_reference
 from fedmm.privacy.sample_level import plan_all_hospitals
-from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
+from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir, default_run_dir
 from fedmm.strategies import REFERENCE_RUNS, is_reference
 from fedmm.training.bank import uses_reference_bank
 from fedmm.validation import validate_config
@@ -14,6 +16,8 @@ def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None,
     """Validate, prepare the caches, run; returns the summary (also in `<run_dir>/summary.json`).
     `client_mods`: Flower mods around every hospital's handlers (federated strategies only)."""
     validate_config(cfg)  # fails before any work
+    if cfg.run_dir is None:  # named now, so hospitals know where their state folder is
+        cfg = dataclasses.replace(cfg, run_dir=str(default_run_dir(cfg)))
     data = load_federated_data(cfg, progress=progress)  # builds the caches once, before any client reads them
     if cfg.strategy.name == "feddistill" or uses_reference_bank(cfg):
         load_reference(cfg, progress=progress)  # the same for the reference set's features

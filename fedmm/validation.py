@@ -7,7 +7,7 @@ from fedmm.hospitals import reference_dataset_config
 from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
 from fedmm.privacy.client_level import check_client_privacy
 from fedmm.privacy.sample_level import ON_BUDGET, SAMPLE_DP_STRATEGIES, check_sample_privacy
-from fedmm.strategies import check_strategy
+from fedmm.strategies import RESUMABLE, check_strategy, is_resumable
 from fedmm.strategies.fedavg import sample_size
 from fedmm.training.bank import OBJECTIVES, uses_reference_bank
 
@@ -42,6 +42,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if cfg.simulation.client_cpus <= 0 or cfg.simulation.client_gpus < 0:
         raise ConfigError("simulation.client_cpus must be > 0 and simulation.client_gpus >= 0")
     check_privacy(cfg)
+    if cfg.resume and not is_resumable(cfg.strategy.name):
+        raise ConfigError(f"resume=true: strategy {cfg.strategy.name!r} keeps state at the hospitals or in the "
+                          f"server's distillation; resuming is supported for {list(RESUMABLE)}")
 
 
 def check_privacy(cfg: ExperimentConfig) -> None:

@@ -103,6 +103,7 @@ def test_a_target_no_noise_can_reach_fails_before_training_naming_the_hospital()
     (["privacy=client_fixed", "strategy=fedavg", "privacy.client.clipping=sometimes"], "clipping='sometimes' is unknown"),
     (["privacy.on_budget=keep_going"], "on_budget='keep_going' is unknown"),
     (["train.objective=ranking"], "train.objective='ranking' is unknown"),
+    (["strategy=fedper", "resume=true"], "resuming is supported for"),
 ])
 def test_unsound_or_unknown_privacy_options_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -4,7 +4,9 @@ What a hospital keeps private across rounds (personal layers or models, its DP-S
 `context.state` under `personal` and `privacy-ledger`; it is never put in a reply.
 """
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -47,13 +49,14 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
         # 3. reply with the shared heads and the counts that weight their aggregation.
         received = msg.content[keys.ARRAYS].to_torch_state_dict()
         config = msg.content[keys.CONFIG]
-        update, ledger, metrics = train_round(runtime(context), received, load_personal(context),
+        hospital = runtime(context)
+        update, ledger, metrics = train_round(hospital, received, load_personal(context),
                                               int(config[keys.SERVER_ROUND]), float(config.get(keys.PROXIMAL_MU, 0.0)),
-                                              load_ledger(context))
+                                              load_ledger(context, hospital.ledger_path))
         if update.personal is not None:
             store_personal(context, update.personal)
         if ledger:
-            store_ledger(context, ledger)
+            store_ledger(context, ledger, hospital.ledger_path)
         content = RecordDict({keys.ARRAYS: ArrayRecord(update.shared), keys.METRICS: MetricRecord(metrics)})
         return Message(content, reply_to=msg)
 
@@ -111,15 +114,23 @@ def store_personal(context: Context, personal: StateDict) -> None:
     context.state[keys.PERSONAL] = ArrayRecord(personal)
 
 
-def load_ledger(context: Context) -> Ledger:
-    """This hospital's DP-SGD history over the rounds it trained; it never leaves the node."""
-    if keys.PRIVACY_LEDGER not in context.state:
-        return ()
-    return ledger_from_lists(dict(context.state[keys.PRIVACY_LEDGER]))
+def load_ledger(context: Context, path: Path | None) -> Ledger:
+    """This hospital's DP-SGD history over every round it trained, in this run or (from `path`, on the
+    first message of a resumed run) before; it never leaves the node."""
+    if keys.PRIVACY_LEDGER in context.state:
+        return ledger_from_lists(dict(context.state[keys.PRIVACY_LEDGER]))
+    if path is not None and path.exists():
+        return ledger_from_lists(json.loads(path.read_text()))
+    return ()
 
 
-def store_ledger(context: Context, ledger: Ledger) -> None:
+def store_ledger(context: Context, ledger: Ledger, path: Path | None) -> None:
     context.state[keys.PRIVACY_LEDGER] = ConfigRecord(ledger_to_lists(ledger))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(ledger_to_lists(ledger)))
+        temporary.replace(path)
 
 
 app = make_client_app()  # for `flwr run .` (pyproject: [tool.flwr.app.components] clientapp)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -61,6 +62,14 @@ class HospitalRuntime:
             self._privacy_plan = plan_sample_privacy(self.cfg, int(self.data.train.paired_mask.sum()),
                                                      self.data.hospital_id)
         return self._privacy_plan
+
+    @property
+    def ledger_path(self) -> Path | None:
+        """Where this hospital keeps its DP-SGD ledger between runs (a resumed run reads it back): its
+        folder under the run directory in simulation. None: only in Flower's context.state."""
+        if self.cfg.run_dir is None:
+            return None
+        return Path(self.cfg.run_dir) / "hospitals" / str(self.data.hospital_id) / "privacy-ledger.json"
 
     @property
     def initial_personal_layers(self) -> StateDict:

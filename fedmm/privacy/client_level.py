@@ -32,6 +32,7 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from fedmm.config import ClientDPConfig, ConfigError
 from fedmm.models.heads import HeadGroup
+from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import DP_NOISE_STREAM, derive_seed
 from fedmm.strategies import messages as keys
 from fedmm.strategies.fedavg import HospitalFedAvg, RunStopped, hospital_of, sort_replies
@@ -93,8 +94,21 @@ class ClientLevelDP(Strategy):
         self.event = GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=inner.clients_per_round,
                                           population_size=num_hospitals)
         self.current_arrays: ArrayRecord | None = None
-        # Flower's wrappers draw their noise from numpy's global generator: seed it from the run's seed.
-        np.random.seed(derive_seed(seed, DP_NOISE_STREAM) % 2**32)
+        self.seed = seed
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
+        checkpoint = self.inner.checkpoint(server_round, arrays)
+        if self.server_optimizer is not None:
+            checkpoint.optimizer_moments, checkpoint.optimizer_steps = self.server_optimizer.state()
+        checkpoint.accountants = {h: accountant.state_dict() for h, accountant in self.accountants.items()}
+        return checkpoint
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.inner.restore(checkpoint)
+        if self.server_optimizer is not None:
+            self.server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
+        for hospital, state in checkpoint.accountants.items():
+            self.accountants[hospital].load_state_dict(state)
 
     def __getattr__(self, name: str):  # logs, has_global_model, is_evaluation_round, ... are the inner strategy's
         if name in ("inner", "wrapper"):
@@ -141,6 +155,9 @@ class ClientLevelDP(Strategy):
         # nothing to the fixed-denominator sum; it is left out because Flower's clipping divides by its norm.
         moved = [reply for reply in ordered if hospital_of(reply) in contributors
                  and not unchanged(reply.content[keys.ARRAYS], self.current_arrays)]
+        # Flower's wrappers draw their noise from numpy's global generator: seed it per round from the run's
+        # seed, so a resumed run adds the same noise as one that never stopped.
+        np.random.seed(derive_seed(self.seed, DP_NOISE_STREAM, server_round) % 2**32)
         noised, _ = self.wrapper.aggregate_train(server_round, moved)
         for hospital in contributors:  # every sampled hospital's data could have moved this release
             self.accountants[hospital].compose(self.event)

@@ -37,10 +37,19 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
 
 
 def claim_run_dir(cfg: ExperimentConfig) -> Path:
-    """Create the run directory; refuse one that already holds a finished run (nothing is overwritten)."""
+    """Create the run directory; refuse one that already holds a run (nothing is overwritten) unless
+    resuming it, which needs its checkpoint."""
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if cfg.resume:
+        if not (run_dir / "checkpoint.json").exists():
+            raise ConfigError(f"resume=true: run_dir={str(run_dir)!r} holds no checkpoint to resume from")
+        return run_dir
     if (run_dir / "summary.json").exists():
-        raise ConfigError(f"run_dir={str(run_dir)!r} already holds a finished run; choose another run_dir")
+        raise ConfigError(f"run_dir={str(run_dir)!r} already holds a finished run; choose another run_dir "
+                          "(or continue it with more rounds: fedmm run --resume RUN_DIR federation.rounds=N)")
+    if (run_dir / "checkpoint.json").exists():
+        raise ConfigError(f"run_dir={str(run_dir)!r} holds an unfinished run; continue it with "
+                          "`fedmm run --resume RUN_DIR` or choose another run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -76,7 +85,8 @@ class RunRecorder:
     """Writes a run's outputs as it goes; `finish` writes the summary, heads and plot."""
 
     def __init__(self, cfg: ExperimentConfig, data: FederatedData, run_dir: Path,
-                 on_round: RoundCallback | None = None) -> None:
+                 on_round: RoundCallback | None = None, resume_round: int = 0) -> None:
+        """`resume_round`: continue a run whose rounds up to this one are in its metrics.jsonl."""
         self.cfg, self.run_dir, self.on_round = cfg, run_dir, on_round
         self.groups = {h.hospital_id: h.group.value for h in data.federation.hospitals}
         global_labels = data.global_test().labels
@@ -92,21 +102,22 @@ class RunRecorder:
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
         self.privacy: dict[int, dict[str, float]] = {}  # per hospital: its latest cumulative ε and DP settings
         self.started = time.perf_counter()
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        (run_dir / "metrics.jsonl").write_text("")
+        # The saved config reruns the whole run from scratch (the same rounds, seeds and results).
+        saved = config_to_dict(cfg) | {"resume": False}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+        kept = [line for line in self.read_lines() if line["round"] <= resume_round] if resume_round else []
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
+        for line in kept:  # what finish() summarizes: bytes, privacy, the last evaluation
+            self.absorb(line)
+
+    def read_lines(self) -> list[dict[str, Any]]:
+        path = self.run_dir / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def record(self, server_round: int, sampled: list[int], train: Mapping[int, Mapping[str, float]],
                global_metrics: Mapping[str, float] | None = None,
                hospital_metrics: Mapping[int, Mapping[str, float]] | None = None) -> None:
         """Append one round. `global_metrics`/`hospital_metrics` are given on evaluation rounds only."""
-        for metrics in train.values():
-            for direction in self.bytes_sent:
-                if f"{direction}-bytes" in metrics:
-                    self.bytes_sent[direction].append(int(metrics[f"{direction}-bytes"]))
-        for hospital, metrics in train.items():
-            reported = {key.replace("-", "_"): value for key, value in metrics.items() if key.startswith(PRIVACY_PREFIXES)}
-            if reported:
-                self.privacy.setdefault(hospital, {}).update(reported)
         line: dict[str, Any] = {"round": server_round, "sampled": list(sampled),
                                 "train": {str(h): dict(m) for h, m in sorted(train.items())}}
         if global_metrics is not None:
@@ -114,12 +125,23 @@ class RunRecorder:
         if hospital_metrics is not None:
             line["hospitals"] = {str(h): {"group": self.groups[h], **m} for h, m in sorted(hospital_metrics.items())}
             line.update(summarize_hospitals(hospital_metrics, self.groups))
-        if global_metrics is not None or hospital_metrics is not None:
-            self.last_evaluation = line
+        self.absorb(line)
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(line, sort_keys=True, allow_nan=True) + "\n")
         if self.on_round is not None:
             self.on_round(server_round, line)
+
+    def absorb(self, line: dict[str, Any]) -> None:
+        """Take one round's line into what the summary reports."""
+        for hospital, metrics in line["train"].items():
+            for direction in self.bytes_sent:
+                if f"{direction}-bytes" in metrics:
+                    self.bytes_sent[direction].append(int(metrics[f"{direction}-bytes"]))
+            reported = {key.replace("-", "_"): value for key, value in metrics.items() if key.startswith(PRIVACY_PREFIXES)}
+            if reported:
+                self.privacy.setdefault(int(hospital), {}).update(reported)
+        if "global" in line or "hospitals" in line:
+            self.last_evaluation = line
 
     def privacy_summary(self, retired: Mapping[int, str]) -> dict[str, Any]:
         """Each hospital's cumulative ε (sample- and client-level) at the end, and the largest of each."""

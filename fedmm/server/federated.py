@@ -1,20 +1,23 @@
 """A federated run on a Grid: discover hospitals, run the strategy's rounds, record everything."""
 
 import logging
+from collections.abc import Iterable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
-from fedmm.config import ExperimentConfig
+from fedmm.config import ConfigError, ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.hospitals import load_federated_data
 from fedmm.models.heads import build_heads
 from fedmm.privacy.sample_level import plan_all_hospitals
+from fedmm.runs.checkpoint import load_checkpoint, save_checkpoint
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals
-from fedmm.strategies import build_strategy
+from fedmm.strategies import build_strategy, is_resumable
 from fedmm.strategies.fedavg import RunStopped, sample_size
 from fedmm.validation import validate_config
 
@@ -27,7 +30,12 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     data = load_federated_data(cfg)
     plan_all_hospitals(cfg, data.paired_counts())  # fails before training when a privacy target is unreachable
     run_dir = claim_run_dir(cfg)
-    recorder = RunRecorder(cfg, data, run_dir, on_round)
+    resumable = is_resumable(cfg.strategy.name)
+    checkpoint = load_checkpoint(run_dir) if cfg.resume else None
+    done = checkpoint.server_round if checkpoint is not None else 0
+    if done >= cfg.federation.rounds:
+        raise ConfigError(f"resume: {str(run_dir)!r} already finished round {done}; raise federation.rounds to go on")
+    recorder = RunRecorder(cfg, data, run_dir, on_round, resume_round=done)
     node_of_hospital, _ = discover_hospitals(grid, data.num_hospitals, cfg.federation.round_timeout_s)
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
@@ -47,6 +55,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
         latest["arrays"] = arrays
         if server_round == 0:
             return None
+        server_round += done  # Flower counts the rounds of this call; a resumed run goes on from `done`
         round_log = strategy.logs[server_round]
         evaluating = strategy.is_evaluation_round(server_round)
         global_metrics = None
@@ -55,16 +64,50 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
             global_metrics = evaluate_split(heads, global_test, prompts)
         recorder.record(server_round, round_log.sampled, round_log.train, global_metrics,
                         round_log.evaluate if evaluating else None)
+        if resumable:
+            save_checkpoint(run_dir, strategy.checkpoint(server_round, arrays))
         return MetricRecord(global_metrics) if global_metrics else None
 
-    initial_arrays = strategy.initial_arrays(heads.state_dict())
+    if checkpoint is not None:
+        strategy.restore(checkpoint)
+        initial_arrays = ArrayRecord({key: Array(value) for key, value in checkpoint.global_arrays.items()})
+        log.info("resuming %s after round %d of %d", run_dir, done, cfg.federation.rounds)
+    else:
+        initial_arrays = strategy.initial_arrays(heads.state_dict())
     stopped = None
     try:
-        strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=cfg.federation.rounds,
-                       timeout=cfg.federation.round_timeout_s, train_config=ConfigRecord(), evaluate_fn=end_of_round)
+        RoundOffset(strategy, done).start(grid=grid, initial_arrays=initial_arrays,
+                                          num_rounds=cfg.federation.rounds - done, timeout=cfg.federation.round_timeout_s,
+                                          train_config=ConfigRecord(), evaluate_fn=end_of_round)
     except RunStopped as stop:  # a privacy budget: the rounds recorded so far are the run's result
         stopped = str(stop)
         log.warning("the run stops early: %s", stopped)
     final_arrays = latest["arrays"] if latest["arrays"] is not None else initial_arrays
     final_state = {key: torch.as_tensor(value) for key, value in final_arrays.to_torch_state_dict().items()}
     return recorder.finish(final_state, stopped=stopped, retired=strategy.retired) | {"run_dir": str(run_dir)}
+
+
+class RoundOffset(Strategy):
+    """Runs `strategy` with Flower's round numbers shifted by `offset` (a resumed run's finished rounds)."""
+
+    def __init__(self, strategy: Strategy, offset: int) -> None:
+        super().__init__()
+        self.strategy, self.offset = strategy, offset
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()

@@ -87,6 +87,16 @@ REFERENCE_RUNS: dict[str, Callable] = {
 STRATEGY_NAMES = tuple(sorted(FEDERATED_STRATEGIES)) + tuple(sorted(REFERENCE_RUNS))
 
 
+# Strategies whose whole state is on the server (global heads, optimizer moments, accountants), so a run
+# can continue from a checkpoint; the hospital-side DP-SGD ledger is kept by the hospitals themselves.
+RESUMABLE = tuple(name for name, spec in FEDERATED_STRATEGIES.items()
+                  if spec.personalization is Personalization.NONE and spec.exchanges == "weights")
+
+
+def is_resumable(name: str) -> bool:
+    return name in RESUMABLE
+
+
 def check_strategy(name: str) -> None:
     if name not in STRATEGY_NAMES:
         raise ConfigError(f"strategy.name={name!r} is unknown; valid: {list(STRATEGY_NAMES)}")

@@ -31,6 +31,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
 from fedmm.models.heads import HeadGroup
+from fedmm.runs.checkpoint import Checkpoint
 from fedmm.strategies import messages as keys
 from fedmm.strategies.aggregation import modality_weighted_average
 from fedmm.strategies.server_optimizers import ServerOptimizer
@@ -97,6 +98,17 @@ class HospitalFedAvg(FedAvg):
     def initial_arrays(self, heads_state: Mapping) -> ArrayRecord:
         """What the server holds and sends: the whole heads here; the shared part in FedPer/FedRep."""
         return ArrayRecord(dict(heads_state))
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
+        """The server's state after `server_round`, with `arrays` the global model."""
+        moments, steps = self.server_optimizer.state() if self.server_optimizer is not None else ({}, {})
+        return Checkpoint(server_round, {key: array.numpy() for key, array in arrays.items()}, moments, steps,
+                          dict(self.retired))
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        if self.server_optimizer is not None:
+            self.server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
+        self.retired = dict(checkpoint.retired)
 
     def is_evaluation_round(self, server_round: int) -> bool:
         return (server_round % self.evaluate_every == 0 or server_round in (self.num_rounds, self.stop_round))

@@ -23,9 +23,25 @@ State = Mapping[str, np.ndarray]
 class ServerOptimizer:
     """x_{t+1} = step(x_t, averaged_t): the base class replaces x by the average (FedAvg)."""
 
+    MOMENTS: tuple[str, ...] = ()  # names of the per-parameter state dicts (saved in checkpoints)
+
     def __init__(self, cfg: ServerOptimizerConfig) -> None:
         self.cfg = cfg
         self.steps: dict[HeadGroup, int] = {}  # updates each head group has received
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """(moments as "<moment>/<parameter>" arrays, steps per head group), for a checkpoint."""
+        moments = {f"{name}/{key}": np.asarray(value) for name in self.MOMENTS
+                   for key, value in getattr(self, name).items()}
+        return moments, {group.value: count for group, count in self.steps.items()}
+
+    def load_state(self, moments: Mapping[str, np.ndarray], steps: Mapping[str, int]) -> None:
+        for name in self.MOMENTS:
+            getattr(self, name).clear()
+        for label, value in moments.items():
+            name, key = label.split("/", 1)
+            getattr(self, name)[key] = np.asarray(value, dtype=np.float64)
+        self.steps = {HeadGroup(group): int(count) for group, count in steps.items()}
 
     def step(self, current: State, averaged: State, trained: Collection[HeadGroup]) -> dict[str, np.ndarray]:
         new = {}
@@ -47,6 +63,8 @@ class ServerOptimizer:
 class ServerMomentum(ServerOptimizer):
     """FedAvgM: v_t = β v_{t-1} + Δ_t (v_1 = Δ_1); x_{t+1} = x_t + η v_t."""
 
+    MOMENTS = ("velocity",)
+
     def __init__(self, cfg: ServerOptimizerConfig) -> None:
         super().__init__(cfg)
         self.velocity: dict[str, np.ndarray] = {}
@@ -60,6 +78,8 @@ class ServerMomentum(ServerOptimizer):
 class ServerAdam(ServerOptimizer):
     """FedAdam: m_t = β1 m + (1-β1) Δ; v_t = β2 v + (1-β2) Δ²; x += η_t m_t / (√v_t + τ),
     with Flower's η_t = η √(1-β2^{t+1}) / (1-β1^{t+1})."""
+
+    MOMENTS = ("first", "second")
 
     def __init__(self, cfg: ServerOptimizerConfig) -> None:
         super().__init__(cfg)

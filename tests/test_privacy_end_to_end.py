@@ -122,3 +122,21 @@ def test_a_resumed_run_carries_each_hospitals_epsilon_over_and_matches_one_that_
     assert resumed["privacy"] == whole["privacy"]
     first, second = load_file(tmp_path / "whole" / "heads.safetensors"), load_file(tmp_path / "split" / "heads.safetensors")
     assert all(torch.equal(first[key], second[key]) for key in first)  # momentum and seeds carried over too
+
+
+def test_privacy_sweep_writes_its_table_and_plot_and_reuses_finished_cells(smoke_overrides, tmp_path):
+    from fedmm.cli import main as cli_main
+
+    out = tmp_path / "sweep"
+    assert cli_main(["privacy-sweep", "--epsilons", "8,inf", "--out", str(out), *smoke_overrides]) == 0
+    rows = (out / "table.csv").read_text().splitlines()
+    assert rows[0].startswith("cell,target_epsilon,spent_epsilon") and len(rows) == 4  # eps-8, eps-inf, no-dp-in-batch
+    eps_8 = json.loads((out / "eps-8" / "summary.json").read_text())
+    assert 7.98 <= eps_8["privacy"]["max_dp_epsilon"] <= 8.0  # the whole planned run spends the target
+    assert "privacy" not in json.loads((out / "eps-inf" / "summary.json").read_text())  # no DP there
+    assert "| eps-inf | ∞ |" in (out / "table.md").read_text()
+    assert (out / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
+    stamp = (out / "eps-8" / "summary.json").stat().st_mtime_ns
+    assert cli_main(["privacy-sweep", "--epsilons", "8,inf", "--out", str(out), *smoke_overrides]) == 0
+    assert (out / "eps-8" / "summary.json").stat().st_mtime_ns == stamp  # reused, not rerun
+    assert cli_main(["privacy-sweep", "--epsilons", "0", "--out", str(out), *smoke_overrides]) == 2  # named error

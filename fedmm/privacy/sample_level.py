@@ -52,7 +52,7 @@ def plan_sample_privacy(cfg: ExperimentConfig, num_paired: int, hospital: int) -
         return None
     check_sample_privacy(dp)
     rate = sample_rate(cfg.train.batch_size, num_paired)
-    steps_per_round = cfg.train.local_epochs * int(1 / rate)
+    steps_per_round = cfg.train.local_epochs * DPSGD(0.0, dp.max_grad_norm, rate).steps_per_epoch()
     delta = dp.delta if dp.delta is not None else default_delta(num_paired)
     rounds = cfg.federation.rounds
     if dp.noise_multiplier is not None:

@@ -10,8 +10,8 @@ bounds that pair's influence. Opacus' layer hooks would count the bank rows as e
 per-pair gradients (bank path included) are computed with `torch.func` (vmap of grad) and handed to
 `DPOptimizer` as `grad_sample`.
 
-Measured (README): embedding the bank without gradient, whether once per round or at every step, lets
-the heads drift or collapse (the loss climbs to log(K+1)); with gradient through the bank it learns.
+Why the gradient through the bank: embedded without it, whether once per round or at every step, the
+heads drifted away from the stale bank or collapsed (loss at log(K+1)) during development.
 """
 
 from dataclasses import dataclass

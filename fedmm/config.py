@@ -42,13 +42,34 @@ class ModalityProfile:
 
 
 @dataclass(frozen=True)
+class HospitalMixConfig:
+    """Modality groups as shares of hospitals (the knob form of a scenario, used when `profiles` is empty)."""
+
+    unimodal: float = 0.0  # share of hospitals that hold one modality only
+    image_only_fraction: float = 0.5  # of those, the share with images only; the rest hold reports only
+
+
+@dataclass(frozen=True)
+class MissingRateConfig:
+    """Per-study missing modality inside each paired hospital (knob form, used when `profiles` is empty)."""
+
+    image: float = 0.0  # rate (fixed) or mean rate (beta) at which a study lacks its image
+    report: float = 0.0  # ... lacks its report
+    distribution: str = "fixed"  # fixed: every paired hospital has these rates | beta: each draws its own
+    concentration: float = 10.0  # beta: a + b of Beta(mean·c, (1 - mean)·c); higher: hospitals closer to the mean
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = "balanced"
     num_hospitals: int = 4
     sample_skew: float = 0.0  # hospital sizes ∝ rank^-skew; 0 = equal sizes
     dirichlet_alpha: float | None = None  # finding mix per hospital ~ Dir(alpha * global mix); null = IID
     local_test_fraction: float = 0.2
-    profiles: tuple[ModalityProfile, ...] = (ModalityProfile(count=4, paired=1.0),)
+    # Either explicit profiles, or (when empty) the knobs below.
+    profiles: tuple[ModalityProfile, ...] = ()
+    hospital_mix: HospitalMixConfig = field(default_factory=HospitalMixConfig)
+    missing_rate: MissingRateConfig = field(default_factory=MissingRateConfig)
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,20 @@ class TrainConfig:
     weight_decay: float = 1e-4
     objective: str = "auto"  # in_batch | reference_bank | auto (reference_bank exactly when privacy.sample is on)
     bank_size: int = 64  # reference_bank: negatives per step, drawn from the non-private reference set
+
+
+@dataclass(frozen=True)
+class MissingModalityConfig:
+    """How image-only and report-only samples take part in a hospital's local training.
+
+    ignore: only pairs train (the baseline); prototype: prototype anchoring; retrieval: retrieval
+    imputation of the missing side from the reference set (see `fedmm.training.missing`)."""
+
+    handler: str = "ignore"  # ignore | prototype | retrieval
+    weight: float = 1.0  # prototype: weight of the unimodal term next to the pairs' InfoNCE
+    num_prototypes: int = 16  # prototype: k-means clusters of the reference set; more: finer, noisier targets
+    temperature: float = 0.1  # prototype: softmax temperature over the prototypes (fixed, not learned)
+    retrieval_k: int = 1  # retrieval: reference neighbours whose other side is averaged into the imputed features
 
 
 @dataclass(frozen=True)
@@ -206,6 +241,7 @@ class ExperimentConfig:
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    missing: MissingModalityConfig = field(default_factory=MissingModalityConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)

@@ -8,6 +8,7 @@ from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir, default_run_dir
 from fedmm.strategies import REFERENCE_RUNS, is_reference
 from fedmm.training.bank import uses_reference_bank
+from fedmm.training.missing import needs_reference
 from fedmm.validation import validate_config
 
 
@@ -19,7 +20,7 @@ def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None,
     if cfg.run_dir is None:  # named now, so hospitals know where their state folder is
         cfg = dataclasses.replace(cfg, run_dir=str(default_run_dir(cfg)))
     data = load_federated_data(cfg, progress=progress)  # builds the caches once, before any client reads them
-    if cfg.strategy.name == "feddistill" or uses_reference_bank(cfg):
+    if cfg.strategy.name == "feddistill" or uses_reference_bank(cfg) or needs_reference(cfg.missing):
         load_reference(cfg, progress=progress)  # the same for the reference set's features
     plan_all_hospitals(cfg, data.paired_counts())  # an unreachable privacy target fails here, before training
     if is_reference(cfg.strategy.name):

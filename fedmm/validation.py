@@ -10,6 +10,7 @@ from fedmm.privacy.sample_level import ON_BUDGET, SAMPLE_DP_STRATEGIES, check_sa
 from fedmm.strategies import RESUMABLE, check_strategy, is_resumable
 from fedmm.strategies.fedavg import sample_size
 from fedmm.training.bank import OBJECTIVES, uses_reference_bank
+from fedmm.training.missing import check_missing, needs_reference
 
 
 def validate_config(cfg: ExperimentConfig) -> None:
@@ -42,6 +43,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if cfg.simulation.client_cpus <= 0 or cfg.simulation.client_gpus < 0:
         raise ConfigError("simulation.client_cpus must be > 0 and simulation.client_gpus >= 0")
     check_privacy(cfg)
+    check_missing_handler(cfg)
     if cfg.resume and not is_resumable(cfg.strategy.name):
         raise ConfigError(f"resume=true: strategy {cfg.strategy.name!r} keeps state at the hospitals or in the "
                           f"server's distillation; resuming is supported for {list(RESUMABLE)}")
@@ -76,6 +78,21 @@ def check_privacy(cfg: ExperimentConfig) -> None:
     hospitals = cfg.scenario.num_hospitals
     check_client_privacy(cfg.privacy.client, strategy, hospitals,
                          sample_size(hospitals, cfg.federation.clients_per_round, cfg.federation.fraction_train))
+
+
+def check_missing_handler(cfg: ExperimentConfig) -> None:
+    """Handlers plug into the local step of the averaging and personalized strategies (`train_heads`)."""
+    check_missing(cfg.missing)
+    if not needs_reference(cfg.missing):
+        return
+    if cfg.strategy.name == "feddistill":
+        raise ConfigError(f"missing.handler={cfg.missing.handler!r} does not apply to feddistill, whose unimodal "
+                          "hospitals already take part through reference embeddings of the modality they hold; "
+                          "use missing=ignore with feddistill")
+    if uses_reference_bank(cfg):
+        raise ConfigError(f"missing.handler={cfg.missing.handler!r} with train.objective=reference_bank (e.g. under "
+                          "DP-SGD) is not supported: the DP-SGD step is per pair; use missing=ignore there")
+    _check_reference(cfg)
 
 
 def check_strategy_options(cfg: ExperimentConfig) -> None:

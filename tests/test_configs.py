@@ -8,7 +8,7 @@ from fedmm.compose import CONFIG_DIR, compose_config, load_config_file
 from fedmm.config import ConfigError, config_to_dict
 from fedmm.validation import validate_config
 
-GROUPS = ("dataset", "scenario", "strategy", "encoders/image", "encoders/text", "privacy")
+GROUPS = ("dataset", "scenario", "strategy", "encoders/image", "encoders/text", "privacy", "missing")
 
 
 def options(group: str) -> list[str]:

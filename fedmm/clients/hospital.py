@@ -27,6 +27,7 @@ from fedmm.strategies import strategy_spec
 from fedmm.training.bank import bank_update, uses_reference_bank
 from fedmm.training.distill import ReferenceEmbeddings, embed_reference, train_with_reference
 from fedmm.training.local import TrainResult
+from fedmm.training.missing import HandlerFactory, handler_factory, needs_reference
 from fedmm.training.personalized import (
     LocalUpdate, Personalization, StateDict, ditto_update, fedper_update, fedrep_update, finetuned, global_update,
     snapshot, split_personal,
@@ -62,6 +63,11 @@ class HospitalRuntime:
             self._privacy_plan = plan_sample_privacy(self.cfg, int(self.data.train.paired_mask.sum()),
                                                      self.data.hospital_id)
         return self._privacy_plan
+
+    def missing_handler(self, seed: int) -> HandlerFactory | None:
+        """This hospital's missing-modality handler for a training seeded with `seed` (None: pairs only)."""
+        reference = self.reference if needs_reference(self.cfg.missing) else None
+        return handler_factory(self.cfg.missing, self.data.train, reference, seed)
 
     @property
     def ledger_path(self) -> Path | None:
@@ -125,8 +131,10 @@ def train_metrics(runtime: HospitalRuntime, result: TrainResult) -> dict[str, fl
         keys.NUM_REPORT_USED: result.num_report_used,
         keys.TRAIN_STEPS: result.steps,
     }
-    if not math.isnan(result.loss) or not result.num_paired_used:  # DP-SGD does not publish its private loss
-        metrics[keys.TRAIN_LOSS] = result.loss if result.num_paired_used else 0.0
+    if not result.steps:
+        metrics[keys.TRAIN_LOSS] = 0.0
+    elif not math.isnan(result.loss):  # DP-SGD does not publish its private loss
+        metrics[keys.TRAIN_LOSS] = result.loss
     return metrics
 
 
@@ -151,17 +159,19 @@ def train_round(runtime: HospitalRuntime, received: StateDict, personal: StateDi
     if plan is not None and plan.would_exceed(ledger):
         idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
         return idle, ledger, train_metrics(runtime, idle.result) | privacy_metrics(plan, ledger, exhausted=True)
+    missing = runtime.missing_handler(seed)
     if uses_reference_bank(cfg):  # validation allows it for FedAvg's local step only
         update = bank_update(runtime.heads, received, data, runtime.reference, cfg, seed, device,
                              plan.dpsgd if plan is not None else None)
     elif mode in (Personalization.FEDPER, Personalization.FEDREP):
         personal = personal if personal is not None else runtime.initial_personal_layers
         update_fn = fedper_update if mode is Personalization.FEDPER else fedrep_update
-        update = update_fn(runtime.heads, received, personal, data, cfg, seed, device)
+        update = update_fn(runtime.heads, received, personal, data, cfg, seed, device, missing)
     elif mode is Personalization.DITTO:
-        update = ditto_update(runtime.heads, runtime.personal_heads, received, personal, data, cfg, seed, device)
+        update = ditto_update(runtime.heads, runtime.personal_heads, received, personal, data, cfg, seed, device,
+                              missing)
     else:  # FedAvg and its server-optimizer variants, FedProx, and FedAvg's step of local fine-tuning
-        update = global_update(runtime.heads, received, data, cfg, seed, device, proximal_mu)
+        update = global_update(runtime.heads, received, data, cfg, seed, device, proximal_mu, missing)
     metrics = train_metrics(runtime, update.result)
     if cfg.privacy.sample.enabled:
         if plan is not None:
@@ -208,8 +218,9 @@ def personal_model(runtime: HospitalRuntime, received: StateDict, personal: Stat
     global heads fine-tuned on its training split (finetune)."""
     mode, heads = runtime.personalization, runtime.personal_heads
     if mode is Personalization.FINETUNE:
-        return finetuned(heads, received, runtime.data.train, runtime.cfg,
-                         runtime.seed(FINETUNE_STREAM, server_round), runtime.device)
+        seed = runtime.seed(FINETUNE_STREAM, server_round)
+        return finetuned(heads, received, runtime.data.train, runtime.cfg, seed, runtime.device,
+                         runtime.missing_handler(seed))
     if mode in (Personalization.FEDPER, Personalization.FEDREP):
         heads.load_state_dict(received | (personal if personal is not None else runtime.initial_personal_layers))
     elif mode is Personalization.DITTO:

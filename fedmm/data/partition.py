@@ -6,13 +6,18 @@ of each study's primary finding over K classes (Hsu et al., 2019, "Measuring the
 Non-Identical Data Distribution for Federated Visual Classification"; with uniform p this is the
 usual Dir(alpha) convention: 0.1 very skewed, 100 nearly IID); split each hospital into train and
 local test; finally mark each sample paired, image-only or report-only from the hospital's profile.
+
+A scenario gives its hospitals' modality profiles explicitly (`profiles`), or through knobs meant for
+sweeps: the share of unimodal hospitals and how they split between images and reports (`hospital_mix`),
+and per-study missing rates in the paired hospitals, fixed or drawn per hospital from a Beta
+distribution (`missing_rate`).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedmm.config import ConfigError, ModalityProfile, ScenarioConfig
+from fedmm.config import ConfigError, HospitalMixConfig, MissingRateConfig, ModalityProfile, ScenarioConfig
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 
 MIN_TRAIN_PER_HOSPITAL = 4
@@ -64,8 +69,18 @@ def profile_shares(profile: ModalityProfile, where: str) -> dict[Availability, f
             Availability.IMAGE_ONLY: missing_report, Availability.REPORT_ONLY: missing_image}
 
 
-def expand_profiles(scenario: ScenarioConfig) -> list[ModalityProfile]:
-    """One profile per hospital, in hospital order; validates the counts."""
+MISSING_RATE_DISTRIBUTIONS = ("fixed", "beta")
+MISSING_RATE_STREAM = 3  # per-hospital missing rates drawn from a distribution (the knob form)
+
+
+def expand_profiles(scenario: ScenarioConfig, seed: int = 0) -> list[ModalityProfile]:
+    """One profile per hospital, in hospital order: the explicit `profiles`, or the knobs
+    (`hospital_mix`, `missing_rate`) when `profiles` is empty. Validates either."""
+    if not scenario.profiles:
+        return knob_profiles(scenario, seed)
+    if scenario.hospital_mix != HospitalMixConfig() or scenario.missing_rate != MissingRateConfig():
+        raise ConfigError("scenario: give either profiles or the knobs hospital_mix / missing_rate, not both; "
+                          "set scenario.profiles=[] to use the knobs")
     total = sum(profile.count for profile in scenario.profiles)
     if total != scenario.num_hospitals:
         raise ConfigError(
@@ -77,6 +92,52 @@ def expand_profiles(scenario: ScenarioConfig) -> list[ModalityProfile]:
             raise ConfigError(f"scenario.profiles[{index}].count={profile.count} must be >= 0")
         profile_shares(profile, f"scenario.profiles[{index}]")
     return [profile for profile in scenario.profiles for _ in range(profile.count)]
+
+
+def group_counts(num_hospitals: int, mix: HospitalMixConfig) -> dict[Availability, int]:
+    """Hospitals per modality group from the shares, rounded so that they add up (largest remainder)."""
+    for name, value in (("unimodal", mix.unimodal), ("image_only_fraction", mix.image_only_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"scenario.hospital_mix.{name}={value} must lie in [0, 1]")
+    shares = np.array([1.0 - mix.unimodal, mix.unimodal * mix.image_only_fraction,
+                       mix.unimodal * (1.0 - mix.image_only_fraction)])
+    return dict(zip(Availability, (int(c) for c in largest_remainder(num_hospitals, shares))))
+
+
+def draw_missing_rates(rates: MissingRateConfig, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, 2) per-hospital (missing image, missing report) rates: fixed, or Beta draws with the given
+    means and concentration; a hospital whose two rates pass 1 has them scaled down to sum to 1."""
+    if rates.distribution not in MISSING_RATE_DISTRIBUTIONS:
+        raise ConfigError(f"scenario.missing_rate.distribution={rates.distribution!r} is unknown; "
+                          f"valid: {list(MISSING_RATE_DISTRIBUTIONS)}")
+    means = np.array([rates.image, rates.report])
+    if np.any(means < 0) or np.any(means > 1) or means.sum() > 1 + 1e-9:
+        raise ConfigError(f"scenario.missing_rate: image={rates.image}, report={rates.report} must lie in [0, 1] "
+                          "and sum to at most 1 (a study cannot lose both modalities)")
+    if rates.concentration <= 0:
+        raise ConfigError(f"scenario.missing_rate.concentration={rates.concentration} must be positive")
+    if rates.distribution == "fixed":
+        return np.tile(means, (count, 1))
+    drawn = np.zeros((count, 2))
+    for column, mean in enumerate(means):
+        if 0 < mean < 1:  # Beta(0, b) and Beta(a, 0) are point masses: the mean itself
+            drawn[:, column] = rng.beta(mean * rates.concentration, (1 - mean) * rates.concentration, size=count)
+        else:
+            drawn[:, column] = mean
+    totals = drawn.sum(axis=1, keepdims=True)
+    return np.where(totals > 1, drawn / totals, drawn)
+
+
+def knob_profiles(scenario: ScenarioConfig, seed: int) -> list[ModalityProfile]:
+    """Paired hospitals first (each with its missing rates), then image-only, then report-only ones."""
+    counts = group_counts(scenario.num_hospitals, scenario.hospital_mix)
+    rng = np.random.default_rng([seed, PARTITION_STREAM, MISSING_RATE_STREAM])
+    rates = draw_missing_rates(scenario.missing_rate, counts[Availability.PAIRED], rng)
+    paired = [ModalityProfile(1, paired=1.0) if not image and not report
+              else ModalityProfile(1, missing_image_rate=float(image), missing_report_rate=float(report))
+              for image, report in rates]
+    return (paired + [ModalityProfile(1, image_only=1.0)] * counts[Availability.IMAGE_ONLY]
+            + [ModalityProfile(1, report_only=1.0)] * counts[Availability.REPORT_ONLY])
 
 
 def check_scenario(scenario: ScenarioConfig, num_samples: int, global_test_fraction: float) -> None:
@@ -163,7 +224,7 @@ def draw_availability(profile: ModalityProfile, count: int, rng: np.random.Gener
 def partition_dataset(labels: np.ndarray, scenario: ScenarioConfig, global_test_fraction: float, seed: int) -> Federation:
     """The seeded federation for a dataset with finding `labels` (N, F)."""
     check_scenario(scenario, len(labels), global_test_fraction)
-    profiles = expand_profiles(scenario)
+    profiles = expand_profiles(scenario, seed)
     rng = np.random.default_rng([seed, PARTITION_STREAM])
     order = rng.permutation(len(labels))
     num_global_test = round(len(labels) * global_test_fraction)

@@ -9,11 +9,12 @@ import torch
 
 from fedmm.config import ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
-from fedmm.hospitals import FederatedData, SplitTensors
+from fedmm.hospitals import FederatedData, SplitTensors, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.training.local import train_heads
+from fedmm.training.missing import handler_factory, needs_reference
 
 POOLED = -1  # the "hospital id" under which pooled training is logged
 
@@ -29,8 +30,11 @@ def run_centralized(cfg: ExperimentConfig, data: FederatedData, recorder: RunRec
     pooled, global_test = pool_training_data(data), data.global_test()
     hospitals = [data.hospital(h) for h in range(data.num_hospitals)]
     prompts = Prompts.from_features(data.features)
+    reference = load_reference(cfg) if needs_reference(cfg.missing) else None
     for server_round in range(1, cfg.federation.rounds + 1):
-        result = train_heads(heads, pooled, cfg.train, derive_seed(cfg.seed, LOCAL_TRAIN_STREAM, server_round))
+        seed = derive_seed(cfg.seed, LOCAL_TRAIN_STREAM, server_round)
+        missing = handler_factory(cfg.missing, pooled, reference, seed)
+        result = train_heads(heads, pooled, cfg.train, seed, missing=missing)
         train = {POOLED: {"train-loss": result.loss if result.steps else 0.0, "train-steps": result.steps,
                           "num-paired-used": result.num_paired_used}}
         if is_evaluation_round(cfg, server_round):

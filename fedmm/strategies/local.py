@@ -9,12 +9,13 @@ import torch
 
 from fedmm.config import ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
-from fedmm.hospitals import FederatedData
+from fedmm.hospitals import FederatedData, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder, summarize_hospitals
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.strategies.centralized import is_evaluation_round
 from fedmm.training.local import train_heads
+from fedmm.training.missing import handler_factory, needs_reference
 
 
 def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder) -> dict[str, torch.Tensor]:
@@ -22,11 +23,13 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
     init_seed = derive_seed(cfg.seed, HEADS_INIT_STREAM)  # every hospital starts where the federation would
     models = [build_heads(data.image_dim, data.report_dim, cfg.heads, init_seed) for _ in hospitals]
     global_test, prompts = data.global_test(), Prompts.from_features(data.features)
+    reference = load_reference(cfg) if needs_reference(cfg.missing) else None
     for server_round in range(1, cfg.federation.rounds + 1):
         train = {}
         for hospital, heads in zip(hospitals, models):
             seed = derive_seed(cfg.seed, LOCAL_TRAIN_STREAM, server_round, hospital.hospital_id)
-            result = train_heads(heads, hospital.train, cfg.train, seed)
+            missing = handler_factory(cfg.missing, hospital.train, reference, seed)
+            result = train_heads(heads, hospital.train, cfg.train, seed, missing=missing)
             train[hospital.hospital_id] = {"train-loss": result.loss if result.steps else 0.0,
                                            "train-steps": result.steps, "num-paired-used": result.num_paired_used}
         if not is_evaluation_round(cfg, server_round):

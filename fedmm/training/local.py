@@ -9,13 +9,14 @@ from fedmm.config import TrainConfig
 from fedmm.hospitals import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import symmetric_info_nce
+from fedmm.training.missing import HandlerFactory, paired_rows
 
 
 @dataclass(frozen=True)
 class TrainResult:
     """What a hospital reports after local training. The counts weight modality-aware aggregation."""
 
-    loss: float  # mean symmetric InfoNCE over the steps taken; nan when no step was possible
+    loss: float  # mean of InfoNCE plus the unimodal term over the steps taken; nan when no step was possible
     steps: int
     num_paired_used: int  # samples that entered the contrastive loss
     num_image_used: int  # samples whose image features trained the image head
@@ -27,17 +28,20 @@ Regularizer = Callable[[ContrastiveHeads], torch.Tensor]  # an extra loss term o
 
 def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, seed: int,
                 device: torch.device | str = "cpu", *, epochs: int | None = None,
-                parameters: Iterable[str] | None = None, regularizer: Regularizer | None = None) -> TrainResult:
+                parameters: Iterable[str] | None = None, regularizer: Regularizer | None = None,
+                missing: HandlerFactory | None = None) -> TrainResult:
     """Train `heads` in place for `epochs` (default `cfg.local_epochs`) of symmetric InfoNCE on the pairs.
 
     `parameters` names the parameters to train (default: all; FedRep trains the final layers and the
     base in turn); `regularizer` adds a term to every step's loss (FedProx, Ditto).
-    Baseline: image-only and report-only samples contribute nothing (there is no pair to contrast),
-    so a hospital without pairs returns its heads unchanged and reports zero samples used.
+    `missing` prepares a missing-modality handler from the heads as they are now: it decides which rows
+    train and adds its term for image-only and report-only rows. Without one (the baseline), unimodal
+    samples contribute nothing, so a hospital without pairs returns its heads unchanged and reports
+    zero samples used.
     """
-    paired = data.paired_mask.nonzero().flatten()
-    image_features = data.image_features[paired].to(device)  # (P, D_image)
-    report_features = data.report_features[paired].to(device)  # (P, D_text)
+    handler = missing(heads) if missing is not None else None
+    rows = (handler.rows if handler is not None else paired_rows(data)).to(device)
+    usable = rows.used.nonzero().flatten()  # (U,) row indices
     generator = torch.Generator().manual_seed(seed)
     names = set(parameters) if parameters is not None else None
     trainable = [p for name, p in heads.named_parameters() if names is None or name in names]
@@ -45,19 +49,26 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
     heads.train()
     losses = []
     for _ in range(cfg.local_epochs if epochs is None else epochs):
-        order = torch.randperm(len(paired), generator=generator).to(device)
+        order = usable[torch.randperm(len(usable), generator=generator).to(usable.device)]
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
-            if len(batch) < 2:  # a contrastive batch needs at least one negative
+            pairs = batch[rows.pair[batch]]
+            terms = []
+            if len(pairs) >= 2:  # a contrastive batch needs at least one negative
+                terms.append(symmetric_info_nce(heads.embed_images(rows.image_features[pairs]),
+                                                heads.embed_reports(rows.report_features[pairs]), heads.scale()).total)
+            unimodal = handler.unimodal_loss(heads, batch) if handler is not None else None
+            if unimodal is not None:
+                terms.append(unimodal)
+            if not terms:
                 continue
-            contrastive = symmetric_info_nce(heads.embed_images(image_features[batch]),
-                                             heads.embed_reports(report_features[batch]), heads.scale()).total
-            loss = contrastive + regularizer(heads) if regularizer is not None else contrastive
+            objective = torch.stack(terms).sum()
+            loss = objective + regularizer(heads) if regularizer is not None else objective
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(contrastive.detach())  # reported loss: the contrastive term alone
+            losses.append(objective.detach())  # reported loss: without the regularizer
     heads.eval()
-    used = len(paired) if losses else 0
+    counts = rows.counts(data.image_mask.to(rows.pair.device), data.report_mask.to(rows.pair.device)) if losses else (0, 0, 0)
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
-    return TrainResult(mean_loss, len(losses), used, used, used)
+    return TrainResult(mean_loss, len(losses), *counts)

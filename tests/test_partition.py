@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from fedmm.config import ConfigError, ModalityProfile, ScenarioConfig
+from fedmm.config import ConfigError, HospitalMixConfig, MissingRateConfig, ModalityProfile, ScenarioConfig
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
-from fedmm.data.partition import largest_remainder, partition_dataset, primary_finding
+from fedmm.data.partition import (
+    draw_missing_rates, expand_profiles, largest_remainder, partition_dataset, primary_finding,
+)
 from fedmm.data.synthetic import generate_synthetic_cxr
 
 PAIRED, IMAGE_ONLY, REPORT_ONLY = (AVAILABILITY_CODES[a] for a in Availability)
@@ -110,3 +112,69 @@ def test_same_seed_same_federation_other_seed_other(labels):
 def test_impossible_scenarios_fail_with_the_option_named(labels, changes, message):
     with pytest.raises(ConfigError, match=message):
         partition_dataset(labels, scenario(**changes), 0.2, seed=0)
+
+
+# The knob form (`profiles` empty): hospital_mix and missing_rate, as the sweeps vary them.
+
+def knobs(num_hospitals: int = 8, unimodal: float = 0.0, image_only_fraction: float = 0.5, **rates) -> ScenarioConfig:
+    return ScenarioConfig(name="knobs", num_hospitals=num_hospitals, profiles=(),
+                          hospital_mix=HospitalMixConfig(unimodal, image_only_fraction),
+                          missing_rate=MissingRateConfig(**rates))
+
+
+@pytest.mark.parametrize("unimodal, image_only_fraction, expected", [
+    (0.0, 0.5, (8, 0, 0)), (0.25, 0.5, (6, 1, 1)), (0.5, 0.5, (4, 2, 2)), (0.75, 0.5, (2, 3, 3)),
+    (0.25, 1.0, (6, 2, 0)), (1.0, 0.0, (0, 0, 8)),
+])
+def test_hospital_mix_gives_the_claimed_groups(labels, unimodal, image_only_fraction, expected):
+    federation = partition_dataset(labels, knobs(8, unimodal, image_only_fraction), 0.2, seed=0)
+    groups = [h.group for h in federation.hospitals]
+    assert tuple(groups.count(a) for a in Availability) == expected
+    for hospital in federation.hospitals:  # a unimodal hospital holds that modality only, in both splits
+        if hospital.group is not Availability.PAIRED:
+            code = AVAILABILITY_CODES[hospital.group]
+            assert (hospital.train_availability == code).all() and (hospital.test_availability == code).all()
+
+
+def test_fixed_missing_rates_hold_in_every_paired_hospital(labels):
+    federation = partition_dataset(labels, knobs(4, image=0.2, report=0.3), 0.1, seed=3)
+    for hospital in federation.hospitals:
+        codes = np.concatenate([hospital.train_availability, hospital.test_availability])
+        n = len(codes)
+        for code, rate in ((REPORT_ONLY, 0.2), (IMAGE_ONLY, 0.3)):  # lacking the image = report only
+            assert abs(np.mean(codes == code) - rate) < 4 * np.sqrt(rate * (1 - rate) / n), (hospital.hospital_id, code)
+
+
+def test_beta_missing_rates_have_the_claimed_mean_and_spread():
+    rates = draw_missing_rates(MissingRateConfig(image=0.1, report=0.3, distribution="beta", concentration=4.0),
+                               20000, np.random.default_rng(0))
+    for column, mean in enumerate((0.1, 0.3)):
+        assert abs(rates[:, column].mean() - mean) < 0.01
+        assert abs(rates[:, column].var() - mean * (1 - mean) / 5.0) < 0.005  # Beta variance m(1-m)/(c+1)
+    assert (rates.sum(axis=1) <= 1 + 1e-12).all()
+    fixed = draw_missing_rates(MissingRateConfig(image=0.1, report=0.3), 3, np.random.default_rng(0))
+    assert np.array_equal(fixed, [[0.1, 0.3]] * 3)
+
+
+def test_beta_rates_differ_between_hospitals_and_follow_the_seed(labels):
+    scenario_ = knobs(4, image=0.3, distribution="beta", concentration=2.0)
+    first, again, other = (expand_profiles(scenario_, seed) for seed in (0, 0, 1))
+    assert first == again and first != other
+    assert len({p.missing_image_rate for p in first}) == 4
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(unimodal=1.5), r"scenario.hospital_mix.unimodal=1.5 must lie in \[0, 1\]"),
+    (dict(image=0.6, report=0.6), "cannot lose both"),
+    (dict(distribution="gamma"), "scenario.missing_rate.distribution='gamma' is unknown"),
+])
+def test_bad_knobs_are_named(labels, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        partition_dataset(labels, knobs(**changes), 0.2, seed=0)
+
+
+def test_profiles_and_knobs_together_are_refused(labels):
+    both = ScenarioConfig(name="t", num_hospitals=4, profiles=(ModalityProfile(4, paired=1.0),),
+                          hospital_mix=HospitalMixConfig(unimodal=0.5))
+    with pytest.raises(ConfigError, match="either profiles or the knobs"):
+        partition_dataset(labels, both, 0.2, seed=0)

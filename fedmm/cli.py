@@ -1,4 +1,4 @@
-"""`fedmm` command line: run an experiment, compare strategies, list the valid options."""
+"""`fedmm` command line: run an experiment, compare strategies, sweep knobs and report, list the options."""
 
 import argparse
 import json
@@ -48,6 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--out", type=Path, default=None,
                        help="folder for the runs and tables (default: outputs/privacy-<strategy>-<scenario>-seed<seed>)")
     sweep.add_argument("overrides", nargs="*", help="e.g. strategy=fedavg scenario=balanced federation.rounds=10")
+    grid = commands.add_parser("sweep", help="every combination of the swept overrides (comma-separated values, "
+                                             "Hydra's syntax) x seeds; reuses finished cells; writes results.csv")
+    grid.add_argument("--out", type=Path, required=True, help="folder for the cells and tables")
+    grid.add_argument("--variant", action="append", default=[], metavar="'K=V [K=V ...]'",
+                      help="one value of the `variant` axis: overrides that go together, e.g. "
+                           "'strategy=fedavg_modality missing=prototype' (repeat for each)")
+    grid.add_argument("overrides", nargs="*", help="e.g. scenario=mix scenario.hospital_mix.unimodal=0,0.25,0.5 "
+                                                   "strategy=fedavg,feddistill seed=0,1,2")
+    report = commands.add_parser("report", help="turn a sweep folder into report.md with PNG figures")
+    report.add_argument("sweep_dir", type=Path)
+    report.add_argument("--metric", default="i2t_recall@10", help="a column of results.csv (default: i2t_recall@10)")
+    report.add_argument("--x", default=None, help="the axis on the x axis (default: the first numeric one but seed)")
     commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
     args = parser.parse_args(argv)
     try:
@@ -63,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = compose_config(args.overrides)
             summary = run_with_progress(cfg, args.verbose)
             print_summary(summary)
+            return 0
+        if args.command == "sweep":
+            return sweep_knobs(args.overrides, args.out, args.variant)
+        if args.command == "report":
+            from fedmm.runs.report import write_report
+
+            console.print(f"written: {write_report(args.sweep_dir, args.metric, args.x)}")
             return 0
         if args.command == "privacy-sweep":
             return sweep_privacy(args.epsilons, args.overrides, args.out)
@@ -129,6 +148,15 @@ def compare_strategies(strategies: list[str], scenarios: list[str], overrides: l
     run_comparison(strategies, scenarios, overrides, out, run_with_progress, log=console.print)
     console.print((out / "table.md").read_text())
     console.print(f"written: {out / 'table.csv'}, {out / 'table.md'}, {out / 'comparison.png'}")
+    return 0
+
+
+def sweep_knobs(overrides: list[str], out: Path, variants: list[str]) -> int:
+    from fedmm.runs.sweep import run_sweep
+
+    rows = run_sweep(overrides, out, run_with_progress, log=console.print, variants=variants)
+    console.print(f"{len(rows)} cells; written: {out / 'results.csv'}, {out / 'hospitals.csv'}; "
+                  f"next: fedmm report {out}")
     return 0
 
 

@@ -1,0 +1,218 @@
+"""Turn a sweep (`fedmm sweep`) into a report: `report.md` with its PNG figures, next to the sweep's tables.
+
+The x axis is one swept knob (by default the first numeric axis other than `seed`); every other axis but
+`seed` names a variant (e.g. `strategy=fedavg, missing=prototype`); seeds give the spread. Figures:
+    metric_vs_x.png        the chosen metric against x, per variant: mean over seeds, band = min..max
+    hospital_heatmap.png   hospital x variant, each hospital's 0-shot AUROC (the model it uses, the modality
+                           it holds), mean over seeds; one panel per x value
+    group_bars.png         the same AUROC averaged per modality group, per variant; one panel per x value
+Tables: the metric (mean ± std over seeds) per variant and x; fairness per variant and x: the mean, the
+worst hospital's AUROC (and which hospital it most often is) and the spread between hospitals.
+"""
+
+import csv
+import json
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmm.config import ConfigError
+from fedmm.runs.compare import GROUPS
+from fedmm.runs.sweep import HOSPITAL_METRIC, VARIANT_AXIS
+
+SEED_AXIS = "seed"
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """A CSV written by the sweep, with numbers as floats and empty cells as None."""
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run `fedmm sweep --out {path.parent} ...` first")
+    with open(path, newline="") as handle:
+        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(value: str) -> Any:
+    if value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def choose_x(axes: dict[str, list[str]], requested: str | None) -> str | None:
+    if requested is not None:
+        if requested not in axes:
+            raise ConfigError(f"--x {requested!r} is not an axis of this sweep; its axes: {list(axes)}")
+        return requested
+    numeric = [key for key, values in axes.items() if key != SEED_AXIS and all(
+        isinstance(_number(value), float) for value in values)]
+    return numeric[0] if numeric else None
+
+
+def variant_of(row: dict[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(_text(row[key]) if key == VARIANT_AXIS else f"{key}={_text(row[key])}" for key in keys) or "all cells"
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def write_report(sweep_dir: Path, metric: str = "i2t_recall@10", x: str | None = None) -> Path:
+    """Write report.md and its figures into `sweep_dir`; returns the report's path."""
+    sweep = json.loads((sweep_dir / "sweep.json").read_text()) if (sweep_dir / "sweep.json").is_file() else None
+    if sweep is None:
+        raise ConfigError(f"{sweep_dir} holds no sweep.json: run `fedmm sweep --out {sweep_dir} ...` first")
+    rows, hospitals = read_table(sweep_dir / "results.csv"), read_table(sweep_dir / "hospitals.csv")
+    if rows and metric not in rows[0]:
+        raise ConfigError(f"--metric {metric!r} is not in results.csv; its metrics: {list(rows[0])[1:]}")
+    axes = sweep["axes"]
+    x = choose_x(axes, x)
+    variant_keys = [key for key in axes if key not in (x, SEED_AXIS)]
+    for row in [*rows, *hospitals]:
+        row["variant"] = variant_of(row, variant_keys)
+        row["x"] = row[x] if x else None
+    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    xs = sorted({row["x"] for row in rows}, key=lambda v: (v is None, v if isinstance(v, float) else str(v)))
+
+    plot_metric_vs_x(rows, variants, xs, metric, x, sweep_dir / "metric_vs_x.png")
+    plot_hospital_heatmap(hospitals, variants, xs, x, sweep_dir / "hospital_heatmap.png")
+    plot_group_bars(rows, variants, xs, x, sweep_dir / "group_bars.png")
+    seeds = len(axes.get(SEED_AXIS, [None]))
+    command = " ".join(["fedmm sweep --out", str(sweep_dir), *sweep["fixed"],
+                        *(f"{key}={','.join(values)}" for key, values in axes.items() if key != VARIANT_AXIS),
+                        *(f"--variant '{value}'" for value in axes.get(VARIANT_AXIS, []))])
+    lines = [
+        f"# Sweep report: {sweep_dir.name}", "",
+        f"Reproduce: `{command}`, then `fedmm report {sweep_dir} --metric {metric}"
+        + (f" --x {x}`" if x else "`"), "",
+        f"{len(rows)} cells; x = `{x or '–'}`; variants: {len(variants)}; seeds per point: {seeds}. "
+        f"`{HOSPITAL_METRIC}`: each hospital's 0-shot AUROC on its own test split, of the model it uses (its own "
+        "under a personalized strategy, else the global one), for the modality it holds (images where it has "
+        "any, else reports).", "",
+        f"## {metric} (global test set): mean ± std over seeds", "",
+        metric_table(rows, variants, xs, metric, x), "",
+        f"![{metric} against {x}](metric_vs_x.png)", "",
+        "## Fairness between hospitals", "",
+        fairness_table(rows, variants, xs, x), "",
+        "![hospital x variant](hospital_heatmap.png)", "",
+        "![per modality group](group_bars.png)", "",
+    ]
+    path = sweep_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _values(rows: list[dict], variant: str, x: Any, column: str) -> list[float]:
+    return [row[column] for row in rows if row["variant"] == variant and row["x"] == x and row[column] is not None]
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def metric_table(rows: list[dict], variants: list[str], xs: list, metric: str, x: str | None) -> str:
+    lines = [f"| variant | " + " | ".join(f"{x}={_text(v)}" if x else "value" for v in xs) + " |",
+             "|---|" + "---|" * len(xs)]
+    for variant in variants:
+        lines.append(f"| {variant} | " + " | ".join(_mean_std(_values(rows, variant, v, metric)) for v in xs) + " |")
+    return "\n".join(lines)
+
+
+def fairness_table(rows: list[dict], variants: list[str], xs: list, x: str | None) -> str:
+    lines = [f"| variant | {x or ''} | mean hospital AUROC | worst hospital AUROC | worst hospital (most often) | "
+             "spread (best - worst) |", "|---|---|---|---|---|---|"]
+    for variant in variants:
+        for v in xs:
+            members = [row for row in rows if row["variant"] == variant and row["x"] == v]
+            worst = Counter(f"{int(row['worst_hospital'])} ({row['worst_hospital_group']})" for row in members
+                            if row["worst_hospital"] is not None).most_common(1)
+            lines.append(f"| {variant} | {_text(v) if x else ''} | "
+                         f"{_mean_std(_values(rows, variant, v, f'mean_{HOSPITAL_METRIC}'))} | "
+                         f"{_mean_std(_values(rows, variant, v, f'worst_{HOSPITAL_METRIC}'))} | "
+                         f"{worst[0][0] if worst else '–'} | "
+                         f"{_mean_std(_values(rows, variant, v, f'spread_{HOSPITAL_METRIC}'))} |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metric_vs_x(rows: list[dict], variants: list[str], xs: list, metric: str, x: str | None, path: Path) -> None:
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(7.5, 4.5))
+    numeric = x is not None and all(isinstance(v, float) for v in xs)
+    positions = xs if numeric else list(range(len(xs)))
+    for index, variant in enumerate(variants):
+        points = [(p, _values(rows, variant, v, metric)) for p, v in zip(positions, xs)]
+        points = [(p, values) for p, values in points if values]
+        if not points:
+            continue
+        where = [p for p, _ in points]
+        ax.plot(where, [statistics.fmean(v) for _, v in points], marker="o", color=f"C{index}", label=variant)
+        ax.fill_between(where, [min(v) for _, v in points], [max(v) for _, v in points], color=f"C{index}", alpha=0.15)
+    if not numeric:
+        ax.set_xticks(positions, [_text(v) for v in xs])
+    ax.set(xlabel=x or "", ylabel=metric, title=f"{metric} (global test set); band: min..max over seeds")
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def plot_hospital_heatmap(hospitals: list[dict], variants: list[str], xs: list, x: str | None, path: Path) -> None:
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(xs), figsize=(2.2 + 1.1 * len(variants) * len(xs), 4.5), squeeze=False)
+    for ax, v in zip(axes[0], xs):
+        members = [row for row in hospitals if row["x"] == v]
+        ids = sorted({int(row["hospital"]) for row in members})
+        group = {h: Counter(row["group"] for row in members if int(row["hospital"]) == h).most_common(1)[0][0]
+                 for h in ids}
+        grid = [[_mean_or_nan([row[HOSPITAL_METRIC] for row in members if int(row["hospital"]) == h
+                               and row["variant"] == variant and row[HOSPITAL_METRIC] is not None])
+                 for variant in variants] for h in ids]
+        image = ax.imshow(grid, cmap="viridis", vmin=0.4, vmax=0.9, aspect="auto")
+        for i, line in enumerate(grid):
+            for j, value in enumerate(line):
+                if value == value:
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
+        ax.set_yticks(range(len(ids)), [f"{h} ({group[h]})" for h in ids], fontsize=7)
+        ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=6)
+        ax.set_title(f"{x}={_text(v)}" if x else "", fontsize=8)
+    figure.colorbar(image, ax=axes[0].tolist(), label=HOSPITAL_METRIC)
+    figure.suptitle("each hospital's 0-shot AUROC (mean over seeds)", fontsize=9)
+    figure.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_group_bars(rows: list[dict], variants: list[str], xs: list, x: str | None, path: Path) -> None:
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(xs), figsize=(1.5 + 1.2 * len(variants) * len(xs), 4), squeeze=False,
+                                sharey=True)
+    width = 0.8 / len(GROUPS)
+    for ax, v in zip(axes[0], xs):
+        for g, group in enumerate(GROUPS):
+            heights = [_mean_or_nan(_values(rows, variant, v, f"{group}_{HOSPITAL_METRIC}")) for variant in variants]
+            ax.bar([i + (g - 1) * width for i in range(len(variants))], heights, width, label=group, color=f"C{g}")
+        ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=6)
+        ax.set_ylim(0.4, 0.9)
+        ax.set_title(f"{x}={_text(v)}" if x else "", fontsize=8)
+    axes[0][0].set_ylabel(f"mean {HOSPITAL_METRIC} of the group's hospitals")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _mean_or_nan(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")

@@ -1,0 +1,91 @@
+"""`fedmm sweep` and `fedmm report`: axes and cells, the fairness columns, and a two-cell sweep end to end
+that is run twice (the second run reuses the first's cells) and turned into a report."""
+
+import csv
+import json
+
+import pytest
+
+from fedmm.config import ConfigError
+from fedmm.runs.sweep import Cell, cell_row, hospital_auroc, make_cells, parse_sweep
+
+
+def test_sweep_axes_cells_and_variants():
+    fixed, axes = parse_sweep(["scenario=mix", "seed=0,1", "scenario.hospital_mix.unimodal=0,0.5"],
+                              ["strategy=fedavg", "strategy=fedavg_modality  missing=prototype"])
+    assert fixed == ["scenario=mix"]
+    assert axes == {"variant": ["strategy=fedavg", "strategy=fedavg_modality missing=prototype"],
+                    "seed": ["0", "1"], "scenario.hospital_mix.unimodal": ["0", "0.5"]}
+    cells = make_cells(fixed, axes)
+    assert len(cells) == 8 and len({cell.name for cell in cells}) == 8
+    assert cells[-1] == Cell("strategy=fedavg_modality+missing=prototype,seed=1,scenario.hospital_mix.unimodal=0.5",
+                             {"variant": "strategy=fedavg_modality missing=prototype", "seed": "1",
+                              "scenario.hospital_mix.unimodal": "0.5"},
+                             ["scenario=mix", "strategy=fedavg_modality", "missing=prototype", "seed=1",
+                              "scenario.hospital_mix.unimodal=0.5"])
+
+
+@pytest.mark.parametrize("overrides, variants, message", [
+    (["seed=0,1", "seed=2,3"], [], "seed is swept twice"),
+    ([], ["strategy=fedavg,feddistill"], "a variant holds single values"),
+])
+def test_bad_sweeps_are_named(overrides, variants, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_sweep(overrides, variants)
+
+
+def test_hospital_auroc_takes_the_model_and_modality_the_hospital_uses():
+    assert hospital_auroc({"zeroshot_auroc_macro": 0.6, "report_zeroshot_auroc_macro": 0.7}) == 0.6
+    assert hospital_auroc({"report_zeroshot_auroc_macro": 0.7}) == 0.7  # a report-only hospital
+    assert hospital_auroc({"zeroshot_auroc_macro": 0.6, "personal_report_zeroshot_auroc_macro": 0.8}) == 0.8
+    assert hospital_auroc({}) is None
+
+
+def test_cell_row_groups_worst_and_spread_by_hand():
+    summary = {"i2t_recall@10": 0.2, "hospitals": {
+        "0": {"group": "paired", "zeroshot_auroc_macro": 0.8},
+        "1": {"group": "paired", "zeroshot_auroc_macro": 0.6},
+        "2": {"group": "image_only", "zeroshot_auroc_macro": 0.5},
+        "3": {"group": "report_only", "report_zeroshot_auroc_macro": 0.7}}}
+    row = cell_row(Cell("seed=0", {"seed": "0"}, []), summary)
+    assert row["i2t_recall@10"] == 0.2 and row["seed"] == "0"
+    assert row["paired_hospital_auroc"] == pytest.approx(0.7)
+    assert (row["image_only_hospital_auroc"], row["report_only_hospital_auroc"]) == (0.5, 0.7)
+    assert row["mean_hospital_auroc"] == pytest.approx(0.65)
+    assert (row["worst_hospital_auroc"], row["worst_hospital"], row["worst_hospital_group"]) == (0.5, 2, "image_only")
+    assert row["spread_hospital_auroc"] == pytest.approx(0.3)
+
+
+@pytest.mark.slow
+def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overrides, tmp_path):
+    from fedmm.cli import main as cli_main
+    from fedmm.runs.report import write_report
+    from fedmm.runs.sweep import run_sweep
+
+    out = tmp_path / "sweep"
+    overrides = [*smoke_overrides, "scenario=mix", "scenario.profiles=[]", "scenario.num_hospitals=3",
+                 "scenario.hospital_mix.unimodal=0.34", "strategy=fedavg_modality", "missing=ignore,prototype"]
+    assert cli_main(["sweep", "--out", str(out), *overrides]) == 0
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["missing"] for row in rows] == ["ignore", "prototype"]
+    for row in rows:  # the table holds what each cell's summary says
+        summary = json.loads((out / "cells" / row["cell"] / "summary.json").read_text())
+        assert float(row["i2t_recall@10"]) == summary["i2t_recall@10"]
+    with open(out / "hospitals.csv", newline="") as handle:
+        assert [row["group"] for row in csv.DictReader(handle)][:3] == ["paired", "paired", "image_only"]
+    first = (out / "results.csv").read_text()
+
+    def must_not_run(cfg):
+        raise AssertionError(f"cell {cfg.run_dir} was run again")
+
+    run_sweep(overrides, out, must_not_run, log=lambda line: None)
+    assert (out / "results.csv").read_text() == first
+    with pytest.raises(ConfigError, match="holds a finished run of another configuration"):
+        run_sweep([*overrides, "federation.rounds=3"], out, must_not_run, log=lambda line: None)
+
+    report = write_report(out).read_text()
+    assert "| missing=ignore |" in report and "| missing=prototype |" in report
+    for figure in ("metric_vs_x.png", "hospital_heatmap.png", "group_bars.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    assert cli_main(["report", str(out), "--metric", "nope"]) == 2

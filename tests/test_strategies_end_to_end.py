@@ -10,6 +10,7 @@ from flwr.app import Array
 
 from fedmm.compose import compose_config
 from fedmm.experiment import run_experiment
+from fedmm.hospitals import load_federated_data
 from fedmm.models.heads import is_personal_layer
 from fedmm.strategies import FEDERATED_STRATEGIES
 from fedmm.strategies import messages as keys
@@ -96,3 +97,16 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
         assert paired_hospital[0]["personal"] != paired_hospital[1]["personal"]
     else:
         assert all(e["personal"] is None for e in train)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, handler", [("ditto", "retrieval"), ("fedrep", "prototype")])
+def test_missing_modality_handlers_train_the_image_only_hospital_in_personalized_strategies(
+        smoke_overrides, tmp_path, strategy, handler):
+    cfg = compose_config([*smoke_overrides, f"strategy={strategy}", f"missing={handler}", f"run_dir={tmp_path / 'run'}"])
+    run_experiment(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    image_only = lines[0]["train"]["1"]  # smoke: hospital 1 holds images only
+    assert image_only["num-image-used"] == len(load_federated_data(cfg).hospital(1).train) > 0
+    assert (image_only["num-paired-used"], image_only["num-report-used"]) == (0, 0)
+    assert image_only["train-steps"] > 0 and image_only["train-loss"] > 0

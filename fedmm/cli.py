@@ -184,10 +184,12 @@ def list_options() -> int:
     from fedmm.data.registry import DATASETS
     from fedmm.models.encoders import IMAGE_BACKBONES, POOLINGS
     from fedmm.strategies import FEDERATED_STRATEGIES, REFERENCE_RUNS
+    from fedmm.training.missing import MISSING_HANDLERS
 
     console.print(f"strategies (federated): {sorted(FEDERATED_STRATEGIES)}")
     console.print(f"strategies (references): {sorted(REFERENCE_RUNS)}")
     console.print(f"scenarios: {sorted(p.stem for p in (CONFIG_DIR / 'scenario').glob('*.yaml'))}")
+    console.print(f"missing-modality handlers (missing=): {sorted(MISSING_HANDLERS)}")
     console.print(f"image encoders: {sorted(IMAGE_BACKBONES)} (pooling: {sorted(POOLINGS)})")
     console.print(f"text encoders: {sorted(p.stem for p in (CONFIG_DIR / 'encoders' / 'text').glob('*.yaml'))}")
     console.print(f"datasets: {sorted(DATASETS)}")

@@ -172,7 +172,8 @@ def plot_metric_vs_x(rows: list[dict], variants: list[str], xs: list, metric: st
 
 def plot_hospital_heatmap(hospitals: list[dict], variants: list[str], xs: list, x: str | None, path: Path) -> None:
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(xs), figsize=(2.2 + 1.1 * len(variants) * len(xs), 4.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(xs), figsize=(1.0 + (1.8 + 0.9 * len(variants)) * len(xs), 5), squeeze=False,
+                                layout="constrained")
     for ax, v in zip(axes[0], xs):
         members = [row for row in hospitals if row["x"] == v]
         ids = sorted({int(row["hospital"]) for row in members})
@@ -185,13 +186,14 @@ def plot_hospital_heatmap(hospitals: list[dict], variants: list[str], xs: list, 
         for i, line in enumerate(grid):
             for j, value in enumerate(line):
                 if value == value:
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                            color="black" if value > 0.75 else "white")
         ax.set_yticks(range(len(ids)), [f"{h} ({group[h]})" for h in ids], fontsize=7)
         ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=6)
         ax.set_title(f"{x}={_text(v)}" if x else "", fontsize=8)
     figure.colorbar(image, ax=axes[0].tolist(), label=HOSPITAL_METRIC)
     figure.suptitle("each hospital's 0-shot AUROC (mean over seeds)", fontsize=9)
-    figure.savefig(path, dpi=90, bbox_inches="tight")
+    figure.savefig(path, dpi=90)
     plt.close(figure)
 
 

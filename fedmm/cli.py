@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "strategy=fedavg,feddistill seed=0,1,2")
     report = commands.add_parser("report", help="turn a sweep folder into report.md with PNG figures")
     report.add_argument("sweep_dir", type=Path)
-    report.add_argument("--metric", default="i2t_recall@10", help="a column of results.csv (default: i2t_recall@10)")
+    report.add_argument("--metric", action="append", default=None,
+                        help="a column of results.csv; repeat for more (default: i2t_recall@10, zeroshot_auroc_macro)")
     report.add_argument("--x", default=None, help="the axis on the x axis (default: the first numeric one but seed)")
     commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
     args = parser.parse_args(argv)
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from fedmm.runs.report import write_report
 
-            console.print(f"written: {write_report(args.sweep_dir, args.metric, args.x)}")
+            from fedmm.runs.report import DEFAULT_METRICS
+
+            console.print(f"written: {write_report(args.sweep_dir, args.metric or DEFAULT_METRICS, args.x)}")
             return 0
         if args.command == "privacy-sweep":
             return sweep_privacy(args.epsilons, args.overrides, args.out)

@@ -86,6 +86,6 @@ def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overri
 
     report = write_report(out).read_text()
     assert "| missing=ignore |" in report and "| missing=prototype |" in report
-    for figure in ("metric_vs_x.png", "hospital_heatmap.png", "group_bars.png"):
+    for figure in ("i2t_recall_at_10_vs_x.png", "zeroshot_auroc_macro_vs_x.png", "hospital_heatmap.png", "group_bars.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     assert cli_main(["report", str(out), "--metric", "nope"]) == 2

@@ -2,11 +2,11 @@
 
 The x axis is one swept knob (by default the first numeric axis other than `seed`); every other axis but
 `seed` names a variant (e.g. `strategy=fedavg, missing=prototype`); seeds give the spread. Figures:
-    metric_vs_x.png        the chosen metric against x, per variant: mean over seeds, band = min..max
+    <metric>_vs_x.png      each chosen metric against x, per variant: mean over seeds, band = min..max
     hospital_heatmap.png   hospital x variant, each hospital's 0-shot AUROC (the model it uses, the modality
                            it holds), mean over seeds; one panel per x value
     group_bars.png         the same AUROC averaged per modality group, per variant; one panel per x value
-Tables: the metric (mean ± std over seeds) per variant and x; fairness per variant and x: the mean, the
+Tables: each metric (mean ± std over seeds) per variant and x; fairness per variant and x: the mean, the
 worst hospital's AUROC (and which hospital it most often is) and the spread between hospitals.
 """
 
@@ -60,14 +60,18 @@ def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def write_report(sweep_dir: Path, metric: str = "i2t_recall@10", x: str | None = None) -> Path:
+DEFAULT_METRICS = ("i2t_recall@10", "zeroshot_auroc_macro")
+
+
+def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: str | None = None) -> Path:
     """Write report.md and its figures into `sweep_dir`; returns the report's path."""
     sweep = json.loads((sweep_dir / "sweep.json").read_text()) if (sweep_dir / "sweep.json").is_file() else None
     if sweep is None:
         raise ConfigError(f"{sweep_dir} holds no sweep.json: run `fedmm sweep --out {sweep_dir} ...` first")
     rows, hospitals = read_table(sweep_dir / "results.csv"), read_table(sweep_dir / "hospitals.csv")
-    if rows and metric not in rows[0]:
-        raise ConfigError(f"--metric {metric!r} is not in results.csv; its metrics: {list(rows[0])[1:]}")
+    for metric in metrics:
+        if rows and metric not in rows[0]:
+            raise ConfigError(f"--metric {metric!r} is not in results.csv; its columns: {list(rows[0])[1:]}")
     axes = sweep["axes"]
     x = choose_x(axes, x)
     variant_keys = [key for key in axes if key not in (x, SEED_AXIS)]
@@ -77,7 +81,8 @@ def write_report(sweep_dir: Path, metric: str = "i2t_recall@10", x: str | None =
     variants = list(dict.fromkeys(row["variant"] for row in rows))
     xs = sorted({row["x"] for row in rows}, key=lambda v: (v is None, v if isinstance(v, float) else str(v)))
 
-    plot_metric_vs_x(rows, variants, xs, metric, x, sweep_dir / "metric_vs_x.png")
+    for metric in metrics:
+        plot_metric_vs_x(rows, variants, xs, metric, x, sweep_dir / f"{_slug(metric)}_vs_x.png")
     plot_hospital_heatmap(hospitals, variants, xs, x, sweep_dir / "hospital_heatmap.png")
     plot_group_bars(rows, variants, xs, x, sweep_dir / "group_bars.png")
     seeds = len(axes.get(SEED_AXIS, [None]))
@@ -86,15 +91,16 @@ def write_report(sweep_dir: Path, metric: str = "i2t_recall@10", x: str | None =
                         *(f"--variant '{value}'" for value in axes.get(VARIANT_AXIS, []))])
     lines = [
         f"# Sweep report: {sweep_dir.name}", "",
-        f"Reproduce: `{command}`, then `fedmm report {sweep_dir} --metric {metric}"
-        + (f" --x {x}`" if x else "`"), "",
+        f"Reproduce: `{command}`, then `fedmm report {sweep_dir}"
+        + "".join(f" --metric {metric}" for metric in metrics) + (f" --x {x}`" if x else "`"), "",
         f"{len(rows)} cells; x = `{x or '–'}`; variants: {len(variants)}; seeds per point: {seeds}. "
         f"`{HOSPITAL_METRIC}`: each hospital's 0-shot AUROC on its own test split, of the model it uses (its own "
         "under a personalized strategy, else the global one), for the modality it holds (images where it has "
         "any, else reports).", "",
-        f"## {metric} (global test set): mean ± std over seeds", "",
-        metric_table(rows, variants, xs, metric, x), "",
-        f"![{metric} against {x}](metric_vs_x.png)", "",
+        *(line for metric in metrics for line in (
+            f"## {metric} (global test set): mean ± std over seeds", "",
+            metric_table(rows, variants, xs, metric, x), "",
+            f"![{metric} against {x}]({_slug(metric)}_vs_x.png)", "")),
         "## Fairness between hospitals", "",
         fairness_table(rows, variants, xs, x), "",
         "![hospital x variant](hospital_heatmap.png)", "",
@@ -103,6 +109,10 @@ def write_report(sweep_dir: Path, metric: str = "i2t_recall@10", x: str | None =
     path = sweep_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _slug(metric: str) -> str:
+    return metric.replace("@", "_at_")
 
 
 def _values(rows: list[dict], variant: str, x: Any, column: str) -> list[float]:

@@ -18,7 +18,7 @@ class TrainResult:
 
     loss: float  # mean of InfoNCE plus the unimodal term over the steps taken; nan when no step was possible
     steps: int
-    num_paired_used: int  # samples that entered the contrastive loss
+    num_paired_used: int  # the hospital's own pairs that entered the contrastive loss (imputed ones excluded)
     num_image_used: int  # samples whose image features trained the image head
     num_report_used: int  # samples whose report features trained the report head
 

@@ -182,9 +182,8 @@ def plot_metric_vs_x(rows: list[dict], variants: list[str], xs: list, metric: st
 
 def plot_hospital_heatmap(hospitals: list[dict], variants: list[str], xs: list, x: str | None, path: Path) -> None:
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(xs), figsize=(1.0 + (1.8 + 0.9 * len(variants)) * len(xs), 5), squeeze=False,
-                                layout="constrained")
-    for ax, v in zip(axes[0], xs):
+    figure, axes = _panels(plt, len(xs), width=1.8 + 0.9 * len(variants), height=5.0)
+    for ax, v in zip(axes, xs):
         members = [row for row in hospitals if row["x"] == v]
         ids = sorted({int(row["hospital"]) for row in members})
         group = {h: Counter(row["group"] for row in members if int(row["hospital"]) == h).most_common(1)[0][0]
@@ -201,7 +200,7 @@ def plot_hospital_heatmap(hospitals: list[dict], variants: list[str], xs: list, 
         ax.set_yticks(range(len(ids)), [f"{h} ({group[h]})" for h in ids], fontsize=7)
         ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=6)
         ax.set_title(f"{x}={_text(v)}" if x else "", fontsize=8)
-    figure.colorbar(image, ax=axes[0].tolist(), label=HOSPITAL_METRIC)
+    figure.colorbar(image, ax=axes, label=HOSPITAL_METRIC)
     figure.suptitle("each hospital's 0-shot AUROC (mean over seeds)", fontsize=9)
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -209,21 +208,31 @@ def plot_hospital_heatmap(hospitals: list[dict], variants: list[str], xs: list, 
 
 def plot_group_bars(rows: list[dict], variants: list[str], xs: list, x: str | None, path: Path) -> None:
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(xs), figsize=(1.5 + 1.2 * len(variants) * len(xs), 4), squeeze=False,
-                                sharey=True)
+    figure, axes = _panels(plt, len(xs), width=1.5 + 1.0 * len(variants), height=4.5)
     width = 0.8 / len(GROUPS)
-    for ax, v in zip(axes[0], xs):
+    for ax, v in zip(axes, xs):
         for g, group in enumerate(GROUPS):
             heights = [_mean_or_nan(_values(rows, variant, v, f"{group}_{HOSPITAL_METRIC}")) for variant in variants]
             ax.bar([i + (g - 1) * width for i in range(len(variants))], heights, width, label=group, color=f"C{g}")
         ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=6)
         ax.set_ylim(0.4, 0.9)
         ax.set_title(f"{x}={_text(v)}" if x else "", fontsize=8)
-    axes[0][0].set_ylabel(f"mean {HOSPITAL_METRIC} of the group's hospitals")
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
+    axes[0].set_ylabel(f"group mean of {HOSPITAL_METRIC}")
+    axes[0].legend(fontsize=7)
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+def _panels(plt, count: int, width: float, height: float) -> tuple[Any, list]:
+    """One panel per x value, two per row."""
+    columns = min(2, count)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False,
+                                layout="constrained")
+    flat = list(axes.flat)
+    for extra in flat[count:]:
+        extra.set_visible(False)
+    return figure, flat[:count]
 
 
 def _mean_or_nan(values: list[float]) -> float:

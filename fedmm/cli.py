@@ -61,6 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--metric", action="append", default=None,
                         help="a column of results.csv; repeat for more (default: i2t_recall@10, zeroshot_auroc_macro)")
     report.add_argument("--x", default=None, help="the axis on the x axis (default: the first numeric one but seed)")
+    data = commands.add_parser("data", help="hospital folders on disk: validate, export the synthetic federation, "
+                                             "import IU X-ray reports")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    validate = data_commands.add_parser("validate", help="check a hospital folder; every problem with its row and column")
+    validate.add_argument("folders", type=Path, nargs="+")
+    export = data_commands.add_parser("export-synthetic", help="write the synthetic federation as hospital folders")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("overrides", nargs="*", help="the federation to export, e.g. scenario=balanced seed=1")
+    iu = data_commands.add_parser("import-iu", help="IU X-ray (Open-I) report XML -> a report-only hospital folder")
+    iu.add_argument("source", type=Path, help="NLMCXR_reports.tgz or a folder of its XML files")
+    iu.add_argument("--out", type=Path, required=True)
+    iu.add_argument("--test-fraction", type=float, default=0.2, help="share of patients in the test split")
+    iu.add_argument("--seed", type=int, default=0)
     commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
     args = parser.parse_args(argv)
     try:
@@ -77,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_with_progress(cfg, args.verbose)
             print_summary(summary)
             return 0
+        if args.command == "data":
+            return data_command(args)
         if args.command == "sweep":
             return sweep_knobs(args.overrides, args.out, args.variant)
         if args.command == "report":
@@ -151,6 +166,38 @@ def compare_strategies(strategies: list[str], scenarios: list[str], overrides: l
     run_comparison(strategies, scenarios, overrides, out, run_with_progress, log=console.print)
     console.print((out / "table.md").read_text())
     console.print(f"written: {out / 'table.csv'}, {out / 'table.md'}, {out / 'comparison.png'}")
+    return 0
+
+
+def data_command(args: argparse.Namespace) -> int:
+    if args.data_command == "validate":
+        from fedmm.data.hospital_folder import validate_hospital_folder
+
+        failed = 0
+        for folder in args.folders:
+            problems = validate_hospital_folder(folder)
+            failed += bool(problems)
+            for problem in problems:
+                console.print(f"{folder}: {problem}", markup=False)
+            console.print(f"{folder}: {len(problems)} problem(s)" if problems else f"{folder}: ok")
+        return 1 if failed else 0
+    if args.data_command == "export-synthetic":
+        from fedmm.data.export import export_synthetic
+
+        folders = export_synthetic(compose_config(args.overrides), args.out)
+        console.print(f"written {len(folders)} folders under {args.out}: {', '.join(f.name for f in folders)}")
+        return 0
+    from fedmm.data.iu_xray import read_iu_reports, write_iu_hospital
+
+    if not 0 < args.test_fraction < 1:
+        raise ConfigError(f"--test-fraction={args.test_fraction} must lie in (0, 1)")
+    try:
+        reports = read_iu_reports(args.source)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from error
+    folder = write_iu_hospital(reports, args.out, args.test_fraction, args.seed)
+    console.print(f"written {folder / 'manifest.csv'}: {sum(1 for r in reports if r.text)} report-only studies "
+                  f"({sum(1 for r in reports if not r.text)} of {len(reports)} without findings or impression left out)")
     return 0
 
 

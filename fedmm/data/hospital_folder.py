@@ -94,9 +94,10 @@ def _read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]]] | Pro
         return Problem(None, None, f"{path} is not a UTF-8 CSV file: {error}")
 
 
-def validate_hospital_folder(folder: Path) -> list[Problem]:
+def validate_hospital_folder(folder: Path, decoded: dict[int, np.ndarray] | None = None) -> list[Problem]:
     """Every problem of a hospital folder: missing file, unreadable image, empty report, unknown split,
-    duplicate study id, patient in both splits, a study with neither modality, bad labels or columns."""
+    duplicate study id, patient in both splits, a study with neither modality, bad labels or columns.
+    `decoded`: when given, receives each readable image by row, so a reader decodes every file once."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
     if isinstance(manifest, Problem):
@@ -112,7 +113,7 @@ def validate_hospital_folder(folder: Path) -> list[Problem]:
     first_row_of: dict[str, int] = {}
     splits_of_patient: dict[str, dict[str, int]] = defaultdict(dict)
     for number, row in enumerate(rows, start=1):
-        problems += _row_problems(folder, number, row, first_row_of)
+        problems += _row_problems(folder, number, row, first_row_of, decoded)
         if row["patient_id"].strip() and row["split"] in SPLITS:
             splits_of_patient[row["patient_id"].strip()].setdefault(row["split"], number)
     for patient, splits in splits_of_patient.items():
@@ -124,7 +125,8 @@ def validate_hospital_folder(folder: Path) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.row or 0, p.column or ""))
 
 
-def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: dict[str, int]) -> list[Problem]:
+def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: dict[str, int],
+                  decoded: dict[int, np.ndarray] | None) -> list[Problem]:
     problems = []
     study = (row.get("study_id") or "").strip()
     if not study:
@@ -139,7 +141,7 @@ def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: 
         problems.append(Problem(number, "split", f"unknown split {row.get('split')!r}; valid: {list(SPLITS)}"))
     image, report, report_file = (row.get(c) or "" for c in ("image", "report", "report_file"))
     if image.strip():
-        problems += _image_problems(folder, number, image.strip())
+        problems += _image_problems(folder, number, image.strip(), decoded)
     if report.strip() and report_file.strip():
         problems.append(Problem(number, "report_file", "give the report text or a report file, not both"))
     elif report_file.strip():
@@ -155,7 +157,8 @@ def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: 
     return problems
 
 
-def _image_problems(folder: Path, number: int, relative: str) -> list[Problem]:
+def _image_problems(folder: Path, number: int, relative: str,
+                    decoded: dict[int, np.ndarray] | None) -> list[Problem]:
     path = folder / relative
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return [Problem(number, "image", f"{relative}: unsupported image type; valid: {list(IMAGE_SUFFIXES)}")]
@@ -167,6 +170,8 @@ def _image_problems(folder: Path, number: int, relative: str) -> list[Problem]:
         return [Problem(number, "image", f"{relative}: unreadable image ({type(error).__name__}: {error})")]
     if min(pixels.shape) < 8:
         return [Problem(number, "image", f"{relative}: image of {pixels.shape} px is too small (at least 8x8)")]
+    if decoded is not None:
+        decoded[number] = pixels
     return []
 
 
@@ -184,14 +189,15 @@ def _report_file_problems(folder: Path, number: int, relative: str) -> list[Prob
 def read_hospital_folder(folder: Path) -> HospitalStudies:
     """The folder's studies, after `validate_hospital_folder` found no problem (else HospitalFolderError)."""
     folder = Path(folder)
-    problems = validate_hospital_folder(folder)
+    decoded: dict[int, np.ndarray] = {}
+    problems = validate_hospital_folder(folder, decoded)
     if problems:
         listed = "\n  ".join(str(p) for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         raise HospitalFolderError(f"{folder}: {len(problems)} problem(s); run `fedmm data validate {folder}`:\n  "
                                   f"{listed}{more}")
     columns, rows = _read_manifest(folder)
-    images = [read_image(folder / row["image"].strip()) if row["image"].strip() else None for row in rows]
+    images = [decoded.get(number) for number in range(1, len(rows) + 1)]  # decoded once, while validating
     reports = tuple(row["report"].strip() if row["report"].strip() else
                     (folder / row["report_file"].strip()).read_text(encoding="utf-8").strip()
                     if row["report_file"].strip() else None for row in rows)

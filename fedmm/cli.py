@@ -74,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     iu.add_argument("--out", type=Path, required=True)
     iu.add_argument("--test-fraction", type=float, default=0.2, help="share of patients in the test split")
     iu.add_argument("--seed", type=int, default=0)
+    deploy = commands.add_parser("deploy", help="run the app on Flower's Deployment Engine on this machine: a SuperLink "
+                                                "and one SuperNode per hospital folder on 127.0.0.1")
+    deploy.add_argument("folders", type=Path, help="a folder of hospital-<id>/ folders and server-test/ "
+                                                   "(as `fedmm data export-synthetic` writes)")
+    deploy.add_argument("--out", type=Path, default=None,
+                        help="logs, certificates and the run directory (default: outputs/deploy-<time>)")
+    deploy.add_argument("--tls", action="store_true", help="TLS with a local CA and a certificate for 127.0.0.1")
+    deploy.add_argument("--auth", action="store_true", help="SuperNode authentication (with --tls): each node's public "
+                                                            "key is registered, unknown nodes are refused")
+    deploy.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run to finish")
+    deploy.add_argument("overrides", nargs="*", help="the experiment, as for `fedmm run` (e.g. +experiment=smoke); "
+                                                     "the same options the folders were exported with")
     commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
     args = parser.parse_args(argv)
     try:
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "data":
             return data_command(args)
+        if args.command == "deploy":
+            return deploy_locally(args.folders, args.overrides, args.out, args.tls, args.auth, args.timeout)
         if args.command == "sweep":
             return sweep_knobs(args.overrides, args.out, args.variant)
         if args.command == "report":
@@ -150,6 +164,60 @@ def print_summary(summary: dict[str, Any]) -> None:
         hospitals.add_row(key, "", *(_fmt(summary.get(key, {}).get(m)) for m in GROUP_METRICS))
     console.print(hospitals)
     console.print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']} s)")
+
+
+def deploy_locally(root: Path, overrides: list[str], out: Path | None, tls: bool, auth: bool, timeout_s: float) -> int:
+    """`fedmm deploy`: start the local federation, run the app with `flwr run`, wait for the run, check it
+    completed, print its metrics, and stop every process started (checked by process group)."""
+    from datetime import datetime
+
+    from fedmm.deployment.local import COMPLETED, DeploymentError, LocalFederation, alive_in_groups, check_folders, find_folders
+    from fedmm.validation import validate_config
+
+    try:
+        folders = find_folders(root)
+        cfg = compose_config([*overrides, f"deployment.server_test_dir='{folders.server_test}'"])
+        validate_config(cfg)
+        check_folders(folders, cfg)  # before any process starts
+        out = out or Path("outputs") / f"deploy-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = out.resolve() / "run"
+        with LocalFederation(out, folders, tls=tls, node_auth=auth) as federation:
+            console.print(f"[bold]fedmm deploy[/]: SuperLink on {federation.address} ({'TLS' if tls else 'insecure'}"
+                          f"{', node authentication' if auth else ''}), {len(folders.hospitals)} SuperNodes; "
+                          f"logs in {federation.logs}")
+            run_id = federation.submit(overrides, run_dir)
+            console.print(f"run {run_id} submitted; waiting (rounds appear as the server records them)")
+            status, details = federation.wait(run_id, timeout_s, on_poll=RoundPrinter(run_dir / "metrics.jsonl"))
+        leftovers = alive_in_groups(federation.process_groups())
+    except DeploymentError as error:
+        console.print(f"[bold red]deployment error:[/] {error}")
+        return 1
+    if leftovers:
+        console.print(f"[bold red]processes still running after stop:[/] {leftovers}")
+        return 1
+    console.print(f"run {run_id}: {status}; every process started is stopped")
+    if status != COMPLETED:
+        console.print(f"[bold red]the run did not complete:[/] {details}\nlogs: {federation.logs}; "
+                      f"finished rounds: {run_dir / 'metrics.jsonl'}")
+        return 1
+    print_summary(json.loads((run_dir / "summary.json").read_text()) | {"run_dir": str(run_dir)})
+    return 0
+
+
+class RoundPrinter:
+    """Prints each round the server records in `metrics.jsonl`, once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.printed = path, 0
+
+    def __call__(self) -> None:
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        for line in lines[self.printed:]:
+            record = json.loads(line)
+            headline = record.get("global", {}).get(HEADLINE_METRIC)
+            console.print(f"  round {record['round']}: hospitals {record['sampled']} trained"
+                          + (f", {HEADLINE_METRIC} {headline:.3f}" if headline is not None else ""))
+        self.printed = len(lines)
 
 
 def compare_strategies(strategies: list[str], scenarios: list[str], overrides: list[str], out: Path | None) -> int:

@@ -219,6 +219,16 @@ class FederationConfig:
     fraction_train: float = 1.0
     evaluate_every: int = 2  # rounds between evaluations; the last round is always evaluated
     round_timeout_s: float = 600.0
+    # Hospitals that must remain for the run to go on when some fail (a node that dies, an error reply);
+    # null: every hospital (the first failure stops the run). Finished rounds are kept either way.
+    min_hospitals: int | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """Flower's Deployment Engine: each SuperNode reads its own hospital folder (node config `data-dir`)."""
+
+    server_test_dir: str | None = None  # the server's global test set as a hospital folder; null: simulated
 
 
 @dataclass(frozen=True)
@@ -246,6 +256,7 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
 
     @property
     def cache_path(self) -> Path:

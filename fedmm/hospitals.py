@@ -1,15 +1,21 @@
-"""The tensors each hospital and the server hold: features sliced by the federation's partition."""
+"""The tensors each hospital and the server hold: features sliced by the federation's partition
+(simulation), or read from a hospital folder on disk (deployment: one folder per node, see
+`fedmm.data.hospital_folder`)."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedmm.config import ConfigError, DatasetConfig, ExperimentConfig
+from fedmm.data.hospital_folder import FolderIndex, folder_dataset, folder_fingerprint, index_hospital_folder
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.data.partition import Federation, partition_dataset
 from fedmm.data.registry import load_dataset
-from fedmm.models.features import FeatureSet, load_features
+from fedmm.models.features import FeatureSet, cached_features, load_features
+
+FOLDER_CACHE = ".fedmm-cache"  # a hospital folder's own feature cache, inside the folder
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,10 @@ class FederatedData:
         return {part.hospital_id: int((part.train_availability == AVAILABILITY_CODES[Availability.PAIRED]).sum())
                 for part in self.federation.hospitals}
 
+    def groups(self) -> dict[int, str]:
+        """Each hospital's modality group (paired, image_only, report_only)."""
+        return {part.hospital_id: part.group.value for part in self.federation.hospitals}
+
     def global_test(self) -> SplitTensors:
         indices = self.federation.global_test_indices
         paired = np.full(len(indices), AVAILABILITY_CODES[Availability.PAIRED], dtype=np.int8)
@@ -115,3 +125,69 @@ def load_reference(cfg: ExperimentConfig, progress: bool = False) -> SplitTensor
     features = load_features(dataset, cfg.encoders, cfg.cache_path, cfg.device, progress)
     paired = torch.full((len(dataset.labels),), AVAILABILITY_CODES[Availability.PAIRED], dtype=torch.int8)
     return SplitTensors(features.image_features, features.report_features, paired, torch.from_numpy(dataset.labels))
+
+
+@dataclass(frozen=True)
+class ServerData:
+    """What the server reads: the global test set (all paired) and the prompts' features, plus the
+    federation's size. Simulation: sliced from the partition; deployment: the server's own folder."""
+
+    num_hospitals: int
+    global_test: SplitTensors
+    features: FeatureSet  # its prompt features are the zero-shot prompts
+
+    @property
+    def image_dim(self) -> int:
+        return self.global_test.image_features.shape[1]
+
+    @property
+    def report_dim(self) -> int:
+        return self.global_test.report_features.shape[1]
+
+
+def load_server_data(cfg: ExperimentConfig) -> ServerData:
+    """The server's data: `deployment.server_test_dir` when set, else the simulated partition's global test."""
+    folder = cfg.deployment.server_test_dir
+    if folder is None:
+        data = load_federated_data(cfg)
+        return ServerData(data.num_hospitals, data.global_test(), data.features)
+    features, index = load_folder_features(cfg, Path(folder))
+    unpaired = int((index.availability != AVAILABILITY_CODES[Availability.PAIRED]).sum())
+    if unpaired:
+        raise ConfigError(f"deployment.server_test_dir={folder!r}: {unpaired} of {len(index.availability)} studies lack "
+                          "an image or a report; the global test set needs both for every study")
+    everything = np.arange(len(index.availability))
+    return ServerData(cfg.scenario.num_hospitals, folder_split(features, index, everything), features)
+
+
+def load_folder_features(cfg: ExperimentConfig, folder: Path) -> tuple[FeatureSet, FolderIndex]:
+    """Features of every study in a hospital folder, cached in the folder (`.fedmm-cache/`). The folder is
+    validated (every file decoded) whenever the cache is built; an unchanged folder loads in milliseconds."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"hospital folder {str(folder)!r} does not exist; give each node its own folder "
+                                "(`--node-config 'data-dir=\"/path\"'`), e.g. from `fedmm data export-synthetic`")
+    index = index_hospital_folder(folder)
+    fingerprint = folder_fingerprint(folder, cfg.dataset.image_size)
+    features = cached_features(fingerprint, lambda: folder_dataset(folder, cfg.dataset.image_size, fingerprint),
+                               cfg.encoders, folder / FOLDER_CACHE, cfg.device)
+    return features, index
+
+
+def folder_split(features: FeatureSet, index: FolderIndex, rows: np.ndarray) -> SplitTensors:
+    selected = torch.from_numpy(rows)
+    return SplitTensors(features.image_features[selected], features.report_features[selected],
+                        torch.from_numpy(index.availability[rows]), torch.from_numpy(index.labels[rows]))
+
+
+def load_hospital_folder(cfg: ExperimentConfig, folder: Path, hospital_id: int) -> tuple[HospitalData, FeatureSet]:
+    """Hospital `hospital_id` as its own folder holds it: its train and test splits, and the features (for
+    the prompts). Its group is what its training studies hold: paired if any pair, else its one modality."""
+    features, index = load_folder_features(cfg, folder)
+    train = folder_split(features, index, np.flatnonzero(index.split == "train"))
+    test = folder_split(features, index, np.flatnonzero(index.split == "test"))
+    if not len(train):
+        raise ValueError(f"hospital folder {str(folder)!r} has no study with split=train; a hospital needs training data")
+    group = (Availability.PAIRED if train.paired_mask.any()
+             else Availability.IMAGE_ONLY if train.image_mask.any() else Availability.REPORT_ONLY)
+    return HospitalData(hospital_id, group, train, test), features

@@ -38,6 +38,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
         )
     if not 0 < federation.fraction_train <= 1:
         raise ConfigError(f"federation.fraction_train={federation.fraction_train} must lie in (0, 1]")
+    if federation.min_hospitals is not None and not 1 <= federation.min_hospitals <= hospitals:
+        raise ConfigError(f"federation.min_hospitals={federation.min_hospitals} must lie in [1, {hospitals}] "
+                          f"(scenario.num_hospitals={hospitals}); or null to stop at the first failed hospital")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={cfg.device!r} is unknown; valid: ['auto', 'cpu', 'cuda']")
     if cfg.simulation.client_cpus <= 0 or cfg.simulation.client_gpus < 0:

@@ -4,12 +4,12 @@ import random
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedmm.models.heads import HeadGroup
 from fedmm.strategies import messages as keys
 from fedmm.strategies.aggregation import modality_weighted_average, weighted_average
-from fedmm.strategies.fedavg import HospitalFedAvg, RoundLog, sample_hospitals
+from fedmm.strategies.fedavg import HospitalFedAvg, HospitalsLost, RoundLog, sample_hospitals
 
 pytestmark = pytest.mark.usefixtures("flower_run_identity")  # the tests build Flower Messages
 
@@ -89,11 +89,39 @@ def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(mo
         assert averaged["logit_scale"] == pytest.approx(3.0)
 
 
-def test_failed_hospital_stops_the_round_with_its_reason():
+def test_failed_hospital_stops_the_run_by_default_with_its_reason():
     built = strategy(HospitalFedAvg, num_hospitals=2)
     built.logs[1] = RoundLog(sampled=[0, 1])
-    with pytest.raises(RuntimeError, match="1 of 2 hospitals replied"):
+    sent = Message(RecordDict(), dst_node_id=101, message_type="train")
+    failed = Message(Error(code=0, reason="Node Unavailable"), reply_to=sent)  # as the SuperLink answers for a dead node
+    with pytest.raises(HospitalsLost, match=r"hospital\(s\) \[1\] failed \(Node Unavailable\); 1 of 2 remain, fewer "
+                                            r"than federation.min_hospitals=2"):
+        built.aggregate_train(1, [reply(0, state([1, 1], [1], 1.0), 5, 5, 5, 5), failed])
+
+
+def test_a_silent_hospital_counts_as_failed_after_the_round_timeout():
+    built = strategy(HospitalFedAvg, num_hospitals=2, round_timeout_s=30)
+    built.logs[1] = RoundLog(sampled=[0, 1])
+    with pytest.raises(HospitalsLost, match=r"no reply within federation.round_timeout_s=30"):
         built.aggregate_train(1, [reply(0, state([1, 1], [1], 1.0), 5, 5, 5, 5)])
+
+
+def test_the_run_goes_on_without_a_failed_hospital_while_enough_remain():
+    built = strategy(HospitalFedAvg, num_hospitals=3, min_hospitals=2)
+    built.logs[1] = RoundLog(sampled=[0, 1, 2])
+    built.current_arrays = ArrayRecord({k: Array(v) for k, v in state([0, 0], [0], 1.0).items()})
+    arrays, _ = built.aggregate_train(1, [reply(0, state([2, 2], [2], 1.0), 10, 1, 1, 1),
+                                          reply(2, state([4, 4], [4], 1.0), 30, 1, 1, 1)])
+    np.testing.assert_allclose(arrays["image_head.0.weight"].numpy(), [3.5, 3.5])  # (10*2 + 30*4) / 40: without 1
+    assert set(built.lost) == {1} and "no reply" in built.lost[1]
+    assert all(1 not in built.draw(r) for r in range(2, 10))  # never sampled again
+    assert [m.metadata.dst_node_id for m in built.configure_evaluate(1, built.current_arrays, ConfigRecord(), None)] == [100, 102]
+    # An evaluation failure that leaves too few: this round is recorded, the next one stops.
+    built.aggregate_evaluate(1, [Message(RecordDict({keys.METRICS: MetricRecord({keys.HOSPITAL_ID: 0})}),
+                                         dst_node_id=0, message_type="evaluate")])
+    assert list(built.logs[1].evaluate) == [0]
+    with pytest.raises(HospitalsLost, match=r"round 1, evaluation: hospital\(s\) \[2\] failed"):
+        built.configure_train(2, built.current_arrays, ConfigRecord(), None)
 
 
 def test_sampling_is_seeded_by_round_and_independent_of_node_ids():

@@ -36,7 +36,10 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
     app = ClientApp(mods=[*(mods or []), clipping_mod(run_cfg)])
 
     def runtime(context: Context):
-        return hospital_runtime(run_cfg(context), int(context.node_config["partition-id"]))
+        # Deployment: the SuperNode's node config names the hospital's folder (`data-dir`); simulation: none.
+        data_dir = context.node_config.get("data-dir")
+        return hospital_runtime(run_cfg(context), int(context.node_config["partition-id"]),
+                                str(data_dir) if data_dir is not None else None)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -15,9 +15,12 @@ from pathlib import Path
 import torch
 
 from fedmm.config import ExperimentConfig, config_to_dict
+from fedmm.data.modality import AVAILABILITY_CODES
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
-from fedmm.hospitals import FederatedData, HospitalData, SplitTensors, load_federated_data, load_reference
-from fedmm.models.features import resolve_device
+from fedmm.hospitals import (
+    FOLDER_CACHE, FederatedData, HospitalData, SplitTensors, load_federated_data, load_hospital_folder, load_reference,
+)
+from fedmm.models.features import FeatureSet, resolve_device
 from fedmm.models.heads import ContrastiveHeads, build_heads
 from fedmm.privacy.accounting import Ledger, SampledGaussianSteps, epsilon_spent
 from fedmm.privacy.sample_level import SamplePrivacyPlan, plan_sample_privacy
@@ -46,6 +49,7 @@ class HospitalRuntime:
     prompts: Prompts
     device: torch.device
     personalization: Personalization
+    data_dir: Path | None = None  # the hospital's folder under the Deployment Engine; None: simulated
     _reference: SplitTensors | None = field(default=None, repr=False)
     _privacy_plan: SamplePrivacyPlan | None = field(default=None, repr=False)
 
@@ -72,9 +76,13 @@ class HospitalRuntime:
     @property
     def ledger_path(self) -> Path | None:
         """Where this hospital keeps its DP-SGD ledger between runs (a resumed run reads it back): its
-        folder under the run directory in simulation. None: only in Flower's context.state."""
+        folder under the run directory in simulation; in deployment, its own folder, one ledger per run
+        directory. None (no run_dir named): only in Flower's context.state."""
         if self.cfg.run_dir is None:
             return None
+        if self.data_dir is not None:
+            run = hashlib.sha256(str(self.cfg.run_dir).encode()).hexdigest()[:16]
+            return self.data_dir / FOLDER_CACHE / "privacy-ledgers" / f"{run}.json"
         return Path(self.cfg.run_dir) / "hospitals" / str(self.data.hospital_id) / "privacy-ledger.json"
 
     @property
@@ -87,37 +95,51 @@ class HospitalRuntime:
 
 
 _DATA: dict[str, FederatedData] = {}
-_RUNTIMES: dict[tuple[str, int], HospitalRuntime] = {}
+_RUNTIMES: dict[tuple[str, int, str | None], HospitalRuntime] = {}
 
 
 def config_digest(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def hospital_runtime(cfg: ExperimentConfig, hospital_id: int) -> HospitalRuntime:
-    """The process-wide runtime of `hospital_id` under `cfg`, built on first use."""
-    digest = config_digest(cfg)
-    if (digest, hospital_id) not in _RUNTIMES:
-        # One simulated hospital gets `client_cpus` cores; more torch threads would oversubscribe them.
-        torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
-        if digest not in _DATA:
-            _DATA[digest] = load_federated_data(cfg)
-        data = _DATA[digest]
-        if not 0 <= hospital_id < data.num_hospitals:
-            raise ValueError(f"partition-id {hospital_id} is outside the federation's {data.num_hospitals} hospitals")
+def hospital_runtime(cfg: ExperimentConfig, hospital_id: int, data_dir: str | None = None) -> HospitalRuntime:
+    """The process-wide runtime of `hospital_id` under `cfg`, built on first use: from the simulated
+    partition, or (`data_dir`, a SuperNode's node config under the Deployment Engine) from the hospital's
+    own folder, whose feature cache is built there on first use and reused after."""
+    key = (config_digest(cfg), hospital_id, data_dir)
+    if key not in _RUNTIMES:
+        if data_dir is None:
+            # One simulated hospital gets `client_cpus` cores; more torch threads would oversubscribe them.
+            torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
+            hospital, features = simulated_hospital(cfg, hospital_id)
+        else:  # a node of its own: torch's default threads
+            hospital, features = load_hospital_folder(cfg, Path(data_dir), hospital_id)
         device = resolve_device(cfg.device if cfg.simulation.client_gpus > 0 or cfg.device == "cuda" else "cpu")
-        initial = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
-        _RUNTIMES[(digest, hospital_id)] = HospitalRuntime(
-            cfg, data.hospital(hospital_id), build_heads(data.image_dim, data.report_dim, cfg.heads, seed=0).to(device),
-            build_heads(data.image_dim, data.report_dim, cfg.heads, seed=0).to(device), snapshot(initial),
-            Prompts.from_features(data.features), device, strategy_spec(cfg.strategy.name).personalization)
-    return _RUNTIMES[(digest, hospital_id)]
+        image_dim, report_dim = features.image_features.shape[1], features.report_features.shape[1]
+        initial = build_heads(image_dim, report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
+        _RUNTIMES[key] = HospitalRuntime(
+            cfg, hospital, build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device),
+            build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device), snapshot(initial),
+            Prompts.from_features(features), device, strategy_spec(cfg.strategy.name).personalization,
+            data_dir=Path(data_dir) if data_dir is not None else None)
+    return _RUNTIMES[key]
+
+
+def simulated_hospital(cfg: ExperimentConfig, hospital_id: int) -> tuple[HospitalData, FeatureSet]:
+    digest = config_digest(cfg)
+    if digest not in _DATA:
+        _DATA[digest] = load_federated_data(cfg)
+    data = _DATA[digest]
+    if not 0 <= hospital_id < data.num_hospitals:
+        raise ValueError(f"partition-id {hospital_id} is outside the federation's {data.num_hospitals} hospitals")
+    return data.hospital(hospital_id), data.features
 
 
 def describe(runtime: HospitalRuntime) -> dict[str, float]:
     """The hospital's id and sample counts, as answered to the server's discovery query."""
     train = runtime.data.train
     return {keys.HOSPITAL_ID: runtime.data.hospital_id, keys.NUM_EXAMPLES: len(train),
+            keys.GROUP: AVAILABILITY_CODES[runtime.data.group],
             "num-paired": int(train.paired_mask.sum()), "num-image": int(train.image_mask.sum()),
             "num-report": int(train.report_mask.sum())}
 

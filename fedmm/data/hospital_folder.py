@@ -17,12 +17,14 @@ A study with only an image or only a report is how a missing modality looks on d
 """
 
 import csv
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fedmm.data.dataset import MultimodalDataset
 from fedmm.data.findings import FINDING_NAMES
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 
@@ -192,23 +194,22 @@ def read_hospital_folder(folder: Path) -> HospitalStudies:
     decoded: dict[int, np.ndarray] = {}
     problems = validate_hospital_folder(folder, decoded)
     if problems:
-        listed = "\n  ".join(str(p) for p in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        raise HospitalFolderError(f"{folder}: {len(problems)} problem(s); run `fedmm data validate {folder}`:\n  "
-                                  f"{listed}{more}")
+        _raise_problems(folder, problems)
     columns, rows = _read_manifest(folder)
     images = [decoded.get(number) for number in range(1, len(rows) + 1)]  # decoded once, while validating
     reports = tuple(row["report"].strip() if row["report"].strip() else
                     (folder / row["report_file"].strip()).read_text(encoding="utf-8").strip()
                     if row["report_file"].strip() else None for row in rows)
-    availability = np.array([AVAILABILITY_CODES[
-        Availability.PAIRED if image is not None and report is not None
-        else Availability.IMAGE_ONLY if image is not None else Availability.REPORT_ONLY]
-        for image, report in zip(images, reports)], dtype=np.int8)
-    labels = np.array([[int(row[f]) if f in row and row[f].strip() else -1 for f in FINDING_NAMES] for row in rows],
-                      dtype=np.int8).reshape(len(rows), len(FINDING_NAMES))
+    index = index_hospital_folder(folder)
     return HospitalStudies(tuple(row["study_id"].strip() for row in rows), tuple(row["patient_id"].strip() for row in rows),
-                           images, reports, availability, np.array([row["split"] for row in rows]), labels)
+                           images, reports, index.availability, index.split, index.labels)
+
+
+def _raise_problems(folder: Path, problems: list[Problem]) -> None:
+    listed = "\n  ".join(str(p) for p in problems[:50])
+    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+    raise HospitalFolderError(f"{folder}: {len(problems)} problem(s); run `fedmm data validate {folder}`:\n  "
+                              f"{listed}{more}")
 
 
 def write_hospital_folder(folder: Path, study_ids: list[str], patient_ids: list[str], images: list[np.ndarray | None],
@@ -229,3 +230,69 @@ def write_hospital_folder(folder: Path, study_ids: list[str], patient_ids: list[
             label_cells = [int(v) for v in labels[index]] if labels is not None else []
             writer.writerow([study, patient, relative, report or "", "", split, *label_cells])
     return folder
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """What the manifest alone says about a folder's studies, with no file decoded."""
+
+    availability: np.ndarray  # (n,) int8 codes of `Availability`
+    split: np.ndarray  # (n,) str: train | test
+    labels: np.ndarray  # (n, F) int8; -1 where unknown
+
+
+def index_hospital_folder(folder: Path) -> FolderIndex:
+    """Availability, split and labels of every study, from the manifest cells. A manifest that cannot be
+    read raises HospitalFolderError with every problem of the folder."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    if isinstance(manifest, Problem) or any(column not in manifest[0] for column in REQUIRED_COLUMNS):
+        _raise_problems(folder, validate_hospital_folder(folder))
+    _, rows = manifest
+    has_image = [bool(row["image"].strip()) for row in rows]
+    has_report = [bool(row["report"].strip() or row["report_file"].strip()) for row in rows]
+    availability = np.array([AVAILABILITY_CODES[
+        Availability.PAIRED if image and report else Availability.IMAGE_ONLY if image else Availability.REPORT_ONLY]
+        for image, report in zip(has_image, has_report)], dtype=np.int8)
+    labels = np.array([[_label(row.get(f)) for f in FINDING_NAMES] for row in rows],
+                      dtype=np.int8).reshape(len(rows), len(FINDING_NAMES))
+    return FolderIndex(availability, np.array([row["split"] for row in rows]), labels)
+
+
+def _label(cell: str | None) -> int:
+    return int(cell) if cell is not None and cell.strip() else -1
+
+
+def folder_fingerprint(folder: Path, image_size: int) -> str:
+    """Keys a folder's feature cache: the manifest's bytes and the size and modification time of every
+    file it names (as `make` does), so an edited, added or removed file changes it without reading it."""
+    folder = Path(folder)
+    digest = hashlib.sha256(f"hospital-folder:v1:{image_size}".encode())
+    manifest = folder / MANIFEST
+    digest.update(manifest.read_bytes() if manifest.is_file() else b"no manifest")
+    manifest_rows = _read_manifest(folder)
+    rows = [] if isinstance(manifest_rows, Problem) else manifest_rows[1]
+    for row in rows:
+        for column in ("image", "report_file"):
+            relative = (row.get(column) or "").strip()
+            if relative:
+                try:
+                    stat = (folder / relative).stat()
+                    digest.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+                except OSError:
+                    digest.update(f"{relative}:missing".encode())
+    return digest.hexdigest()[:20]
+
+
+def folder_dataset(folder: Path, image_size: int, fingerprint: str) -> MultimodalDataset:
+    """The folder's studies (validated first) as a dataset for feature extraction: images fitted to
+    `image_size` (center crop to square, then resize), and placeholders where a modality is absent
+    (a black image, an empty report) whose features are never read."""
+    from PIL import Image, ImageOps
+
+    studies = read_hospital_folder(folder)
+    blank = np.zeros((image_size, image_size), np.uint8)
+    images = np.stack([blank if image is None else np.asarray(
+        ImageOps.fit(Image.fromarray(image), (image_size, image_size), Image.Resampling.BILINEAR)) for image in studies.images])
+    return MultimodalDataset(f"folder:{Path(folder).name}", fingerprint, images,
+                             tuple(report or "" for report in studies.reports), studies.labels)

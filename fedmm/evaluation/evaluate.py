@@ -50,8 +50,9 @@ def evaluate_split(heads: ContrastiveHeads, split: SplitTensors, prompts: Prompt
         for direction, queries, gallery in (("i2t", images, reports), ("t2i", reports, images)):
             for k, value in recall_at_k(queries, gallery, KS).items():
                 metrics[f"{direction}_recall@{k}"] = value
-            for k, value in finding_precision_at_k(queries, gallery, labels, labels, KS).items():
-                metrics[f"{direction}_precision@{k}"] = value
+            if bool((labels >= 0).all()):  # finding-aware precision needs every study's labels
+                for k, value in finding_precision_at_k(queries, gallery, labels, labels, KS).items():
+                    metrics[f"{direction}_precision@{k}"] = value
 
     positive, negative = prompt_embeddings(embed_reports(prompts.features), prompts.finding,
                                            prompts.is_positive, len(FINDING_NAMES))

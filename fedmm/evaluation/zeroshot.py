@@ -20,8 +20,10 @@ def zero_shot_scores(image_embeddings: torch.Tensor, positive: torch.Tensor, neg
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); nan with one class only."""
-    labels = labels.bool()
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties) over the rows whose label is
+    known (0 or 1; -1 is unknown, as in a hospital folder's empty label cell); nan with one class only."""
+    known = labels >= 0
+    scores, labels = scores[known], labels[known].bool()
     num_positive, num_negative = int(labels.sum()), int((~labels).sum())
     if num_positive == 0 or num_negative == 0:
         return float("nan")

@@ -5,6 +5,7 @@ and weights (file content, or the random-init seed) and the preprocessing (input
 token limit). Changing any of them recomputes; a second run with the same three loads in milliseconds.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -43,17 +44,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def image_cache_key(dataset: MultimodalDataset, cfg: ImageEncoderConfig) -> str:
+def image_cache_key(fingerprint: str, cfg: ImageEncoderConfig) -> str:
     weights = _file_digest(Path(cfg.weights)) if cfg.weights else f"random-init:{cfg.init_seed}"
-    spec = {"dataset": dataset.fingerprint, "encoder": cfg.name, "weights": weights,
+    spec = {"dataset": fingerprint, "encoder": cfg.name, "weights": weights,
             "input_size": cfg.input_size, "pooling": cfg.pooling, "normalization": "imagenet"}
     return _digest(spec)
 
 
-def text_cache_key(dataset: MultimodalDataset, cfg: TextEncoderConfig) -> str:
+def text_cache_key(fingerprint: str, cfg: TextEncoderConfig) -> str:
     model_dir = resolve_text_encoder_path(cfg)
     weight_files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
-    spec = {"dataset": dataset.fingerprint, "encoder": [_file_digest(path) for path in weight_files] or str(model_dir),
+    spec = {"dataset": fingerprint, "encoder": [_file_digest(path) for path in weight_files] or str(model_dir),
             "max_tokens": cfg.max_tokens, "pooling": "mean-normalized", "prompts": [asdict(f) for f in FINDINGS]}
     return _digest(spec)
 
@@ -62,11 +63,19 @@ def load_features(
     dataset: MultimodalDataset, cfg: EncodersConfig, cache_dir: Path, device: str = "auto", progress: bool = False
 ) -> FeatureSet:
     """Features for `dataset`, from the cache or extracted (batched, on the GPU when present) and cached."""
-    image_path = Path(cache_dir) / "features" / f"image-{image_cache_key(dataset, cfg.image)}.safetensors"
-    text_path = Path(cache_dir) / "features" / f"text-{text_cache_key(dataset, cfg.text)}.safetensors"
+    return cached_features(dataset.fingerprint, lambda: dataset, cfg, cache_dir, device, progress)
+
+
+def cached_features(fingerprint: str, dataset: Callable[[], MultimodalDataset], cfg: EncodersConfig, cache_dir: Path,
+                    device: str = "auto", progress: bool = False) -> FeatureSet:
+    """`load_features` for a dataset known by its `fingerprint`, built by `dataset()` only when a feature
+    file is missing (a hospital folder is decoded and validated only then)."""
+    image_path = Path(cache_dir) / "features" / f"image-{image_cache_key(fingerprint, cfg.image)}.safetensors"
+    text_path = Path(cache_dir) / "features" / f"text-{text_cache_key(fingerprint, cfg.text)}.safetensors"
     torch_device = resolve_device(device)
-    image = _cached(image_path, lambda: _extract_images(dataset, cfg.image, torch_device, progress))
-    text = _cached(text_path, lambda: _extract_texts(dataset, cfg.text, torch_device, progress))
+    dataset = functools.cache(dataset)  # built at most once, for either missing file
+    image = _cached(image_path, lambda: _extract_images(dataset(), cfg.image, torch_device, progress))
+    text = _cached(text_path, lambda: _extract_texts(dataset(), cfg.text, torch_device, progress))
     return FeatureSet(image["features"], text["features"], text["prompt_features"], text["prompt_finding"],
                       text["prompt_is_positive"].bool())
 

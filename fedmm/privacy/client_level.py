@@ -35,7 +35,7 @@ from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import DP_NOISE_STREAM, derive_seed
 from fedmm.strategies import messages as keys
-from fedmm.strategies.fedavg import HospitalFedAvg, RunStopped, hospital_of, sort_replies
+from fedmm.strategies.fedavg import HospitalFedAvg, RunStopped, hospital_of
 from fedmm.strategies.server_optimizers import ServerOptimizer
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ class ClientLevelDP(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        # A failed hospital stops the run with its error (Flower's wrappers would skip the round silently).
-        ordered = sort_replies(replies, "training", expected=len(self.inner.logs[server_round].sampled))
+        # Failed hospitals are handled as in the inner strategy (Flower's wrappers would skip the round silently).
+        ordered = self.inner.answered(server_round, replies, "training", self.inner.logs[server_round].sampled)
         self.inner.log_train(server_round, ordered)
         self.inner.retire_exhausted(server_round, ordered)
         contributors = self.inner.contributors(server_round)

@@ -24,7 +24,6 @@ from safetensors.torch import save_file
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.evaluation.evaluate import KS
 from fedmm.evaluation.retrieval import chance_finding_precision, oracle_recall_at_k
-from fedmm.hospitals import FederatedData
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
 PRIVACY_PREFIXES = ("dp-", "client-dp-", "privacy-")  # training metrics on privacy (strategies.messages)
@@ -84,12 +83,12 @@ def _reduce(members: list[Mapping[str, float]], reduce: Callable[[list[float]], 
 class RunRecorder:
     """Writes a run's outputs as it goes; `finish` writes the summary, heads and plot."""
 
-    def __init__(self, cfg: ExperimentConfig, data: FederatedData, run_dir: Path,
+    def __init__(self, cfg: ExperimentConfig, groups: Mapping[int, str], global_labels: torch.Tensor, run_dir: Path,
                  on_round: RoundCallback | None = None, resume_round: int = 0) -> None:
-        """`resume_round`: continue a run whose rounds up to this one are in its metrics.jsonl."""
+        """`groups`: each hospital's modality group; `global_labels`: the global test set's finding labels.
+        `resume_round`: continue a run whose rounds up to this one are in its metrics.jsonl."""
         self.cfg, self.run_dir, self.on_round = cfg, run_dir, on_round
-        self.groups = {h.hospital_id: h.group.value for h in data.federation.hospitals}
-        global_labels = data.global_test().labels
+        self.groups = dict(groups)
         oracle = oracle_recall_at_k(global_labels, KS)  # the same bound in both directions
         chance_precision = chance_finding_precision(global_labels)  # the same for every k
         self.reference = {
@@ -154,9 +153,10 @@ class RunRecorder:
         return largest | {"hospitals": hospitals}
 
     def finish(self, heads_state: Mapping[str, torch.Tensor], stopped: str | None = None,
-               retired: Mapping[int, str] | None = None) -> dict[str, Any]:
+               retired: Mapping[int, str] | None = None, lost: Mapping[int, str] | None = None) -> dict[str, Any]:
         """Write summary.json, the heads and the plot; return the summary. `stopped`: why the run ended
-        before its last round; `retired`: hospitals that stopped training, and why."""
+        before its last round; `retired`: hospitals that stopped training, and why; `lost`: hospitals whose
+        node failed, and how."""
         evaluation = self.last_evaluation
         summary: dict[str, Any] = {
             "strategy": self.cfg.strategy.name, "scenario": self.cfg.scenario.name, "seed": self.cfg.seed,
@@ -169,6 +169,7 @@ class RunRecorder:
             **self.reference,
             **({"privacy": self.privacy_summary(retired or {})} if self.privacy or retired else {}),
             **({"stopped": stopped} if stopped else {}),
+            **({"lost_hospitals": {str(h): why for h, why in sorted(lost.items())}} if lost else {}),
             "wall_time_s": round(time.perf_counter() - self.started, 2),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False))

@@ -5,6 +5,7 @@ import time
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedmm.data.modality import Availability
 from fedmm.strategies import messages as keys
 
 
@@ -39,3 +40,8 @@ def discover_hospitals(grid: Grid, num_hospitals: int, timeout_s: float) -> tupl
     if missing:
         raise RuntimeError(f"no node answered for hospitals {missing}; each needs a node with that partition-id")
     return node_of_hospital, descriptions
+
+
+def group_of(description: dict[str, float]) -> Availability:
+    """A hospital's modality group from its discovery answer (an `AVAILABILITY_CODES` code)."""
+    return list(Availability)[int(description[keys.GROUP])]

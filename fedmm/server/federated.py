@@ -10,33 +10,37 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmm.config import ConfigError, ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
-from fedmm.hospitals import load_federated_data
+from fedmm.hospitals import load_server_data
 from fedmm.models.heads import build_heads
 from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.checkpoint import load_checkpoint, save_checkpoint
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
-from fedmm.server.discovery import discover_hospitals
+from fedmm.server.discovery import discover_hospitals, group_of
 from fedmm.strategies import build_strategy, is_resumable
-from fedmm.strategies.fedavg import RunStopped, sample_size
+from fedmm.strategies.fedavg import HospitalsLost, RunStopped, sample_size
 from fedmm.validation import validate_config
 
 log = logging.getLogger(__name__)
 
 
 def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | None = None) -> dict:
-    """Run `cfg` over the hospitals connected to `grid`; returns the summary written to the run dir."""
+    """Run `cfg` over the hospitals connected to `grid`; returns the summary written to the run dir.
+    The server reads only its own data (the global test set); what it knows of each hospital (group,
+    sample counts) is what that hospital answered to discovery."""
     validate_config(cfg)
-    data = load_federated_data(cfg)
-    plan_all_hospitals(cfg, data.paired_counts())  # fails before training when a privacy target is unreachable
+    data = load_server_data(cfg)
+    node_of_hospital, described = discover_hospitals(grid, data.num_hospitals, cfg.federation.round_timeout_s)
+    # Fails before training when a privacy target is unreachable for some hospital's data.
+    plan_all_hospitals(cfg, {hospital: int(d["num-paired"]) for hospital, d in described.items()})
     run_dir = claim_run_dir(cfg)
     resumable = is_resumable(cfg.strategy.name)
     checkpoint = load_checkpoint(run_dir) if cfg.resume else None
     done = checkpoint.server_round if checkpoint is not None else 0
     if done >= cfg.federation.rounds:
         raise ConfigError(f"resume: {str(run_dir)!r} already finished round {done}; raise federation.rounds to go on")
-    recorder = RunRecorder(cfg, data, run_dir, on_round, resume_round=done)
-    node_of_hospital, _ = discover_hospitals(grid, data.num_hospitals, cfg.federation.round_timeout_s)
+    groups = {hospital: group_of(d).value for hospital, d in described.items()}
+    recorder = RunRecorder(cfg, groups, data.global_test.labels, run_dir, on_round, resume_round=done)
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
     strategy = build_strategy(
@@ -45,8 +49,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
                                       cfg.federation.fraction_train),
         evaluate_every=cfg.federation.evaluate_every, num_rounds=cfg.federation.rounds,
         stop_run_at_budget=cfg.privacy.on_budget == "stop_run",
+        min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s,
     )
-    global_test, prompts = data.global_test(), Prompts.from_features(data.features)
+    global_test, prompts = data.global_test, Prompts.from_features(data.features)
 
     latest = {"arrays": None}
 
@@ -74,17 +79,21 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
         log.info("resuming %s after round %d of %d", run_dir, done, cfg.federation.rounds)
     else:
         initial_arrays = strategy.initial_arrays(heads.state_dict())
-    stopped = None
+    stopped: RunStopped | None = None
     try:
         RoundOffset(strategy, done).start(grid=grid, initial_arrays=initial_arrays,
                                           num_rounds=cfg.federation.rounds - done, timeout=cfg.federation.round_timeout_s,
                                           train_config=ConfigRecord(), evaluate_fn=end_of_round)
-    except RunStopped as stop:  # a privacy budget: the rounds recorded so far are the run's result
-        stopped = str(stop)
-        log.warning("the run stops early: %s", stopped)
+    except RunStopped as stop:  # a privacy budget, or too few hospitals left: the rounds recorded so far are kept
+        stopped = stop
+        log.warning("the run stops early: %s", stop)
     final_arrays = latest["arrays"] if latest["arrays"] is not None else initial_arrays
     final_state = {key: torch.as_tensor(value) for key, value in final_arrays.to_torch_state_dict().items()}
-    return recorder.finish(final_state, stopped=stopped, retired=strategy.retired) | {"run_dir": str(run_dir)}
+    summary = recorder.finish(final_state, stopped=str(stopped) if stopped else None, retired=strategy.retired,
+                              lost=strategy.lost) | {"run_dir": str(run_dir)}
+    if isinstance(stopped, HospitalsLost):  # the summary is written; the run itself failed
+        raise stopped
+    return summary
 
 
 class RoundOffset(Strategy):

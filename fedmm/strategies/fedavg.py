@@ -14,6 +14,12 @@ the next global model (FedAvg: take it; FedAvgM, FedAdam, FedYogi: a pseudo-grad
 Flower's node ids are random in every run, so sampling draws hospital ids from the run's seed and maps
 them to nodes, and replies are sorted by hospital id before aggregation.
 
+Failures: a hospital whose node does not reply (an error reply such as Flower's "Node Unavailable" for a
+node that stopped sending heartbeats, or no reply within `federation.round_timeout_s`) is lost: it gets
+no more messages. The run goes on while at least `min_hospitals` remain; below that it stops (a training
+failure ends the run before that round is recorded, an evaluation failure after it), keeping every
+finished round.
+
 Privacy budgets: a hospital that reports `privacy-exhausted` (it did not train: one more round would pass
 its sample-level budget) is left out of the average and retired: it is not sent training messages any
 more (`privacy.on_budget: stop_hospital`), or the run stops after that round (`stop_run`).
@@ -48,6 +54,11 @@ class RunStopped(Exception):
     """Ends the round loop early and cleanly (a privacy budget); the rounds already recorded are kept."""
 
 
+class HospitalsLost(RunStopped):
+    """Ends the round loop because fewer than `min_hospitals` hospitals remain; the run has failed, but the
+    rounds already recorded are kept."""
+
+
 @dataclass
 class RoundLog:
     """What the hospitals said in one round, keyed by hospital id."""
@@ -79,7 +90,8 @@ class HospitalFedAvg(FedAvg):
     def __init__(self, node_of_hospital: Mapping[int, int], clients_per_round: int, seed: int,
                  evaluate_every: int, num_rounds: int, modality_aware: bool = False,
                  server_optimizer: ServerOptimizer | None = None, uniform_weights: bool = False,
-                 stop_run_at_budget: bool = False) -> None:
+                 stop_run_at_budget: bool = False, min_hospitals: int | None = None,
+                 round_timeout_s: float = 600.0) -> None:
         super().__init__(min_available_nodes=len(node_of_hospital), weighted_by_key=keys.NUM_EXAMPLES,
                          train_metrics_aggr_fn=aggregate_train_metrics)
         self.node_of_hospital = dict(node_of_hospital)
@@ -89,9 +101,13 @@ class HospitalFedAvg(FedAvg):
         self.uniform_weights = uniform_weights  # client-level DP: every update counts 1/m, m = clients_per_round
         self.stop_run_at_budget = stop_run_at_budget
         self.retired: dict[int, str] = {}  # hospital -> why it trains no more
-        self.stop_reason: str | None = None  # set in a round's aggregation; the next round raises RunStopped
+        self.min_hospitals = min_hospitals if min_hospitals is not None else len(node_of_hospital)
+        self.lost: dict[int, str] = {}  # hospital -> how its node failed; it gets no more messages
+        self.stop: RunStopped | None = None  # set in a round's aggregation; the next round raises it
         self.stop_round: int | None = None
         self.logs: dict[int, RoundLog] = {}
+        self.evaluated: list[int] = []  # the hospitals sent this round's evaluation
+        self.round_timeout_s = round_timeout_s
         self.current_arrays: ArrayRecord | None = None  # the global model at the start of this round
         self.sent_arrays: ArrayRecord | None = None  # what the hospitals received for training this round
 
@@ -116,7 +132,7 @@ class HospitalFedAvg(FedAvg):
     def draw(self, server_round: int) -> list[int]:
         """This round's hospitals: the seeded sample, less the retired ones."""
         sample = sample_hospitals(len(self.node_of_hospital), self.clients_per_round, self.seed, server_round)
-        return [hospital for hospital in sample if hospital not in self.retired]
+        return [hospital for hospital in sample if hospital not in self.retired and hospital not in self.lost]
 
     def retire(self, hospital: int, reason: str) -> None:
         self.retired.setdefault(hospital, reason)
@@ -134,8 +150,8 @@ class HospitalFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        if self.stop_reason is not None:
-            raise RunStopped(self.stop_reason)
+        if self.stop is not None:
+            raise self.stop
         sampled = self.draw(server_round)
         self.logs[server_round] = RoundLog(sampled=sampled)
         self.current_arrays = arrays
@@ -149,7 +165,7 @@ class HospitalFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ordered = sort_replies(replies, "training", expected=len(self.logs[server_round].sampled))
+        ordered = self.answered(server_round, replies, "training", self.logs[server_round].sampled)
         self.log_train(server_round, ordered)
         contributing = [reply for reply in ordered if not reply.content[keys.METRICS].get(keys.PRIVACY_EXHAUSTED)]
         self.retire_exhausted(server_round, ordered)
@@ -164,7 +180,7 @@ class HospitalFedAvg(FedAvg):
             return
         reason = f"hospital(s) {exhausted} reached their sample-level privacy budget (privacy.sample.max_epsilon)"
         if self.stop_run_at_budget:
-            self.stop_reason, self.stop_round = f"round {server_round}: {reason}", server_round
+            self.stop, self.stop_round = RunStopped(f"round {server_round}: {reason}"), server_round
             log(WARNING, "%s; the run stops after this round", reason)
             return
         log(WARNING, "%s; they train no more", reason)
@@ -214,30 +230,48 @@ class HospitalFedAvg(FedAvg):
                            grid: Grid) -> Iterable[Message]:
         if not self.is_evaluation_round(server_round):
             return []
-        return self._messages(sorted(self.node_of_hospital), arrays, config, server_round, MessageType.EVALUATE)
+        self.evaluated = self.reachable()
+        return self._messages(self.evaluated, arrays, config, server_round, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        if not replies:
-            return None
         # Hospitals report different metrics (an image-only one has no retrieval), so no Flower averaging here:
         # the per-hospital values are kept and summarized per modality group by the run recorder.
-        ordered = sort_replies(replies, "evaluation", expected=len(self.node_of_hospital))
+        ordered = self.answered(server_round, replies, "evaluation", self.evaluated, stop_now=False)
         self.logs[server_round].evaluate = {hospital_of(reply): dict(reply.content[keys.METRICS]) for reply in ordered}
         return None
 
+    def reachable(self) -> list[int]:
+        """Hospitals whose nodes have not failed."""
+        return [hospital for hospital in sorted(self.node_of_hospital) if hospital not in self.lost]
 
-def sort_replies(replies: Iterable[Message], stage: str, expected: int) -> list[Message]:
-    """Replies sorted by hospital id; a hospital that failed stops the run with its own error message."""
-    replies = list(replies)
-    errors = [reply for reply in replies if reply.has_error()]
-    if errors or len(replies) < expected:
-        reasons = "; ".join(f"node {reply.metadata.src_node_id}: {reply.error.reason}" for reply in errors)
-        raise RuntimeError(
-            f"{stage}: {len(replies) - len(errors)} of {expected} hospitals replied"
-            + (f" ({reasons})" if reasons else " (the others timed out; raise federation.round_timeout_s)")
-        )
-    return sorted(replies, key=hospital_of)
+    def answered(self, server_round: int, replies: Iterable[Message], stage: str, expected: list[int],
+                 stop_now: bool = True) -> list[Message]:
+        """The successful replies, sorted by hospital id. Hospitals in `expected` without one are lost; when
+        fewer than `min_hospitals` remain the run stops: now (`stop_now`, this round is not recorded) or
+        at the next round."""
+        replies = list(replies)
+        ordered = sorted((reply for reply in replies if not reply.has_error()), key=hospital_of)
+        failed = sorted(set(expected) - {hospital_of(reply) for reply in ordered})
+        if not failed:
+            return ordered
+        # An error reply may come from the SuperLink on the node's behalf, so failures are known by absence.
+        reasons = sorted({reply.error.reason for reply in replies if reply.has_error()})
+        why = "; ".join(reasons) or f"no reply within federation.round_timeout_s={self.round_timeout_s:g}"
+        for hospital in failed:
+            self.lost[hospital] = f"round {server_round} {stage}: {why}"
+        remaining = len(self.reachable())
+        what = (f"round {server_round}, {stage}: hospital(s) {failed} failed ({why}); {remaining} of "
+                f"{len(self.node_of_hospital)} remain")
+        if remaining >= self.min_hospitals:
+            log(WARNING, "%s; the run goes on without them (federation.min_hospitals=%d)", what, self.min_hospitals)
+            return ordered
+        stop = HospitalsLost(f"{what}, fewer than federation.min_hospitals={self.min_hospitals}. The finished rounds "
+                             "are kept in metrics.jsonl; restart the failed nodes and run again (resume=true continues "
+                             "from the last checkpoint where the strategy allows), or lower federation.min_hospitals")
+        if stop_now:
+            raise stop
+        self.stop, self.stop_round = stop, server_round
+        return ordered
 
 
 def hospital_of(reply: Message) -> int:

@@ -25,7 +25,7 @@ from fedmm.models.heads import ContrastiveHeads
 from fedmm.seeding import DISTILL_STREAM, derive_seed
 from fedmm.strategies import messages as keys
 from fedmm.strategies.distillation import ensemble_targets, ensemble_weights, quality_score
-from fedmm.strategies.fedavg import HospitalFedAvg, hospital_of, sort_replies
+from fedmm.strategies.fedavg import HospitalFedAvg, hospital_of
 from fedmm.training.distill import ReferenceEmbeddings, distill_heads, embed_reference
 
 DISTILL_MESSAGE = "train.distill"
@@ -51,7 +51,7 @@ class FedDistill(HospitalFedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ordered = sort_replies(replies, "training", expected=len(self.logs[server_round].sampled))
+        ordered = self.answered(server_round, replies, "training", self.logs[server_round].sampled)
         qualities: dict[int, dict[str, float]] = {}
         targets = {}
         for modality, key, count_key, other in (

@@ -5,6 +5,7 @@ METRICS = "metrics"
 CONFIG = "config"
 
 HOSPITAL_ID = "hospital-id"
+GROUP = "group"  # a hospital's modality group, as an `AVAILABILITY_CODES` code (discovery)
 NUM_EXAMPLES = "num-examples"  # Flower's weighting key: the hospital's training-set size
 SERVER_ROUND = "server-round"
 NUM_PAIRED_USED = "num-paired-used"

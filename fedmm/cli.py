@@ -1,4 +1,5 @@
-"""`fedmm` command line: run an experiment, compare strategies, sweep knobs and report, list the options."""
+"""`fedmm` command line: run an experiment, compare strategies, sweep knobs and report, manage hospital folders,
+rehearse a deployment, list the options."""
 
 import argparse
 import json

@@ -1,0 +1,239 @@
+"""The Deployment Engine path: hospitals read their own folders, the server its test folder, and only head
+weights and metrics (or reference embeddings) leave a hospital. The loopback tests start real Flower
+processes: a SuperLink and one SuperNode per hospital on 127.0.0.1."""
+
+import csv
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from fedmm.clients.app import make_client_app
+from fedmm.clients.hospital import hospital_runtime
+from fedmm.compose import compose_config
+from fedmm.config import ConfigError
+from fedmm.data import hospital_folder
+from fedmm.data.export import export_synthetic
+from fedmm.data.findings import FINDING_NAMES
+from fedmm.data.hospital_folder import MANIFEST, HospitalFolderError
+from fedmm.deployment.local import COMPLETED, LocalFederation, alive_in_groups, find_folders
+from fedmm.experiment import run_experiment
+from fedmm.hospitals import load_hospital_folder, load_server_data
+from fedmm.models.heads import build_heads
+from fedmm.strategies import messages as keys
+
+# Every metric name a hospital may publish: counts, losses, privacy accounting and aggregate evaluation
+# metrics of its own test split. Anything else in a reply fails the audit.
+ALLOWED_METRICS = re.compile(
+    r"(hospital-id|group|num-examples|num-paired|num-image|num-report|num-paired-used|num-image-used|num-report-used"
+    r"|train-loss|train-steps|privacy-exhausted|dp-epsilon|dp-delta|dp-noise-multiplier|dp-steps"
+    r"|(personal_)?(num_paired|num_image|num_report|[it]2[it]_(recall|precision)@\d+"
+    r"|(report_)?zeroshot_auroc_\w+))"
+)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, cache_dir):
+    """The smoke federation exported as hospital folders (hospital-0..2, server-test)."""
+    root = tmp_path_factory.mktemp("hospital-folders")
+    export_synthetic(compose_config(["+experiment=smoke", f"cache_dir={cache_dir}"]), root)
+    return root
+
+
+def smoke(cache_dir, *overrides):
+    return compose_config(["+experiment=smoke", f"cache_dir={cache_dir}", *overrides])
+
+
+def test_a_hospital_read_from_its_folder_holds_what_the_simulated_hospital_holds(folders, cache_dir):
+    cfg = smoke(cache_dir)
+    for hospital in range(3):
+        simulated = hospital_runtime(cfg, hospital).data
+        from_folder = hospital_runtime(cfg, hospital, str(folders / f"hospital-{hospital}")).data
+        assert from_folder.group == simulated.group
+        for split in ("train", "test"):
+            mine, theirs = getattr(from_folder, split), getattr(simulated, split)
+            assert torch.equal(mine.availability, theirs.availability) and torch.equal(mine.labels, theirs.labels)
+            # Features of the modalities held are the same numbers (PNG is lossless); absent ones are never read.
+            torch.testing.assert_close(mine.image_features[mine.image_mask], theirs.image_features[theirs.image_mask])
+            torch.testing.assert_close(mine.report_features[mine.report_mask], theirs.report_features[theirs.report_mask])
+    server = load_server_data(smoke(cache_dir, f"deployment.server_test_dir={folders / 'server-test'}"))
+    simulated_server = load_server_data(cfg)
+    torch.testing.assert_close(server.global_test.image_features, simulated_server.global_test.image_features)
+    assert torch.equal(server.global_test.labels, simulated_server.global_test.labels)
+
+
+def test_the_folder_feature_cache_is_reused_and_rebuilt_when_a_file_changes(folders, cache_dir, tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "hospital"
+    shutil.copytree(folders / "hospital-0", folder, ignore=shutil.ignore_patterns(".fedmm-cache"))
+    cfg = smoke(cache_dir)
+    first, _ = load_hospital_folder(cfg, folder, 0)
+    assert list((folder / ".fedmm-cache" / "features").glob("*.safetensors"))
+
+    built = []
+    original = hospital_folder.folder_dataset
+    monkeypatch.setattr("fedmm.hospitals.folder_dataset", lambda *a: built.append(a) or original(*a))
+    again, _ = load_hospital_folder(cfg, folder, 0)  # unchanged: from the cache, no file decoded
+    assert built == [] and torch.equal(again.train.image_features, first.train.image_features)
+
+    image = sorted((folder / "images").glob("*.png"))[0]
+    from PIL import Image
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(image)  # the same name, new pixels
+    changed, _ = load_hospital_folder(cfg, folder, 0)
+    assert len(built) == 1  # rebuilt (and validated) once
+    both = [torch.cat([hospital.train.image_features, hospital.test.image_features]) for hospital in (first, changed)]
+    assert (both[0] != both[1]).any(dim=1).sum() == 1  # that study's features, and no other's
+
+    image.unlink()  # a broken folder is refused with the row and the command that lists every problem
+    with pytest.raises(HospitalFolderError, match=rf"(?s)run `fedmm data validate .*row \d+, column image: "
+                                                  rf"images/{image.name}: file not found"):
+        load_hospital_folder(cfg, folder, 0)
+
+
+def test_the_server_test_folder_must_hold_pairs(folders, cache_dir):
+    with pytest.raises(ConfigError, match=r"studies lack an image or a report"):
+        load_server_data(smoke(cache_dir, f"deployment.server_test_dir={folders / 'hospital-1'}"))  # image-only
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        load_server_data(smoke(cache_dir, f"deployment.server_test_dir={folders / 'nowhere'}"))
+
+
+def test_unknown_labels_are_left_out_of_the_metrics(folders, cache_dir, tmp_path):
+    """A folder whose label cells are empty (unknown) still trains and evaluates; label-based metrics skip them."""
+    import shutil
+
+    folder = tmp_path / "unlabelled"
+    shutil.copytree(folders / "hospital-0", folder, ignore=shutil.ignore_patterns(".fedmm-cache"))
+    with open(folder / MANIFEST, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(folder / MANIFEST, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([row | {finding: "" for finding in FINDING_NAMES} for row in rows])
+    hospital, _ = load_hospital_folder(smoke(cache_dir), folder, 0)
+    assert (hospital.test.labels == -1).all()
+    from fedmm.evaluation.evaluate import Prompts, evaluate_split
+
+    runtime = hospital_runtime(smoke(cache_dir), 0, str(folder))
+    metrics = evaluate_split(runtime.heads, hospital.test, runtime.prompts)
+    assert "i2t_recall@10" in metrics  # pairs need no labels
+    assert not any("precision" in name or "auroc" in name for name in metrics)
+
+
+@pytest.mark.usefixtures("flower_run_identity")
+@pytest.mark.parametrize("strategy", ["fedavg_modality", "ditto", "feddistill"])
+def test_a_hospital_replies_with_head_weights_or_reference_embeddings_and_metrics_only(strategy, folders, cache_dir):
+    """The audit: every reply of a folder-backed ClientApp to every kind of message holds one MetricRecord of
+    allowed names and, for training, one ArrayRecord of the shared head parameters (distillation: reference
+    embeddings), of their exact shapes. Nothing per study, no text, no config."""
+    cfg = smoke(cache_dir, f"strategy={strategy}")
+    app = make_client_app(cfg)
+    runtime = hospital_runtime(cfg, 0, str(folders / "hospital-0"))
+    heads = build_heads(runtime.data.train.image_features.shape[1], runtime.data.train.report_features.shape[1], cfg.heads, 0)
+    shapes = {name: tuple(value.shape) for name, value in heads.state_dict().items()}
+    reference = (cfg.reference.num_samples, cfg.heads.embed_dim)
+    context = Context(run_id=1, node_id=0, node_config={"partition-id": 0, "data-dir": str(folders / "hospital-0")},
+                      state=RecordDict(), run_config={})
+    config = ConfigRecord({keys.SERVER_ROUND: 1, "distill-weight": 1.0})
+    arrays = ArrayRecord(heads.state_dict())
+    if strategy == "feddistill":
+        embeddings = {keys.IMAGE_EMBEDDINGS: np.zeros(reference, np.float32),
+                      keys.REPORT_EMBEDDINGS: np.zeros(reference, np.float32)}
+        train = (MessageType.TRAIN + ".distill", ArrayRecord({k: Array(v) for k, v in embeddings.items()}))
+    else:
+        train = (MessageType.TRAIN, arrays)
+    sent = [(MessageType.QUERY, None), train, (MessageType.EVALUATE, arrays)]
+    for message_type, payload in sent:
+        content = RecordDict({keys.CONFIG: config} | ({keys.ARRAYS: payload} if payload is not None else {}))
+        reply = app(Message(content, dst_node_id=0, message_type=message_type), context)
+        assert not reply.has_error(), reply.error
+        records = dict(reply.content.items())
+        is_train = message_type.startswith(MessageType.TRAIN)
+        assert set(records) == ({keys.METRICS, keys.ARRAYS} if is_train else {keys.METRICS}), message_type
+        unexpected = [name for name in records[keys.METRICS] if not ALLOWED_METRICS.fullmatch(name)]
+        assert not unexpected, f"{message_type} reply publishes {unexpected}"
+        assert all(isinstance(value, (int, float)) for value in records[keys.METRICS].values())
+        if is_train:
+            replied = {name: tuple(array.shape) for name, array in records[keys.ARRAYS].items()}
+            if strategy == "feddistill":
+                assert replied == {keys.IMAGE_EMBEDDINGS: reference, keys.REPORT_EMBEDDINGS: reference}
+            else:
+                assert replied == shapes  # the shared heads, nothing else
+
+
+def run_on_loopback(folders, out, overrides, tls=False, node_auth=False, kill_after_round=None, timeout_s=480):
+    """Start a local federation, run the app, optionally kill hospital 2 once round `kill_after_round` is
+    recorded; returns (status, details, run_dir, process groups)."""
+    run_dir = out / "run"
+    with LocalFederation(out, find_folders(folders), tls=tls, node_auth=node_auth) as federation:
+        run_id = federation.submit(overrides, run_dir)
+        killed = []
+
+        def kill_when_due() -> None:
+            metrics = run_dir / "metrics.jsonl"
+            if kill_after_round is not None and not killed and metrics.exists() and \
+                    len(metrics.read_text().splitlines()) >= kill_after_round:
+                federation.kill_hospital(2)
+                killed.append(time.monotonic())
+
+        status, details = federation.wait(run_id, timeout_s, on_poll=kill_when_due, poll_s=1.0)
+        groups = federation.process_groups()
+    assert kill_after_round is None or killed, "the run finished before the node could be killed"
+    return status, details, run_dir, groups
+
+
+def read_rounds(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_loopback_deployment_completes_with_the_simulation_s_metrics_and_leaves_no_process(folders, cache_dir, tmp_path):
+    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}"]
+    status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides)
+    assert status == COMPLETED, details
+    assert not alive_in_groups(groups)
+    deployed = read_rounds(run_dir)
+    assert [line["round"] for line in deployed] == [1, 2]
+    assert all(sorted(line["hospitals"]) == ["0", "1", "2"] for line in deployed)
+    # The same federation in simulation: the same evaluation, number for number (training losses may differ
+    # in the last float bits: a node uses all cores, a simulated hospital one thread).
+    reference = tmp_path / "simulated"
+    run_experiment(compose_config([*overrides, f"run_dir={reference}"]))
+    simulated = read_rounds(reference)
+    assert [line["global"] for line in deployed] == [line["global"] for line in simulated]
+    assert [line["hospitals"] for line in deployed] == [line["hospitals"] for line in simulated]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["evaluated_round"] == 2 and "stopped" not in summary
+
+
+@pytest.mark.slow
+def test_over_tls_with_node_authentication_the_run_goes_on_without_a_dead_node(folders, cache_dir, tmp_path):
+    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=3", "federation.min_hospitals=2"]
+    out = tmp_path / "deploy"
+    status, details, run_dir, groups = run_on_loopback(folders, out, overrides, tls=True, node_auth=True,
+                                                       kill_after_round=1)
+    assert status == COMPLETED, details
+    assert not alive_in_groups(groups)
+    assert "https://127.0.0.1" in (out / "logs" / "superlink.log").read_text()  # TLS, not a silent fallback
+    rounds = read_rounds(run_dir)
+    assert [line["round"] for line in rounds] == [1, 2, 3]
+    assert sorted(rounds[0]["hospitals"]) == ["0", "1", "2"] and sorted(rounds[-1]["hospitals"]) == ["0", "1"]
+    assert sorted(rounds[-1]["train"]) == ["0", "1"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary["lost_hospitals"]) == ["2"] and "Node Unavailable" in summary["lost_hospitals"]["2"]
+
+
+@pytest.mark.slow
+def test_a_dead_node_stops_the_run_when_too_few_remain_and_finished_rounds_are_kept(folders, cache_dir, tmp_path):
+    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=3"]  # min_hospitals: all
+    status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides, kill_after_round=1)
+    assert status == "finished:failed"
+    assert re.search(r"hospital\(s\) \[2\] failed .*2 of 3 remain, fewer than federation.min_hospitals=3", details)
+    assert not alive_in_groups(groups)
+    assert [line["round"] for line in read_rounds(run_dir)] == [1]  # round 1 finished and is kept
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "fewer than federation.min_hospitals=3" in summary["stopped"] and summary["evaluated_round"] == 1

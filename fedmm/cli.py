@@ -172,12 +172,14 @@ def deploy_locally(root: Path, overrides: list[str], out: Path | None, tls: bool
     completed, print its metrics, and stop every process started (checked by process group)."""
     from datetime import datetime
 
-    from fedmm.deployment.local import COMPLETED, DeploymentError, LocalFederation, alive_in_groups, check_folders, find_folders
+    from fedmm.deployment.local import (
+        COMPLETED, DeploymentError, LocalFederation, alive_in_groups, check_folders, find_folders, hydra_value,
+    )
     from fedmm.validation import validate_config
 
     try:
         folders = find_folders(root)
-        cfg = compose_config([*overrides, f"deployment.server_test_dir='{folders.server_test}'"])
+        cfg = compose_config([*overrides, f"deployment.server_test_dir={hydra_value(folders.server_test)}"])
         validate_config(cfg)
         check_folders(folders, cfg)  # before any process starts
         out = out or Path("outputs") / f"deploy-{datetime.now():%Y%m%d-%H%M%S}"

@@ -167,11 +167,11 @@ def load_folder_features(cfg: ExperimentConfig, folder: Path) -> tuple[FeatureSe
     if not folder.is_dir():
         raise FileNotFoundError(f"hospital folder {str(folder)!r} does not exist; give each node its own folder "
                                 "(`--node-config 'data-dir=\"/path\"'`), e.g. from `fedmm data export-synthetic`")
-    index = index_hospital_folder(folder)
     fingerprint = folder_fingerprint(folder, cfg.dataset.image_size)
     features = cached_features(fingerprint, lambda: folder_dataset(folder, cfg.dataset.image_size, fingerprint),
                                cfg.encoders, folder / FOLDER_CACHE, cfg.device)
-    return features, index
+    # After the features: a folder is indexed only once validated (now, or when its cache was built).
+    return features, index_hospital_folder(folder)
 
 
 def folder_split(features: FeatureSet, index: FolderIndex, rows: np.ndarray) -> SplitTensors:

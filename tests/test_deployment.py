@@ -5,6 +5,7 @@ processes: a SuperLink and one SuperNode per hospital on 127.0.0.1."""
 import csv
 import json
 import re
+import shutil
 import time
 
 import numpy as np
@@ -48,6 +49,21 @@ def smoke(cache_dir, *overrides):
     return compose_config(["+experiment=smoke", f"cache_dir={cache_dir}", *overrides])
 
 
+def copy_of_hospital_0(folders, tmp_path, edit=None):
+    """hospital-0's folder copied without its cache; `edit(rows)` may change its manifest rows in place."""
+    folder = tmp_path / "hospital"
+    shutil.copytree(folders / "hospital-0", folder, ignore=shutil.ignore_patterns(".fedmm-cache"))
+    if edit is not None:
+        with open(folder / MANIFEST, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        edit(rows)
+        with open(folder / MANIFEST, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return folder
+
+
 def test_a_hospital_read_from_its_folder_holds_what_the_simulated_hospital_holds(folders, cache_dir):
     cfg = smoke(cache_dir)
     for hospital in range(3):
@@ -67,10 +83,7 @@ def test_a_hospital_read_from_its_folder_holds_what_the_simulated_hospital_holds
 
 
 def test_the_folder_feature_cache_is_reused_and_rebuilt_when_a_file_changes(folders, cache_dir, tmp_path, monkeypatch):
-    import shutil
-
-    folder = tmp_path / "hospital"
-    shutil.copytree(folders / "hospital-0", folder, ignore=shutil.ignore_patterns(".fedmm-cache"))
+    folder = copy_of_hospital_0(folders, tmp_path)
     cfg = smoke(cache_dir)
     first, _ = load_hospital_folder(cfg, folder, 0)
     assert list((folder / ".fedmm-cache" / "features").glob("*.safetensors"))
@@ -95,6 +108,12 @@ def test_the_folder_feature_cache_is_reused_and_rebuilt_when_a_file_changes(fold
         load_hospital_folder(cfg, folder, 0)
 
 
+def test_a_bad_label_cell_is_named_before_any_training(folders, cache_dir, tmp_path):
+    folder = copy_of_hospital_0(folders, tmp_path, edit=lambda rows: rows[2].update({FINDING_NAMES[0]: "maybe"}))
+    with pytest.raises(HospitalFolderError, match=rf"row 3, column {FINDING_NAMES[0]}: label 'maybe' must be 1, 0 or empty"):
+        load_hospital_folder(smoke(cache_dir), folder, 0)
+
+
 def test_the_server_test_folder_must_hold_pairs(folders, cache_dir):
     with pytest.raises(ConfigError, match=r"studies lack an image or a report"):
         load_server_data(smoke(cache_dir, f"deployment.server_test_dir={folders / 'hospital-1'}"))  # image-only
@@ -104,19 +123,11 @@ def test_the_server_test_folder_must_hold_pairs(folders, cache_dir):
 
 def test_unknown_labels_are_left_out_of_the_metrics(folders, cache_dir, tmp_path):
     """A folder whose label cells are empty (unknown) still trains and evaluates; label-based metrics skip them."""
-    import shutil
-
-    folder = tmp_path / "unlabelled"
-    shutil.copytree(folders / "hospital-0", folder, ignore=shutil.ignore_patterns(".fedmm-cache"))
-    with open(folder / MANIFEST, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    with open(folder / MANIFEST, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([row | {finding: "" for finding in FINDING_NAMES} for row in rows])
+    folder = copy_of_hospital_0(folders, tmp_path,
+                                edit=lambda rows: [row.update({finding: "" for finding in FINDING_NAMES}) for row in rows])
     hospital, _ = load_hospital_folder(smoke(cache_dir), folder, 0)
     assert (hospital.test.labels == -1).all()
-    from fedmm.evaluation.evaluate import Prompts, evaluate_split
+    from fedmm.evaluation.evaluate import evaluate_split
 
     runtime = hospital_runtime(smoke(cache_dir), 0, str(folder))
     metrics = evaluate_split(runtime.heads, hospital.test, runtime.prompts)
@@ -180,7 +191,7 @@ def run_on_loopback(folders, out, overrides, tls=False, node_auth=False, kill_af
                 federation.kill_hospital(2)
                 killed.append(time.monotonic())
 
-        status, details = federation.wait(run_id, timeout_s, on_poll=kill_when_due, poll_s=1.0)
+        status, details = federation.wait(run_id, timeout_s, on_poll=kill_when_due)
         groups = federation.process_groups()
     assert kill_after_round is None or killed, "the run finished before the node could be killed"
     return status, details, run_dir, groups

@@ -126,6 +126,7 @@ def hospital_runtime(cfg: ExperimentConfig, hospital_id: int, data_dir: str | No
 
 
 def simulated_hospital(cfg: ExperimentConfig, hospital_id: int) -> tuple[HospitalData, FeatureSet]:
+    """Hospital `hospital_id`'s slice of the simulated federation (loaded once per process and config)."""
     digest = config_digest(cfg)
     if digest not in _DATA:
         _DATA[digest] = load_federated_data(cfg)

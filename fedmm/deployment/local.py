@@ -7,6 +7,7 @@ processes Flower starts underneath (SuperExec, ServerApp, ClientApps) stop with 
 """
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -215,18 +216,22 @@ class LocalFederation:
         return runs[0]["status"], runs[0].get("status-details", "")
 
     def wait(self, run_id: int, timeout_s: float, on_poll: Callable[[], None] | None = None,
-             poll_s: float = 2.0) -> tuple[str, str]:
-        """Poll until the run finishes (any `finished:*` status) or `timeout_s` passes."""
+             poll_s: float = 5.0) -> tuple[str, str]:
+        """Until the run finishes (any `finished:*` status) or `timeout_s` passes: `on_poll` twice a second,
+        the run's status every `poll_s` (each check starts the `flwr` CLI, which costs CPU the nodes need)."""
         deadline = time.monotonic() + timeout_s
+        checked = -math.inf
         while True:
-            status, details = self.status(run_id)
-            if status.startswith(FINISHED):
-                return status, details
-            if time.monotonic() > deadline:
-                raise DeploymentError(f"run {run_id} still {status!r} after {timeout_s:g} s; see {self.logs}")
             if on_poll is not None:
                 on_poll()
-            time.sleep(poll_s)
+            if time.monotonic() - checked >= poll_s:
+                checked = time.monotonic()
+                status, details = self.status(run_id)
+                if status.startswith(FINISHED):
+                    return status, details
+                if checked > deadline:
+                    raise DeploymentError(f"run {run_id} still {status!r} after {timeout_s:g} s; see {self.logs}")
+            time.sleep(0.5)
 
     def kill_hospital(self, hospital: int) -> None:
         """Kill hospital `hospital`'s SuperNode and everything under it at once, as a crash would."""

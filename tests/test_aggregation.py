@@ -106,6 +106,20 @@ def test_a_silent_hospital_counts_as_failed_after_the_round_timeout():
         built.aggregate_train(1, [reply(0, state([1, 1], [1], 1.0), 5, 5, 5, 5)])
 
 
+def test_a_round_without_evaluation_asks_no_hospital_and_loses_none():
+    built = strategy(HospitalFedAvg, num_hospitals=2)
+    built.evaluate_every, built.num_rounds = 2, 4
+    arrays = ArrayRecord({k: Array(v) for k, v in state([0, 0], [0], 1.0).items()})
+    for server_round, asked in ((1, []), (2, [100, 101]), (3, [])):
+        built.logs[server_round] = RoundLog(sampled=[0, 1])
+        sent = list(built.configure_evaluate(server_round, arrays, ConfigRecord(), None))
+        assert [m.metadata.dst_node_id for m in sent] == asked
+        replies = [Message(RecordDict({keys.METRICS: MetricRecord({keys.HOSPITAL_ID: h})}), dst_node_id=0,
+                           message_type="evaluate") for h in range(len(asked))]
+        built.aggregate_evaluate(server_round, replies)  # Flower calls it with no replies when nobody was asked
+    assert built.lost == {} and built.stop is None
+
+
 def test_the_run_goes_on_without_a_failed_hospital_while_enough_remain():
     built = strategy(HospitalFedAvg, num_hospitals=3, min_hospitals=2)
     built.logs[1] = RoundLog(sampled=[0, 1, 2])

@@ -228,9 +228,8 @@ class HospitalFedAvg(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        if not self.is_evaluation_round(server_round):
-            return []
-        self.evaluated = self.reachable()
+        # The hospitals asked this round: none outside evaluation rounds (Flower still calls aggregate_evaluate).
+        self.evaluated = self.reachable() if self.is_evaluation_round(server_round) else []
         return self._messages(self.evaluated, arrays, config, server_round, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

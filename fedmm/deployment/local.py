@@ -65,8 +65,9 @@ def check_folders(folders: FederationFolders, cfg: ExperimentConfig) -> None:
     """Before any process starts: the federation's size matches the folders and every folder is valid."""
     if cfg.scenario.num_hospitals != len(folders.hospitals):
         raise ConfigError(f"scenario.num_hospitals={cfg.scenario.num_hospitals}, but there are {len(folders.hospitals)} "
-                          f"hospital folders; pass scenario.num_hospitals={len(folders.hospitals)} (and the same "
-                          "scenario options the folders were exported with)")
+                          f"hospital folders; for folders of your own pass scenario=deployment "
+                          f"scenario.num_hospitals={len(folders.hospitals)}; for exported ones, the options they were "
+                          "exported with")
     for folder in [*folders.hospitals, folders.server_test]:
         problems = validate_hospital_folder(folder)
         if problems:

@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("overrides", nargs="*", help="the experiment, as for `fedmm run` (e.g. +experiment=smoke); "
                                                      "the same options the folders were exported with")
     commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides written after an option (`fedmm deploy DIR --out X +experiment=smoke`) are overrides too
+        if not hasattr(args, "overrides") or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "list":
             return list_options()

@@ -114,6 +114,18 @@ def test_a_bad_label_cell_is_named_before_any_training(folders, cache_dir, tmp_p
         load_hospital_folder(smoke(cache_dir), folder, 0)
 
 
+def test_fedmm_deploy_names_bad_input_before_starting_anything(folders, tmp_path, capsys):
+    from fedmm.cli import main
+
+    # Overrides may follow the options; a folder without hospitals is named with the command that makes them.
+    assert main(["deploy", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "+experiment=smoke"]) == 1
+    assert "no hospital-<id> folders" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    assert main(["deploy", str(folders), "scenario=deployment", "scenario.num_hospitals=4"]) == 2  # mismatch
+    assert "scenario.num_hospitals=4, but there are 3 hospital folders" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):  # an unknown option is still refused by argparse
+        main(["deploy", str(folders), "--no-such-option"])
+
+
 def test_the_server_test_folder_must_hold_pairs(folders, cache_dir):
     with pytest.raises(ConfigError, match=r"studies lack an image or a report"):
         load_server_data(smoke(cache_dir, f"deployment.server_test_dir={folders / 'hospital-1'}"))  # image-only

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--out", type=Path, required=True, help="folder for the cells and tables")
     grid.add_argument("--variant", action="append", default=[], metavar="'K=V [K=V ...]'",
                       help="one value of the `variant` axis: overrides that go together, e.g. "
-                           "'strategy=fedavg_modality missing=prototype' (repeat for each)")
+                           "'strategy=fedavg missing=prototype' (repeat for each)")
     grid.add_argument("overrides", nargs="*", help="e.g. scenario=mix scenario.hospital_mix.unimodal=0,0.25,0.5 "
                                                    "strategy=fedavg,feddistill seed=0,1,2")
     report = commands.add_parser("report", help="turn a sweep folder into report.md with PNG figures")
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return sweep_knobs(args.overrides, args.out, args.variant)
         if args.command == "report":
-            from fedmm.runs.report import write_report
-
-            from fedmm.runs.report import DEFAULT_METRICS
+            from fedmm.runs.report import DEFAULT_METRICS, write_report
 
             console.print(f"written: {write_report(args.sweep_dir, args.metric or DEFAULT_METRICS, args.x)}")
             return 0
@@ -177,7 +175,13 @@ def deploy_locally(root: Path, overrides: list[str], out: Path | None, tls: bool
     from datetime import datetime
 
     from fedmm.deployment.local import (
-        COMPLETED, DeploymentError, LocalFederation, alive_in_groups, check_folders, find_folders, hydra_value,
+        COMPLETED,
+        DeploymentError,
+        LocalFederation,
+        alive_in_groups,
+        check_folders,
+        find_folders,
+        hydra_value,
     )
     from fedmm.validation import validate_config
 
@@ -229,12 +233,12 @@ class RoundPrinter:
 
 def compare_strategies(strategies: list[str], scenarios: list[str], overrides: list[str], out: Path | None) -> int:
     from fedmm.runs.compare import run_comparison
-    from fedmm.strategies import STRATEGY_NAMES, check_strategy
+    from fedmm.strategies import strategy_names, strategy_spec
 
     base = compose_config(overrides)  # fails early on a bad override
-    strategies = list(STRATEGY_NAMES) if strategies == ["all"] else strategies
+    strategies = strategy_names() if strategies == ["all"] else strategies
     for strategy in strategies:
-        check_strategy(strategy)
+        strategy_spec(strategy)  # an unknown name fails here, listing the valid ones
     for scenario in scenarios:
         compose_config([*overrides, f"scenario={scenario}"])  # fails early on an unknown scenario
     out = out or Path("outputs") / f"compare-seed{base.seed}"
@@ -308,11 +312,13 @@ def sweep_privacy(epsilons: str, overrides: list[str], out: Path | None) -> int:
 def list_options() -> int:
     from fedmm.data.registry import DATASETS
     from fedmm.models.encoders import IMAGE_BACKBONES, POOLINGS
-    from fedmm.strategies import FEDERATED_STRATEGIES, REFERENCE_RUNS
+    from fedmm.strategies import all_strategies
     from fedmm.training.missing import MISSING_HANDLERS
 
-    console.print(f"strategies (federated): {sorted(FEDERATED_STRATEGIES)}")
-    console.print(f"strategies (references): {sorted(REFERENCE_RUNS)}")
+    console.print("strategies (strategy=NAME; averaging ones take strategy.modality_aware=true|false):")
+    for spec in all_strategies():
+        modes = ", ".join(mode.value for mode in sorted(spec.privacy)) or "none"
+        console.print(f"  {spec.name:<12} {spec.description} [privacy: {modes}]")
     console.print(f"scenarios: {sorted(p.stem for p in (CONFIG_DIR / 'scenario').glob('*.yaml'))}")
     console.print(f"missing-modality handlers (missing=): {sorted(MISSING_HANDLERS)}")
     console.print(f"image encoders: {sorted(IMAGE_BACKBONES)} (pooling: {sorted(POOLINGS)})")

@@ -1,5 +1,8 @@
 """The experiment configuration: composed by Hydra from `configs/`, parsed once into typed dataclasses.
 
+The YAML files in `configs/` are the only source of defaults: these dataclasses declare the options and
+their types, and every field must be given (a test composes every shipped file).
+
 Every function takes the part it needs (`cfg.scenario`, `cfg.train`), never a raw dict or a Flower
 Context. Parsing rejects unknown keys and wrong types with the dotted name of the option.
 """
@@ -7,6 +10,7 @@ Context. Parsing rejects unknown keys and wrong types with the dotted name of th
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,11 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str = "synthetic_cxr"
-    num_samples: int = 4000
-    image_size: int = 128  # px; the generator draws 64-256
-    seed: int = 0  # the content's seed, separate from the run's seed: runs with other seeds share one dataset
-    global_test_fraction: float = 0.2  # held by the server; no hospital trains on it
+    name: str
+    num_samples: int
+    image_size: int  # px; the generator draws 64-256
+    seed: int  # the content's seed, separate from the run's seed: runs with other seeds share one dataset
+    global_test_fraction: float  # held by the server; no hospital trains on it
 
 
 @dataclass(frozen=True)
@@ -45,72 +49,72 @@ class ModalityProfile:
 class HospitalMixConfig:
     """Modality groups as shares of hospitals (the knob form of a scenario, used when `profiles` is empty)."""
 
-    unimodal: float = 0.0  # share of hospitals that hold one modality only
-    image_only_fraction: float = 0.5  # of those, the share with images only; the rest hold reports only
+    unimodal: float  # share of hospitals that hold one modality only
+    image_only_fraction: float  # of those, the share with images only; the rest hold reports only
 
 
 @dataclass(frozen=True)
 class MissingRateConfig:
     """Per-study missing modality inside each paired hospital (knob form, used when `profiles` is empty)."""
 
-    image: float = 0.0  # rate (fixed) or mean rate (beta) at which a study lacks its image
-    report: float = 0.0  # ... lacks its report
-    distribution: str = "fixed"  # fixed: every paired hospital has these rates | beta: each draws its own
-    concentration: float = 10.0  # beta: a + b of Beta(mean·c, (1 - mean)·c); higher: hospitals closer to the mean
+    image: float  # rate (fixed) or mean rate (beta) at which a study lacks its image
+    report: float  # ... lacks its report
+    distribution: str  # fixed: every paired hospital has these rates | beta: each draws its own
+    concentration: float  # beta: a + b of Beta(mean·c, (1 - mean)·c); higher: hospitals closer to the mean
 
 
 @dataclass(frozen=True)
 class ScenarioConfig:
-    name: str = "balanced"
-    num_hospitals: int = 4
-    sample_skew: float = 0.0  # hospital sizes ∝ rank^-skew; 0 = equal sizes
-    dirichlet_alpha: float | None = None  # finding mix per hospital ~ Dir(alpha * global mix); null = IID
-    local_test_fraction: float = 0.2
+    name: str
+    num_hospitals: int
+    sample_skew: float  # hospital sizes ∝ rank^-skew; 0 = equal sizes
+    dirichlet_alpha: float | None  # finding mix per hospital ~ Dir(alpha * global mix); null = IID
+    local_test_fraction: float
     # Either explicit profiles, or (when empty) the knobs below.
-    profiles: tuple[ModalityProfile, ...] = ()
-    hospital_mix: HospitalMixConfig = field(default_factory=HospitalMixConfig)
-    missing_rate: MissingRateConfig = field(default_factory=MissingRateConfig)
+    profiles: tuple[ModalityProfile, ...]
+    hospital_mix: HospitalMixConfig | None  # null when `profiles` decide
+    missing_rate: MissingRateConfig | None  # null when `profiles` decide
 
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
-    name: str = "resnet18"
-    weights: str | None = None  # a local state_dict file; null = seeded random init (nothing is downloaded)
-    init_seed: int = 0
-    pooling: str = "grid2"
-    input_size: int = 128
-    batch_size: int = 64
+    name: str
+    weights: str | None  # a local state_dict file; null = seeded random init (nothing is downloaded)
+    init_seed: int
+    pooling: str
+    input_size: int
+    batch_size: int
 
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    name: str = "minilm"
-    path: str | None = None  # a local Hugging Face model directory; null = the packaged MiniLM
-    max_tokens: int = 128
-    batch_size: int = 64
+    name: str
+    path: str | None  # a local Hugging Face model directory; null = the packaged MiniLM
+    max_tokens: int
+    batch_size: int
 
 
 @dataclass(frozen=True)
 class EncodersConfig:
-    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig
+    text: TextEncoderConfig
 
 
 @dataclass(frozen=True)
 class HeadsConfig:
-    hidden_dim: int = 512
-    embed_dim: int = 128
-    init_temperature: float = 0.07  # CLIP's initial softmax temperature; learnable
+    hidden_dim: int
+    embed_dim: int
+    init_temperature: float  # CLIP's initial softmax temperature; learnable
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    local_epochs: int = 1
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    objective: str = "auto"  # in_batch | reference_bank | auto (reference_bank exactly when privacy.sample is on)
-    bank_size: int = 64  # reference_bank: negatives per step, drawn from the non-private reference set
+    local_epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    objective: str  # in_batch | reference_bank | auto (reference_bank exactly when privacy.sample is on)
+    bank_size: int  # reference_bank: negatives per step, drawn from the non-private reference set
 
 
 @dataclass(frozen=True)
@@ -120,52 +124,22 @@ class MissingModalityConfig:
     ignore: only pairs train (the baseline); prototype: prototype anchoring; retrieval: retrieval
     imputation of the missing side from the reference set (see `fedmm.training.missing`)."""
 
-    handler: str = "ignore"  # ignore | prototype | retrieval
-    weight: float = 1.0  # prototype: weight of the unimodal term next to the pairs' InfoNCE
-    num_prototypes: int = 16  # prototype: k-means clusters of the reference set; more: finer, noisier targets
-    temperature: float = 0.1  # prototype: softmax temperature over the prototypes (fixed, not learned)
-    retrieval_k: int = 1  # retrieval: reference neighbours whose other side is averaged into the imputed features
-
-
-@dataclass(frozen=True)
-class ServerOptimizerConfig:
-    """Server-side update from the averaged pseudo-gradient (fedavgm, fedadam, fedyogi)."""
-
-    lr: float = 1.0  # η, the server learning rate
-    momentum: float = 0.0  # FedAvgM's β
-    beta_1: float = 0.9  # FedAdam/FedYogi first-moment decay
-    beta_2: float = 0.99  # second-moment decay
-    tau: float = 1e-3  # adaptivity: larger tau, closer to plain momentum SGD
-
-
-@dataclass(frozen=True)
-class PersonalConfig:
-    """Personalized strategies (fedper, fedrep, ditto, finetune)."""
-
-    ditto_lambda: float = 0.1  # Ditto's pull of the personal model toward the global one
-    head_epochs: int = 2  # FedRep: epochs on the private final layers before the shared base
-    finetune_epochs: int = 1  # finetune: local epochs on the global heads before evaluating them
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Federated distillation on the reference set (`feddistill`)."""
-
-    weight: float = 1.0  # client pull of its reference embeddings toward the global ones
-    server_epochs: int = 2  # epochs over the reference set when distilling the ensemble into the global heads
-    server_lr: float = 1e-3
-    quality_weighting: bool = True  # weight each hospital by its reference-set alignment (CreamFL-style)
-    chunk_size: int = 256  # rows per similarity block; memory ~ chunk_size^2, whatever the reference size
+    handler: str  # ignore | prototype | retrieval
+    weight: float  # prototype: weight of the unimodal term next to the pairs' InfoNCE
+    num_prototypes: int  # prototype: k-means clusters of the reference set; more: finer, noisier targets
+    temperature: float  # prototype: softmax temperature over the prototypes (fixed, not learned)
+    retrieval_k: int  # retrieval: reference neighbours whose other side is averaged into the imputed features
 
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = "fedavg_modality"
-    proximal_mu: float = 0.0  # FedProx's μ: weight of (μ/2)·||w - w_global||² in the local objective
-    server: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
-    personal: PersonalConfig = field(default_factory=PersonalConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    """The strategy by name; every other key of the `strategy` group is that strategy's own option,
+    parsed by the options dataclass its file declares (`fedmm.strategies.StrategySpec.options`)."""
 
+    name: str
+    modality_aware: bool | None = None  # averaging strategies: average each head over the hospitals that trained it
+    options: Mapping[str, Any] = field(default_factory=dict)
+    # `options` holds the group's other keys as given; `strategy_options(cfg)` returns them typed.
 
 @dataclass(frozen=True)
 class ReferenceConfig:
@@ -173,9 +147,9 @@ class ReferenceConfig:
 
     Generated like `dataset` but from its own content seed, so no study is any hospital's."""
 
-    name: str = "synthetic_cxr"
-    num_samples: int = 1000
-    seed: int = 1  # content seed; must differ from dataset.seed so no hospital study is in it
+    name: str
+    num_samples: int
+    seed: int  # content seed; must differ from dataset.seed so no hospital study is in it
 
 
 @dataclass(frozen=True)
@@ -183,80 +157,80 @@ class SampleDPConfig:
     """Sample-level DP inside each hospital: DP-SGD through Opacus (per-sample clipping, Gaussian noise,
     Poisson sampling). Set `noise_multiplier` or `target_epsilon`, not both."""
 
-    enabled: bool = False
-    noise_multiplier: float | None = None  # σ: noise std / max_grad_norm
-    target_epsilon: float | None = None  # ε after every planned round; each hospital derives its σ from it
-    delta: float | None = None  # null: 1/(10·n) for the hospital's n paired training samples
-    max_grad_norm: float = 1.0  # C: every sample's gradient is clipped to this L2 norm
-    max_epsilon: float | None = None  # the budget; null: target_epsilon (with a noise multiplier: no budget)
+    enabled: bool
+    noise_multiplier: float | None  # σ: noise std / max_grad_norm
+    target_epsilon: float | None  # ε after every planned round; each hospital derives its σ from it
+    delta: float | None  # null: 1/(10·n) for the hospital's n paired training samples
+    max_grad_norm: float  # C: every sample's gradient is clipped to this L2 norm
+    max_epsilon: float | None  # the budget; null: target_epsilon (with a noise multiplier: no budget)
 
 
 @dataclass(frozen=True)
 class ClientDPConfig:
     """Client-level DP across the federation: one of Flower's DP strategy wrappers (central noise)."""
 
-    clipping: str = "none"  # none | server_fixed | server_adaptive | client_fixed | client_adaptive
-    noise_multiplier: float = 1.0  # z: noise std / clipping norm on the summed updates
-    clipping_norm: float = 1.0  # fixed: the L2 bound on a hospital's update; adaptive: the initial bound
-    target_quantile: float = 0.5  # adaptive: the share of updates left unclipped
-    clip_norm_lr: float = 0.2  # adaptive: geometric step of the bound per round
-    clipped_count_stddev: float | None = None  # adaptive: noise on the unclipped count; null: sampled/20
-    delta: float = 1e-5  # must be below 1/num_hospitals
-    max_epsilon: float | None = None  # per-hospital budget; null: none
+    clipping: str  # none | server_fixed | server_adaptive | client_fixed | client_adaptive
+    noise_multiplier: float  # z: noise std / clipping norm on the summed updates
+    clipping_norm: float  # fixed: the L2 bound on a hospital's update; adaptive: the initial bound
+    target_quantile: float  # adaptive: the share of updates left unclipped
+    clip_norm_lr: float  # adaptive: geometric step of the bound per round
+    clipped_count_stddev: float | None  # adaptive: noise on the unclipped count; null: sampled/20
+    delta: float  # must be below 1/num_hospitals
+    max_epsilon: float | None  # per-hospital budget; null: none
 
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    sample: SampleDPConfig = field(default_factory=SampleDPConfig)
-    client: ClientDPConfig = field(default_factory=ClientDPConfig)
-    on_budget: str = "stop_hospital"  # stop_hospital: it trains no more | stop_run: the run ends there
+    sample: SampleDPConfig
+    client: ClientDPConfig
+    on_budget: str  # stop_hospital: it trains no more | stop_run: the run ends there
 
 
 @dataclass(frozen=True)
 class FederationConfig:
-    rounds: int = 20
-    clients_per_round: int | None = None  # a count; wins over fraction_train when set
-    fraction_train: float = 1.0
-    evaluate_every: int = 2  # rounds between evaluations; the last round is always evaluated
-    round_timeout_s: float = 600.0
+    rounds: int
+    clients_per_round: int | None  # a count; wins over fraction_train when set
+    fraction_train: float
+    evaluate_every: int  # rounds between evaluations; the last round is always evaluated
+    round_timeout_s: float
     # Hospitals that must remain for the run to go on when some fail (a node that dies, an error reply);
     # null: every hospital (the first failure stops the run). Finished rounds are kept either way.
-    min_hospitals: int | None = None
+    min_hospitals: int | None
 
 
 @dataclass(frozen=True)
 class DeploymentConfig:
     """Flower's Deployment Engine: each SuperNode reads its own hospital folder (node config `data-dir`)."""
 
-    server_test_dir: str | None = None  # the server's global test set as a hospital folder; null: simulated
+    server_test_dir: str | None  # the server's global test set as a hospital folder; null: simulated
 
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    client_cpus: float = 1.0  # Ray CPUs per simulated hospital; also its torch thread count
-    client_gpus: float = 0.0  # fraction of a GPU per simulated hospital (0.25 = 4 hospitals per GPU)
+    client_cpus: float  # Ray CPUs per simulated hospital; also its torch thread count
+    client_gpus: float  # fraction of a GPU per simulated hospital (0.25 = 4 hospitals per GPU)
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = "default"
-    seed: int = 0
-    run_dir: str | None = None  # null = outputs/<name>/<strategy>-<scenario>-seed<seed>-<time>
-    resume: bool = False  # continue the run in run_dir from its last checkpoint (e.g. with more rounds)
-    cache_dir: str = ".cache/fedmm"
-    device: str = "auto"  # auto | cpu | cuda
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
-    encoders: EncodersConfig = field(default_factory=EncodersConfig)
-    heads: HeadsConfig = field(default_factory=HeadsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    missing: MissingModalityConfig = field(default_factory=MissingModalityConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    simulation: SimulationConfig = field(default_factory=SimulationConfig)
-    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
+    name: str
+    seed: int
+    run_dir: str | None  # null = outputs/<name>/<strategy>-<scenario>-seed<seed>-<time>
+    resume: bool  # continue the run in run_dir from its last checkpoint (e.g. with more rounds)
+    cache_dir: str
+    device: str  # auto | cpu | cuda
+    dataset: DatasetConfig
+    reference: ReferenceConfig
+    scenario: ScenarioConfig
+    encoders: EncodersConfig
+    heads: HeadsConfig
+    train: TrainConfig
+    missing: MissingModalityConfig
+    strategy: StrategyConfig
+    privacy: PrivacyConfig
+    federation: FederationConfig
+    simulation: SimulationConfig
+    deployment: DeploymentConfig
 
     @property
     def cache_path(self) -> Path:
@@ -270,10 +244,22 @@ def parse_config(data: dict[str, Any]) -> ExperimentConfig:
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The inverse of `parse_config`: plain dicts and lists, for saving next to a run."""
-    return dataclasses.asdict(cfg)
+    data = dataclasses.asdict(cfg)
+    if isinstance(cfg, ExperimentConfig):  # the strategy's options are its group's own keys again
+        data["strategy"] = {key: value for key, value in data["strategy"].items() if key != "options"} | dict(
+            cfg.strategy.options)
+    return data
+
+
+def parse_section(cls: type, data: Any, path: str) -> Any:
+    """One dataclass from a plain dict, with errors naming `path.<key>` (e.g. a strategy's options)."""
+    return _build(cls, data, path)
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
+    if cls is StrategyConfig and isinstance(data, dict):  # the strategy's own keys travel as `options`
+        own = {key: data[key] for key in ("name", "modality_aware") if key in data}
+        data = own | {"options": {key: value for key, value in data.items() if key not in own}}
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -282,11 +268,15 @@ def _build(cls: type, data: Any, path: str) -> Any:
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(f"unknown option {where}{unknown[0]}; valid options here: {sorted(names)}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"option {where}{missing[0]} is not set; every option needs a value, and the defaults "
+                          "live in configs/ (a saved config.yaml holds them all)")
     values = {name: _convert(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}
-    try:
-        return cls(**values)
-    except TypeError as error:  # a required field is missing
-        raise ConfigError(f"{path or 'config'}: {error}") from error
+    return cls(**values)
 
 
 def _convert(hint: Any, value: Any, path: str) -> Any:

@@ -6,7 +6,7 @@ from fedmm.config import ExperimentConfig
 from fedmm.hospitals import load_federated_data, load_reference
 from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir, default_run_dir
-from fedmm.strategies import REFERENCE_RUNS, is_reference
+from fedmm.strategies import strategy_spec
 from fedmm.training.bank import uses_reference_bank
 from fedmm.training.missing import needs_reference
 from fedmm.validation import validate_config
@@ -20,13 +20,14 @@ def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None,
     if cfg.run_dir is None:  # named now, so hospitals know where their state folder is
         cfg = dataclasses.replace(cfg, run_dir=str(default_run_dir(cfg)))
     data = load_federated_data(cfg, progress=progress)  # builds the caches once, before any client reads them
-    if cfg.strategy.name == "feddistill" or uses_reference_bank(cfg) or needs_reference(cfg.missing):
+    spec = strategy_spec(cfg.strategy.name)
+    if spec.needs_reference or uses_reference_bank(cfg) or needs_reference(cfg.missing):
         load_reference(cfg, progress=progress)  # the same for the reference set's features
     plan_all_hospitals(cfg, data.paired_counts())  # an unreachable privacy target fails here, before training
-    if is_reference(cfg.strategy.name):
+    if spec.is_reference:
         run_dir = claim_run_dir(cfg)
         recorder = RunRecorder(cfg, data.groups(), data.global_test().labels, run_dir, on_round)
-        state = REFERENCE_RUNS[cfg.strategy.name](cfg, data, recorder)
+        state = spec.run_reference(cfg, data, recorder)
         return recorder.finish(state) | {"run_dir": str(run_dir)}
     from fedmm.simulation import run_in_simulation
 

@@ -5,18 +5,19 @@ from fedmm.data.partition import check_scenario
 from fedmm.data.registry import DATASETS, check_dataset
 from fedmm.hospitals import reference_dataset_config
 from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
-from fedmm.privacy.client_level import check_client_privacy
-from fedmm.privacy.sample_level import ON_BUDGET, SAMPLE_DP_STRATEGIES, check_sample_privacy
-from fedmm.strategies import RESUMABLE, check_strategy, is_resumable
-from fedmm.strategies.fedavg import sample_size
+from fedmm.privacy.sample_level import ON_BUDGET, check_sample_privacy
+from fedmm.strategies import PrivacyMode, strategy_spec
+from fedmm.strategies.base import sample_size
+from fedmm.strategies.client_dp import check_client_privacy
+from fedmm.strategies.spec import supporting
 from fedmm.training.bank import OBJECTIVES, uses_reference_bank
 from fedmm.training.missing import check_missing, needs_reference
 
 
 def validate_config(cfg: ExperimentConfig) -> None:
     """Raise ConfigError naming the option and the fix; cheap (no data, no models)."""
-    check_strategy(cfg.strategy.name)
-    check_strategy_options(cfg)
+    spec = strategy_spec(cfg.strategy.name)
+    spec.validate(cfg)  # its options, and the privacy modes, resume and aggregation it supports
     check_dataset(cfg.dataset)
     check_scenario(cfg.scenario, cfg.dataset.num_samples, cfg.dataset.global_test_fraction)
     check_image_encoder(cfg.encoders.image)
@@ -47,15 +48,14 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError("simulation.client_cpus must be > 0 and simulation.client_gpus >= 0")
     check_privacy(cfg)
     check_missing_handler(cfg)
-    if cfg.resume and not is_resumable(cfg.strategy.name):
-        raise ConfigError(f"resume=true: strategy {cfg.strategy.name!r} keeps state at the hospitals or in the "
-                          f"server's distillation; resuming is supported for {list(RESUMABLE)}")
+    if spec.needs_reference:
+        _check_reference(cfg)
 
 
 def check_privacy(cfg: ExperimentConfig) -> None:
     """Unsound or impossible privacy settings and the objective they need; per-hospital plans (which need
     sample counts) are checked by `plan_all_hospitals` once the data is loaded, still before training."""
-    strategy, sample = cfg.strategy.name, cfg.privacy.sample
+    spec, sample = strategy_spec(cfg.strategy.name), cfg.privacy.sample
     if cfg.train.objective not in OBJECTIVES:
         raise ConfigError(f"train.objective={cfg.train.objective!r} is unknown; valid: {list(OBJECTIVES)}")
     if cfg.privacy.on_budget not in ON_BUDGET:
@@ -69,17 +69,14 @@ def check_privacy(cfg: ExperimentConfig) -> None:
                 "gradient does not bound its influence and the reported ε would not hold (Logit-DP, arXiv "
                 "2310.03104). Use train.objective=reference_bank (or auto): negatives from the public reference set"
             )
-        if strategy not in SAMPLE_DP_STRATEGIES:
-            raise ConfigError(f"privacy.sample (DP-SGD) is wired to FedAvg's local step: strategy.name must be one "
-                              f"of {list(SAMPLE_DP_STRATEGIES)}, not {strategy!r}")
     if uses_reference_bank(cfg):
-        if strategy not in SAMPLE_DP_STRATEGIES:
-            raise ConfigError(f"train.objective=reference_bank is wired to FedAvg's local step: strategy.name must "
-                              f"be one of {list(SAMPLE_DP_STRATEGIES)}, not {strategy!r}")
+        if PrivacyMode.SAMPLE not in spec.privacy:
+            raise ConfigError(f"train.objective=reference_bank is wired to the local step of the strategies that "
+                              f"support DP-SGD, {supporting(PrivacyMode.SAMPLE)}, not {spec.name!r}")
         _check_reference(cfg)
         _check_positive("train.bank_size", cfg.train.bank_size)
     hospitals = cfg.scenario.num_hospitals
-    check_client_privacy(cfg.privacy.client, strategy, hospitals,
+    check_client_privacy(cfg.privacy.client, hospitals,
                          sample_size(hospitals, cfg.federation.clients_per_round, cfg.federation.fraction_train))
 
 
@@ -88,35 +85,10 @@ def check_missing_handler(cfg: ExperimentConfig) -> None:
     check_missing(cfg.missing)
     if not needs_reference(cfg.missing):
         return
-    if cfg.strategy.name == "feddistill":
-        raise ConfigError(f"missing.handler={cfg.missing.handler!r} does not apply to feddistill, whose unimodal "
-                          "hospitals already take part through reference embeddings of the modality they hold; "
-                          "use missing=ignore with feddistill")
     if uses_reference_bank(cfg):
         raise ConfigError(f"missing.handler={cfg.missing.handler!r} with train.objective=reference_bank (e.g. under "
                           "DP-SGD) is not supported: the DP-SGD step is per pair; use missing=ignore there")
     _check_reference(cfg)
-
-
-def check_strategy_options(cfg: ExperimentConfig) -> None:
-    strategy = cfg.strategy
-    server, personal, distill = strategy.server, strategy.personal, strategy.distill
-    _check_non_negative("strategy.proximal_mu", strategy.proximal_mu)
-    _check_positive("strategy.server.lr", server.lr)
-    _check_positive("strategy.server.tau", server.tau)
-    for name, value in (("strategy.server.momentum", server.momentum), ("strategy.server.beta_1", server.beta_1),
-                        ("strategy.server.beta_2", server.beta_2)):
-        if not 0 <= value < 1:
-            raise ConfigError(f"{name}={value} must lie in [0, 1)")
-    _check_non_negative("strategy.personal.ditto_lambda", personal.ditto_lambda)
-    _check_positive("strategy.personal.head_epochs", personal.head_epochs)
-    _check_positive("strategy.personal.finetune_epochs", personal.finetune_epochs)
-    _check_non_negative("strategy.distill.weight", distill.weight)
-    _check_positive("strategy.distill.server_epochs", distill.server_epochs)
-    _check_positive("strategy.distill.server_lr", distill.server_lr)
-    _check_positive("strategy.distill.chunk_size", distill.chunk_size)
-    if cfg.strategy.name == "feddistill":
-        _check_reference(cfg)
 
 
 def _check_reference(cfg: ExperimentConfig) -> None:

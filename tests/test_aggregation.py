@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from fedmm import protocol as keys
+from fedmm.aggregation.modality import modality_weighted_average, weighted_average
 from fedmm.models.heads import HeadGroup
-from fedmm.strategies import messages as keys
-from fedmm.strategies.aggregation import modality_weighted_average, weighted_average
-from fedmm.strategies.fedavg import HospitalFedAvg, HospitalsLost, RoundLog, sample_hospitals
+from fedmm.strategies.base import HospitalFedAvg, HospitalsLost, RoundLog, sample_hospitals
 
 pytestmark = pytest.mark.usefixtures("flower_run_identity")  # the tests build Flower Messages
 

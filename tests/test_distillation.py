@@ -4,14 +4,18 @@ import math
 
 import pytest
 import torch
+from helpers import configured
+from test_personalized import heads, tiny_split
 
-from fedmm.config import TrainConfig
-from fedmm.strategies.distillation import (
-    ensemble_targets, ensemble_weights, match_loss, matching_log_probs, quality_score,
+from fedmm.aggregation.ensemble import (
+    ensemble_targets,
+    ensemble_weights,
+    match_loss,
+    matching_log_probs,
+    quality_score,
 )
 from fedmm.training.distill import embed_reference, train_with_reference
-from fedmm.training.personalized import snapshot
-from test_personalized import heads, tiny_split
+from fedmm.training.updates import snapshot
 
 
 def test_quality_score_by_hand():
@@ -50,7 +54,7 @@ def test_an_image_only_hospital_trains_its_image_head_toward_the_global_embeddin
     global_embeddings = embed_reference(heads(7), reference)
     model = heads()
     before = snapshot(model)
-    cfg = TrainConfig(local_epochs=1, batch_size=8, lr=1e-2)
+    cfg = configured("train", local_epochs=1, batch_size=8, lr=1e-2)
     result = train_with_reference(model, images_only, reference, global_embeddings, cfg, weight=1.0, seed=0)
     after = snapshot(model)
     assert result.steps == 4 and result.num_paired_used == 0 and result.num_image_used == 16

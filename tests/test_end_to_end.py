@@ -26,7 +26,7 @@ def two_federated_runs(smoke_overrides, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     summaries = []
     for name in ("first", "second"):
-        cfg = compose_config([*smoke_overrides, "strategy=fedavg_modality", "federation.clients_per_round=2",
+        cfg = compose_config([*smoke_overrides, "strategy=fedavg", "federation.clients_per_round=2",
                               f"run_dir={root / name}"])
         summaries.append(run_experiment(cfg))
     return root / "first", root / "second", summaries
@@ -101,7 +101,7 @@ def test_finished_run_dir_is_never_overwritten(smoke_overrides, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["strategy=fedsomething"], "fedavg_modality"),
+    (["strategy=fedsomething"], "fedavg"),
     (["encoders.image.weights=/missing/resnet18.pth"], "encoders.image.weights"),
     (["encoders.image.name=vit"], "encoders.image.name='vit' is unknown"),
     (["scenario.num_hospitals=5000"], "scenario.profiles cover 6 hospitals"),

@@ -10,7 +10,12 @@ import pytest
 
 from fedmm.cli import main as cli_main
 from fedmm.data.hospital_folder import (
-    MANIFEST, HospitalFolderError, read_hospital_folder, read_image, validate_hospital_folder, write_hospital_folder,
+    MANIFEST,
+    HospitalFolderError,
+    read_hospital_folder,
+    read_image,
+    validate_hospital_folder,
+    write_hospital_folder,
 )
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 

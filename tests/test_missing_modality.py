@@ -5,10 +5,11 @@ import math
 
 import pytest
 import torch
+from helpers import configured
 from torch import nn
 
 from fedmm.compose import compose_config
-from fedmm.config import ConfigError, HeadsConfig, MissingModalityConfig, TrainConfig
+from fedmm.config import ConfigError
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.hospitals import SplitTensors
 from fedmm.models.heads import build_heads
@@ -16,7 +17,7 @@ from fedmm.training.local import train_heads
 from fedmm.training.missing import build_handler, handler_factory
 from fedmm.training.missing.prototype import cluster_prototypes, kmeans
 from fedmm.training.missing.retrieval import nearest_neighbours
-from fedmm.training.personalized import snapshot
+from fedmm.training.updates import snapshot
 from fedmm.validation import validate_config
 
 PAIRED, IMAGE_ONLY, REPORT_ONLY = (AVAILABILITY_CODES[a] for a in Availability)
@@ -70,7 +71,7 @@ def test_cluster_prototypes_are_unit_means_per_cluster():
 def test_prototype_targets_and_loss_by_hand():
     data = split(image=[[0.8, 0.2, 0, 0], [0, 0, 0, 0]], report=[[0, 0, 0, 0], [0, 0, 0.2, 0.8]],
                  codes=[IMAGE_ONLY, REPORT_ONLY])
-    cfg = MissingModalityConfig(handler="prototype", num_prototypes=2, temperature=0.5, weight=2.0)
+    cfg = configured("missing", handler="prototype", num_prototypes=2, temperature=0.5, weight=2.0)
     handler = build_handler(cfg, IdentityHeads(), data, REFERENCE, seed=0)
     unit = nn.functional.normalize(REFERENCE.image_features[:2], dim=-1)
     a_image = nn.functional.normalize(unit.mean(dim=0), dim=0)  # kind A's image prototype: mean of unit embeddings
@@ -92,13 +93,13 @@ def test_retrieval_imputes_the_other_side_of_the_nearest_reference_studies():
     data = split(image=[[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]],
                  report=[[0, 0, 0, 0], [0, 0, 0.1, 0.9], [1, 0, 0, 0]],
                  codes=[IMAGE_ONLY, REPORT_ONLY, PAIRED])
-    nearest = build_handler(MissingModalityConfig(handler="retrieval"), IdentityHeads(), data, REFERENCE, seed=0)
+    nearest = build_handler(configured("missing", handler="retrieval"), IdentityHeads(), data, REFERENCE, seed=0)
     rows = nearest.rows
     assert torch.equal(rows.report_features[0], REFERENCE.report_features[0])  # image e1 -> study 0's report
     assert torch.equal(rows.image_features[1], REFERENCE.image_features[3])  # report (0,0,.1,.9) -> study 3's image
     assert torch.equal(rows.image_features[2], data.image_features[2])  # real pairs untouched
     assert rows.pair.all() and rows.real_pair.tolist() == [False, False, True]
-    two = build_handler(MissingModalityConfig(handler="retrieval", retrieval_k=2), IdentityHeads(), data, REFERENCE, 0)
+    two = build_handler(configured("missing", handler="retrieval", retrieval_k=2), IdentityHeads(), data, REFERENCE, 0)
     assert torch.allclose(two.rows.report_features[0], REFERENCE.report_features[:2].mean(dim=0))
     # what counts as the hospital's own: pairs 1, images 2 (one imputed report does not count), reports 2
     assert rows.counts(data.image_mask, data.report_mask) == (1, 2, 2)
@@ -109,8 +110,8 @@ def test_nearest_neighbours_order_and_ties():
     assert nearest_neighbours(torch.tensor([[0.0, 1.0]]), keys, 2).tolist() == [[2, 0]]
 
 
-HEADS = HeadsConfig(hidden_dim=8, embed_dim=4)
-TRAIN = TrainConfig(local_epochs=2, batch_size=4, lr=1e-2)
+HEADS = configured("heads", hidden_dim=8, embed_dim=4)
+TRAIN = configured("train", local_epochs=2, batch_size=4, lr=1e-2)
 
 
 def image_only_hospital(num: int = 12) -> SplitTensors:
@@ -138,7 +139,7 @@ def test_handlers_let_an_image_only_hospital_train_its_image_head(handler):
                              torch.full((40,), PAIRED, dtype=torch.int8), torch.zeros(40, 10, dtype=torch.int8))
     heads, data = build_heads(4, 4, HEADS, seed=0), image_only_hospital()
     before = snapshot(heads)
-    missing = handler_factory(MissingModalityConfig(handler=handler, num_prototypes=4), data, reference, seed=0)
+    missing = handler_factory(configured("missing", handler=handler, num_prototypes=4), data, reference, seed=0)
     result = train_heads(heads, data, TRAIN, seed=0, missing=missing)
     after = snapshot(heads)
     assert result.steps == 2 * 3 and math.isfinite(result.loss)
@@ -160,7 +161,7 @@ def test_unsupported_handler_settings_are_named(overrides, message):
         validate_config(compose_config(overrides))
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedavg_modality", "fedprox", "fedper", "fedrep", "ditto", "finetune",
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedper", "fedrep", "ditto", "finetune",
                                       "local", "centralized"])
 @pytest.mark.parametrize("handler", ["prototype", "retrieval"])
 def test_handlers_validate_with_averaging_personalized_and_reference_strategies(strategy, handler):

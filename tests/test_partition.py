@@ -2,11 +2,16 @@
 
 import numpy as np
 import pytest
+from helpers import configured
 
-from fedmm.config import ConfigError, HospitalMixConfig, MissingRateConfig, ModalityProfile, ScenarioConfig
+from fedmm.config import ConfigError, ModalityProfile, ScenarioConfig
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.data.partition import (
-    draw_missing_rates, expand_profiles, largest_remainder, partition_dataset, primary_finding,
+    draw_missing_rates,
+    expand_profiles,
+    largest_remainder,
+    partition_dataset,
+    primary_finding,
 )
 from fedmm.data.synthetic import generate_synthetic_cxr
 
@@ -19,7 +24,8 @@ def labels():
 
 
 def scenario(**changes) -> ScenarioConfig:
-    base = dict(name="t", num_hospitals=4, profiles=(ModalityProfile(count=4, paired=1.0),))
+    base = dict(name="t", num_hospitals=4, sample_skew=0.0, dirichlet_alpha=None, local_test_fraction=0.2,
+                profiles=(ModalityProfile(count=4, paired=1.0),), hospital_mix=None, missing_rate=None)
     return ScenarioConfig(**(base | changes))
 
 
@@ -117,9 +123,10 @@ def test_impossible_scenarios_fail_with_the_option_named(labels, changes, messag
 # The knob form (`profiles` empty): hospital_mix and missing_rate, as the sweeps vary them.
 
 def knobs(num_hospitals: int = 8, unimodal: float = 0.0, image_only_fraction: float = 0.5, **rates) -> ScenarioConfig:
-    return ScenarioConfig(name="knobs", num_hospitals=num_hospitals, profiles=(),
-                          hospital_mix=HospitalMixConfig(unimodal, image_only_fraction),
-                          missing_rate=MissingRateConfig(**rates))
+    return scenario(name="knobs", num_hospitals=num_hospitals, profiles=(),
+                    hospital_mix=configured("scenario.hospital_mix", "scenario=mix", unimodal=unimodal,
+                                            image_only_fraction=image_only_fraction),
+                    missing_rate=configured("scenario.missing_rate", "scenario=mix", **rates))
 
 
 @pytest.mark.parametrize("unimodal, image_only_fraction, expected", [
@@ -146,13 +153,13 @@ def test_fixed_missing_rates_hold_in_every_paired_hospital(labels):
 
 
 def test_beta_missing_rates_have_the_claimed_mean_and_spread():
-    rates = draw_missing_rates(MissingRateConfig(image=0.1, report=0.3, distribution="beta", concentration=4.0),
+    rates = draw_missing_rates(configured("scenario.missing_rate", "scenario=mix", image=0.1, report=0.3, distribution="beta", concentration=4.0),
                                20000, np.random.default_rng(0))
     for column, mean in enumerate((0.1, 0.3)):
         assert abs(rates[:, column].mean() - mean) < 0.01
         assert abs(rates[:, column].var() - mean * (1 - mean) / 5.0) < 0.005  # Beta variance m(1-m)/(c+1)
     assert (rates.sum(axis=1) <= 1 + 1e-12).all()
-    fixed = draw_missing_rates(MissingRateConfig(image=0.1, report=0.3), 3, np.random.default_rng(0))
+    fixed = draw_missing_rates(configured("scenario.missing_rate", "scenario=mix", image=0.1, report=0.3), 3, np.random.default_rng(0))
     assert np.array_equal(fixed, [[0.1, 0.3]] * 3)
 
 
@@ -174,7 +181,6 @@ def test_bad_knobs_are_named(labels, changes, message):
 
 
 def test_profiles_and_knobs_together_are_refused(labels):
-    both = ScenarioConfig(name="t", num_hospitals=4, profiles=(ModalityProfile(4, paired=1.0),),
-                          hospital_mix=HospitalMixConfig(unimodal=0.5))
+    both = scenario(hospital_mix=configured("scenario.hospital_mix", "scenario=mix", unimodal=0.5))
     with pytest.raises(ConfigError, match="either profiles or the knobs"):
         partition_dataset(labels, both, 0.2, seed=0)

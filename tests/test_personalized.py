@@ -1,20 +1,24 @@
 """Local updates on tiny seeded inputs: FedProx's and Ditto's proximal term, FedPer/FedRep's split, Ditto."""
 
+from functools import lru_cache
+
 import torch
+from helpers import configured
 from torch import nn
 
-from fedmm.config import ExperimentConfig, HeadsConfig, PersonalConfig, StrategyConfig, TrainConfig
+from fedmm.compose import compose_config
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.hospitals import SplitTensors
 from fedmm.models.heads import build_heads
-from fedmm.strategies.fedper import SharedBaseFedAvg
+from fedmm.strategies import strategy_spec
+from fedmm.strategies.ditto import ditto_update
+from fedmm.strategies.fedper import SharedBaseFedAvg, fedper_update
+from fedmm.strategies.fedrep import fedrep_update
 from fedmm.training.local import train_heads
-from fedmm.training.personalized import (
-    ditto_update, fedper_update, fedrep_update, global_update, snapshot, split_personal,
-)
 from fedmm.training.regularizers import proximal_term
+from fedmm.training.updates import LocalStep, global_update, snapshot, split_personal
 
-HEADS = HeadsConfig(hidden_dim=8, embed_dim=4)
+HEADS = configured("heads", hidden_dim=8, embed_dim=4)
 
 
 def tiny_split(num: int = 24, paired: bool = True) -> SplitTensors:
@@ -24,9 +28,17 @@ def tiny_split(num: int = 24, paired: bool = True) -> SplitTensors:
                         torch.full((num,), code, dtype=torch.int8), torch.zeros(num, 10, dtype=torch.int8))
 
 
-def tiny_cfg(ditto_lambda: float = 0.1) -> ExperimentConfig:
-    return ExperimentConfig(train=TrainConfig(local_epochs=2, batch_size=8, lr=1e-2),
-                            strategy=StrategyConfig(personal=PersonalConfig(ditto_lambda=ditto_lambda, head_epochs=1)))
+@lru_cache
+def tiny_cfg(strategy: str = "fedavg", *options: str):
+    """What a user gets for `strategy`, with tiny training settings and the given strategy options."""
+    return compose_config([f"strategy={strategy}", "train.local_epochs=2", "train.batch_size=8", "train.lr=0.01",
+                           *options])
+
+
+def tiny_step(model, data, seed: int, strategy: str = "fedavg", *options: str, personal_model=None) -> LocalStep:
+    cfg = tiny_cfg(strategy, *options)
+    return LocalStep(cfg, strategy_spec(strategy).parse_options(cfg), model, personal_model or heads(9),
+                     snapshot(heads()), data, seed, torch.device("cpu"), missing=None)
 
 
 def heads(seed: int = 0):
@@ -48,11 +60,11 @@ def test_proximal_term_value_and_gradient_by_hand():
 
 
 def test_fedprox_with_mu_zero_is_fedavgs_step_and_mu_keeps_heads_near_global():
-    received, data, cfg = snapshot(heads()), tiny_split(), tiny_cfg()
-    plain = global_update(heads(1), received, data, cfg, seed=3, device="cpu").shared
-    again = global_update(heads(2), received, data, cfg, seed=3, device="cpu", proximal_mu=0.0).shared
+    received, data = snapshot(heads()), tiny_split()
+    plain = global_update(tiny_step(heads(1), data, 3), received).shared
+    again = global_update(tiny_step(heads(2), data, 3), received, proximal_mu=0.0).shared
     assert all(torch.equal(plain[k], again[k]) for k in plain)
-    proximal = global_update(heads(1), received, data, cfg, seed=3, device="cpu", proximal_mu=50.0).shared
+    proximal = global_update(tiny_step(heads(1), data, 3), received, proximal_mu=50.0).shared
     assert distance(proximal, received) < distance(plain, received)
 
 
@@ -63,26 +75,27 @@ def test_fedper_keeps_exactly_the_final_layers():
     assert set(shared) | set(personal) == set(state) and not set(shared) & set(personal)
     server = SharedBaseFedAvg(node_of_hospital={0: 1}, clients_per_round=1, seed=0, evaluate_every=1, num_rounds=1)
     assert set(server.initial_arrays(state).keys()) == set(shared)
-    update = fedper_update(heads(1), shared, personal, tiny_split(), tiny_cfg(), seed=0, device="cpu")
+    update = fedper_update(tiny_step(heads(1), tiny_split(), 0, "fedper"), shared, personal)
     assert set(update.shared) == set(shared) and set(update.personal) == set(personal)
     assert not torch.equal(update.personal["image_head.3.weight"], personal["image_head.3.weight"])  # trained, kept
 
 
 def test_fedrep_trains_the_final_layers_with_the_base_frozen_first():
-    model, data, cfg = heads(), tiny_split(), tiny_cfg()
+    model, data, cfg = heads(), tiny_split(), tiny_cfg("fedrep", "strategy.head_epochs=1")
     shared, personal = split_personal(snapshot(model))
     train_heads(model, data, cfg.train, seed=0, parameters=list(personal))  # FedRep's first phase
     after_shared, after_personal = split_personal(snapshot(model))
     assert all(torch.equal(after_shared[k], shared[k]) for k in shared)
     assert all(not torch.equal(after_personal[k], personal[k]) for k in personal)
-    update = fedrep_update(heads(), shared, personal, data, cfg, seed=0, device="cpu")
+    update = fedrep_update(tiny_step(heads(), data, 0, "fedrep", "strategy.head_epochs=1"), shared, personal)
     assert not torch.equal(update.shared["image_head.1.weight"], shared["image_head.1.weight"])  # then the base
 
 
 def test_ditto_sends_fedavgs_update_and_keeps_a_lambda_regularized_personal_model():
     received, data = snapshot(heads()), tiny_split()
-    fedavg = global_update(heads(1), received, data, tiny_cfg(), seed=5, device="cpu")
-    close, free = (ditto_update(heads(1), heads(2), received, None, data, tiny_cfg(weight), seed=5, device="cpu")
+    fedavg = global_update(tiny_step(heads(1), data, 5), received)
+    close, free = (ditto_update(tiny_step(heads(1), data, 5, "ditto", f"strategy.ditto_lambda={weight}",
+                                          personal_model=heads(2)), received, None)
                    for weight in (10.0, 0.0))
     assert all(torch.equal(close.shared[k], fedavg.shared[k]) for k in received)  # the global step is FedAvg's
     # λ = 0: the personal model is plain local training from the global model (its own seed stream)

@@ -2,22 +2,24 @@
 the reference-bank objective, client-level averaging and accounting, and impossible budgets."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from helpers import configured, user_config
 from opacus.accountants.analysis import rdp as opacus_rdp
+from test_personalized import heads, tiny_split
 
 from fedmm.compose import compose_config
-from fedmm.config import ClientDPConfig, ConfigError, ExperimentConfig, SampleDPConfig, TrainConfig
+from fedmm.config import ClientDPConfig, ConfigError, SampleDPConfig
 from fedmm.models.losses import reference_bank_info_nce
 from fedmm.privacy.accounting import SampledGaussianSteps, epsilon_spent, ledger_from_lists, ledger_to_lists
-from fedmm.privacy.client_level import ClientLevelDP, new_accountant, release_noise_multiplier
 from fedmm.privacy.sample_level import plan_all_hospitals, plan_sample_privacy
+from fedmm.strategies.client_dp import ClientLevelDP, new_accountant, release_noise_multiplier
 from fedmm.training.bank import DPSGD, bank_loss, make_private, per_pair_gradients, train_heads_on_bank
-from fedmm.training.personalized import snapshot
+from fedmm.training.updates import snapshot
 from fedmm.validation import validate_config
-from test_personalized import heads, tiny_split
 
 pytestmark = pytest.mark.usefixtures("flower_run_identity")  # the strategy tests build Flower Messages
 
@@ -61,8 +63,8 @@ def test_ledger_survives_the_flat_lists_flower_stores():
 
 
 def test_plan_from_a_target_spends_at_most_the_target_over_the_planned_rounds():
-    cfg = ExperimentConfig(train=TrainConfig(batch_size=64, local_epochs=2),
-                           privacy=_privacy(SampleDPConfig(enabled=True, target_epsilon=4.0)))
+    cfg = replace(user_config(), train=configured("train", batch_size=64, local_epochs=2),
+                  privacy=_privacy(configured("privacy.sample", enabled=True, target_epsilon=4.0)))
     plan = plan_sample_privacy(cfg, num_paired=640, hospital=0)
     assert plan.dpsgd.sample_rate == 0.1 and plan.steps_per_round == 2 * 10 and plan.delta == 1 / 6400
     assert 4.0 - 0.011 <= plan.planned_epsilon <= 4.0  # Opacus' search tolerance
@@ -73,21 +75,21 @@ def test_plan_from_a_target_spends_at_most_the_target_over_the_planned_rounds():
 
 
 @pytest.mark.parametrize("sample, message", [
-    (SampleDPConfig(enabled=True, target_epsilon=0.0), "target_epsilon=0.0 is impossible"),
-    (SampleDPConfig(enabled=True, target_epsilon=-1.0), "target_epsilon=-1.0 is impossible"),
-    (SampleDPConfig(enabled=True, target_epsilon=4.0, delta=1.0), "delta=1.0 is impossible"),
-    (SampleDPConfig(enabled=True, target_epsilon=4.0, delta=0.0), "delta=0.0 is impossible"),
-    (SampleDPConfig(enabled=True, noise_multiplier=1.0, max_epsilon=0.0), "max_epsilon=0.0 is impossible"),
-    (SampleDPConfig(enabled=True), "set exactly one of noise_multiplier and target_epsilon"),
-    (SampleDPConfig(enabled=True, noise_multiplier=1.0, target_epsilon=2.0), "set exactly one"),
+    (configured("privacy.sample", enabled=True, target_epsilon=0.0), "target_epsilon=0.0 is impossible"),
+    (configured("privacy.sample", enabled=True, target_epsilon=-1.0), "target_epsilon=-1.0 is impossible"),
+    (configured("privacy.sample", enabled=True, target_epsilon=4.0, delta=1.0), "delta=1.0 is impossible"),
+    (configured("privacy.sample", enabled=True, target_epsilon=4.0, delta=0.0), "delta=0.0 is impossible"),
+    (configured("privacy.sample", enabled=True, noise_multiplier=1.0, max_epsilon=0.0), "max_epsilon=0.0 is impossible"),
+    (configured("privacy.sample", enabled=True), "set exactly one of noise_multiplier and target_epsilon"),
+    (configured("privacy.sample", enabled=True, noise_multiplier=1.0, target_epsilon=2.0), "set exactly one"),
 ])
 def test_impossible_sample_budgets_fail_validation(sample, message):
     with pytest.raises(ConfigError, match=message):
-        validate_config(ExperimentConfig(privacy=_privacy(sample)))
+        validate_config(replace(user_config(), privacy=_privacy(sample)))
 
 
 def test_a_target_no_noise_can_reach_fails_before_training_naming_the_hospital():
-    cfg = ExperimentConfig(privacy=_privacy(SampleDPConfig(enabled=True, target_epsilon=0.01)))
+    cfg = replace(user_config(), privacy=_privacy(configured("privacy.sample", enabled=True, target_epsilon=0.01)))
     validate_config(cfg)  # reachable or not depends on each hospital's n: checked once counts are known
     with pytest.raises(ConfigError, match=r"target_epsilon=0.01 cannot be reached by hospital 1 .*raise target_epsilon"):
         plan_all_hospitals(cfg, {0: 0, 1: 500})
@@ -95,12 +97,13 @@ def test_a_target_no_noise_can_reach_fails_before_training_naming_the_hospital()
 
 @pytest.mark.parametrize("overrides, message", [
     (["privacy=dp_sgd", "train.objective=in_batch"], "in-batch negatives .* does not bound its influence"),
-    (["privacy=dp_sgd", "strategy=fedprox"], "privacy.sample .* strategy.name must be one of"),
-    (["privacy=client_fixed"], "needs a uniformly averaged strategy"),  # the default strategy is modality-aware
-    (["privacy=client_fixed", "strategy=fedavg", "privacy.client.delta=0.5"], r"delta=0.5 is impossible"),
-    (["privacy=client_fixed", "strategy=fedavg", "privacy.client.clipping=server_adaptive"],
+    (["privacy=dp_sgd", "strategy=fedprox"], "privacy.sample \\(DP-SGD\\) is not wired to 'fedprox'.*'fedavg'"),
+    (["privacy=client_fixed"], "needs strategy.modality_aware=false"),  # the default averaging is modality-aware
+    (["privacy=client_fixed", "strategy=ditto"], "needs a uniformly averaged strategy"),
+    (["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.delta=0.5"], r"delta=0.5 is impossible"),
+    (["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.clipping=server_adaptive"],
      "Raise privacy.client.clipped_count_stddev"),
-    (["privacy=client_fixed", "strategy=fedavg", "privacy.client.clipping=sometimes"], "clipping='sometimes' is unknown"),
+    (["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.clipping=sometimes"], "clipping='sometimes' is unknown"),
     (["privacy.on_budget=keep_going"], "on_budget='keep_going' is unknown"),
     (["train.objective=ranking"], "train.objective='ranking' is unknown"),
     (["strategy=fedper", "resume=true"], "resuming is supported for"),
@@ -190,7 +193,7 @@ def test_dp_sgd_clips_every_pairs_gradient_to_the_bound():
 
 def test_dp_sgd_noise_and_sampling_are_seeded():
     data, bank = tiny_split(40), tiny_split(16)
-    cfg, dp = TrainConfig(local_epochs=2, batch_size=8, lr=1e-2, bank_size=8), DPSGD(1.0, 1.0, sample_rate=0.2)
+    cfg, dp = configured("train", local_epochs=2, batch_size=8, lr=1e-2, bank_size=8), DPSGD(1.0, 1.0, sample_rate=0.2)
 
     def trained(seed: int) -> dict:
         model = heads()
@@ -205,7 +208,7 @@ def test_dp_sgd_noise_and_sampling_are_seeded():
 
 
 def test_bank_objective_without_dp_trains_every_pair_and_reports_its_loss():
-    model, cfg = heads(), TrainConfig(local_epochs=1, batch_size=8, lr=1e-2, bank_size=8)
+    model, cfg = heads(), configured("train", local_epochs=1, batch_size=8, lr=1e-2, bank_size=8)
     result = train_heads_on_bank(model, tiny_split(20), tiny_split(16), cfg, seed=0)
     assert result.steps == 3 and result.num_paired_used == 20 and not math.isnan(result.loss)
     unimodal = train_heads_on_bank(heads(), tiny_split(20, paired=False), tiny_split(16), cfg, seed=0)
@@ -213,7 +216,7 @@ def test_bank_objective_without_dp_trains_every_pair_and_reports_its_loss():
 
 
 def test_client_level_epsilon_is_flowers_rdp_accountant_for_every_release():
-    dp = ClientDPConfig(clipping="server_fixed", noise_multiplier=1.2, delta=1e-5)
+    dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=1.2, delta=1e-5)
     accountant = new_accountant(dp, num_hospitals=6)
     from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
@@ -231,7 +234,7 @@ def test_client_level_epsilon_is_flowers_rdp_accountant_for_every_release():
 def _reply(hospital: int, arrays: dict, trained: bool = True):
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-    from fedmm.strategies import messages as keys
+    from fedmm import protocol as keys
 
     metrics = {keys.HOSPITAL_ID: hospital, keys.NUM_EXAMPLES: 10, keys.NUM_PAIRED_USED: 10 * trained,
                keys.NUM_IMAGE_USED: 10 * trained, keys.NUM_REPORT_USED: 10 * trained, keys.TRAIN_STEPS: int(trained),
@@ -244,11 +247,11 @@ def _reply(hospital: int, arrays: dict, trained: bool = True):
 def test_client_level_average_divides_by_the_planned_sample_and_skips_zero_updates(monkeypatch):
     from flwr.app import ArrayRecord, ConfigRecord
 
-    from fedmm.strategies.fedavg import HospitalFedAvg
+    from fedmm.strategies.base import HospitalFedAvg
 
     inner = HospitalFedAvg({0: 10, 1: 11, 2: 12}, clients_per_round=3, seed=0, evaluate_every=1, num_rounds=2,
                            uniform_weights=True)
-    strategy = ClientLevelDP(inner, ClientDPConfig(clipping="server_fixed", noise_multiplier=1e-9, clipping_norm=100.0),
+    strategy = ClientLevelDP(inner, configured("privacy.client", clipping="server_fixed", noise_multiplier=1e-9, clipping_norm=100.0),
                              None, stop_run_at_budget=False, seed=0)
     current = {"w": np.array([1.0, 1.0])}
     list(strategy.configure_train(1, ArrayRecord({"w": _array(current["w"])}), ConfigRecord(), grid=None))
@@ -264,14 +267,14 @@ def test_client_level_average_divides_by_the_planned_sample_and_skips_zero_updat
 def test_client_level_budget_retires_a_hospital_before_it_passes_max_epsilon():
     from flwr.app import ArrayRecord, ConfigRecord
 
-    from fedmm.strategies.fedavg import HospitalFedAvg, RunStopped
+    from fedmm.strategies.base import HospitalFedAvg, RunStopped
 
     def run(stop_run: bool):
         inner = HospitalFedAvg({0: 10, 1: 11}, clients_per_round=2, seed=0, evaluate_every=1, num_rounds=5,
                                uniform_weights=True)
-        dp = ClientDPConfig(clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5)
+        dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5)
         one_round = _epsilon_after(dp, 1)
-        dp = ClientDPConfig(clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5,
+        dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5,
                             max_epsilon=(one_round + _epsilon_after(dp, 2)) / 2)  # room for one release only
         strategy = ClientLevelDP(inner, dp, None, stop_run_at_budget=stop_run, seed=0)
         arrays = ArrayRecord({"w": _array(np.zeros(2))})
@@ -302,7 +305,5 @@ def _array(values):
 
 
 def _privacy(sample: SampleDPConfig):
-    from fedmm.config import PrivacyConfig
-
-    return PrivacyConfig(sample=sample)
+    return configured("privacy", sample=sample)
 

@@ -78,7 +78,7 @@ def test_stop_run_ends_the_run_at_the_budget_and_keeps_finished_rounds(smoke_ove
 
 
 def client_level_run(smoke_overrides, run_dir):
-    cfg = compose_config([*smoke_overrides, "strategy=fedavgm", "privacy=client_fixed",
+    cfg = compose_config([*smoke_overrides, "strategy=fedavgm", "strategy.modality_aware=false", "privacy=client_fixed",
                           "privacy.client.clipping=client_adaptive", "privacy.client.clipped_count_stddev=1.0",
                           "privacy.client.noise_multiplier=0.8", "federation.clients_per_round=2",
                           f"run_dir={run_dir}"])
@@ -106,7 +106,7 @@ def test_client_level_dp_accounts_every_participation_and_its_noise_is_seeded(sm
 
 def test_a_resumed_run_carries_each_hospitals_epsilon_over_and_matches_one_that_never_stopped(smoke_overrides,
                                                                                               tmp_path):
-    common = [*smoke_overrides, "strategy=fedavgm", "privacy=dp_sgd", "privacy.sample.target_epsilon=null",
+    common = [*smoke_overrides, "strategy=fedavgm", "strategy.modality_aware=false", "privacy=dp_sgd", "privacy.sample.target_epsilon=null",
               f"privacy.sample.noise_multiplier={SIGMA}"]
     whole = run_experiment(compose_config([*common, "federation.rounds=3", f"run_dir={tmp_path / 'whole'}"]))
     run_experiment(compose_config([*common, "federation.rounds=2", f"run_dir={tmp_path / 'split'}"]))

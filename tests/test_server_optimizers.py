@@ -6,18 +6,17 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvgM, FedYogi
-
-from fedmm.config import ServerOptimizerConfig
-from fedmm.models.heads import HeadGroup
-from fedmm.strategies import messages as keys
-from fedmm.strategies.fedavg import RoundLog
-from fedmm.strategies.fedprox import FedProx
-from fedmm.strategies.server_optimizers import ServerAdam, ServerMomentum, ServerYogi
 from test_aggregation import reply, state, strategy
+
+from fedmm import protocol as keys
+from fedmm.aggregation.server_optimizers import AdaptiveConfig, MomentumConfig, ServerAdam, ServerMomentum, ServerYogi
+from fedmm.models.heads import HeadGroup
+from fedmm.strategies.base import RoundLog
+from fedmm.strategies.fedprox import FedProx
 
 pytestmark = pytest.mark.usefixtures("flower_run_identity")
 ALL_GROUPS = set(HeadGroup)
-ADAM = ServerOptimizerConfig(lr=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
+ADAM = AdaptiveConfig(lr=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
 
 
 def scalar_state(value: float) -> dict[str, np.ndarray]:
@@ -25,7 +24,7 @@ def scalar_state(value: float) -> dict[str, np.ndarray]:
 
 
 def test_fedavgm_momentum_by_hand():
-    optimizer = ServerMomentum(ServerOptimizerConfig(lr=1.0, momentum=0.5))
+    optimizer = ServerMomentum(MomentumConfig(lr=1.0, momentum=0.5))
     first = optimizer.step(scalar_state(1.0), scalar_state(3.0), ALL_GROUPS)  # Δ=2, v=2
     second = optimizer.step(first, scalar_state(4.0), ALL_GROUPS)  # Δ=1, v=0.5·2+1=2
     assert first["image_head.0.weight"][0] == 3.0 and second["image_head.0.weight"][0] == 5.0
@@ -42,7 +41,7 @@ def test_fedadam_and_fedyogi_first_step_by_hand():
 @pytest.mark.parametrize("ours, theirs", [
     (ServerAdam, lambda: FedAdam(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)),
     (ServerYogi, lambda: FedYogi(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)),
-    (lambda cfg: ServerMomentum(ServerOptimizerConfig(lr=0.7, momentum=0.9)),
+    (lambda cfg: ServerMomentum(MomentumConfig(lr=0.7, momentum=0.9)),
      lambda: FedAvgM(server_learning_rate=0.7, server_momentum=0.9)),
 ])
 def test_plain_server_optimizers_equal_flowers_strategies_over_two_rounds(ours, theirs):

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
+from fedmm import protocol as keys
 from fedmm.compose import compose_config
 from fedmm.experiment import run_experiment
 from fedmm.hospitals import load_federated_data
 from fedmm.models.heads import is_personal_layer
-from fedmm.strategies import FEDERATED_STRATEGIES
-from fedmm.strategies import messages as keys
-from fedmm.training.personalized import Personalization
+from fedmm.strategies import Exchange, all_strategies, strategy_spec
 
-KEEPS_PRIVATE_STATE = {Personalization.FEDPER, Personalization.FEDREP, Personalization.DITTO, Personalization.DISTILL}
+FEDERATED = [spec.name for spec in all_strategies() if not spec.is_reference]
 
 
 def fingerprint(array) -> str:
@@ -48,13 +47,13 @@ def make_audit_mod(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(FEDERATED_STRATEGIES))
+@pytest.mark.parametrize("name", FEDERATED)
 def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_overrides, tmp_path):
     audit_dir = tmp_path / "audit"
     audit_dir.mkdir()
     cfg = compose_config([*smoke_overrides, f"strategy={name}", f"run_dir={tmp_path / 'run'}"])
     summary = run_experiment(cfg, client_mods=[make_audit_mod(audit_dir)])
-    spec = FEDERATED_STRATEGIES[name]
+    spec = strategy_spec(name)
     entries = [json.loads(path.read_text()) for path in audit_dir.glob("*.json")]
     train = [e for e in entries if e["type"].startswith("train")]
 
@@ -63,8 +62,8 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
     assert [line["round"] for line in lines] == [1, 2] and set(summary["hospitals"]) == {"0", "1", "2"}
     sent = [sum(len(Array(np.zeros(shape, dtype=np.float32)).data) for shape in e["reply_shapes"].values()) for e in train]
     assert summary["upload_bytes_per_round"] == pytest.approx(np.mean(sent))  # all arrays are float32
-    assert ("i2t_recall@10" in summary) == (spec.personalization not in (Personalization.FEDPER, Personalization.FEDREP))
-    if spec.personalization is not Personalization.NONE:  # judged on each hospital's own split, with its own model
+    assert ("i2t_recall@10" in summary) == spec.has_global_model
+    if spec.personal_model is not None:  # judged on each hospital's own split, with its own model
         assert all("personal_zeroshot_auroc_macro" in summary["hospitals"][h] for h in ("0", "1"))
         assert "personal_zeroshot_auroc_macro" in summary["hospital_worst"]
 
@@ -74,7 +73,7 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
         expected = {keys.METRICS: "MetricRecord"} | ({keys.ARRAYS: "ArrayRecord"} if entry["type"].startswith("train") else {})
         assert entry["reply_records"] == expected, entry
     # ... never a private array: no private value under any name (FedPer/FedRep: no final layer by name either)
-    shares_base_only = spec.personalization in (Personalization.FEDPER, Personalization.FEDREP)
+    shares_base_only = not spec.has_global_model
     for entry in train:
         assert not (shares_base_only and any(is_personal_layer(key) for key in entry["reply_arrays"]))
         private = set((entry["personal"] or {}).values()) - set(entry["received"])
@@ -83,7 +82,7 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
         leaked = sorted(key for key, value in entry["reply_arrays"].items()
                         if value in private and np.prod(entry["reply_shapes"][key]) > 1)
         assert not leaked, f"hospital {entry['hospital']} sent private arrays {leaked} in round {entry['round']}"
-    if spec.exchanges == "embeddings":  # distillation: reference embeddings of the modalities held, no weights
+    if spec.exchanges is Exchange.EMBEDDINGS:  # distillation: reference embeddings of the modalities held, no weights
         reference_size, embed_dim = cfg.reference.num_samples, cfg.heads.embed_dim
         for entry in train:
             assert set(entry["reply_arrays"]) <= {keys.IMAGE_EMBEDDINGS, keys.REPORT_EMBEDDINGS}
@@ -92,7 +91,7 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
         assert all(set(e["reply_arrays"]) == {keys.IMAGE_EMBEDDINGS} for e in image_only)
     # Private state is kept across rounds by the strategies that have one, and changes with training
     paired_hospital = sorted((e for e in train if e["hospital"] == 0), key=lambda e: e["round"])
-    if spec.personalization in KEEPS_PRIVATE_STATE:
+    if spec.keeps_private_state:
         assert all(e["personal"] for e in train)
         assert paired_hospital[0]["personal"] != paired_hospital[1]["personal"]
     else:

@@ -12,16 +12,16 @@ from fedmm.runs.sweep import Cell, cell_row, hospital_auroc, make_cells, parse_s
 
 def test_sweep_axes_cells_and_variants():
     fixed, axes = parse_sweep(["scenario=mix", "seed=0,1", "scenario.hospital_mix.unimodal=0,0.5"],
-                              ["strategy=fedavg", "strategy=fedavg_modality  missing=prototype"])
+                              ["strategy=fedavg", "strategy=fedavg strategy.modality_aware=false  missing=prototype"])
     assert fixed == ["scenario=mix"]
-    assert axes == {"variant": ["strategy=fedavg", "strategy=fedavg_modality missing=prototype"],
+    assert axes == {"variant": ["strategy=fedavg", "strategy=fedavg strategy.modality_aware=false missing=prototype"],
                     "seed": ["0", "1"], "scenario.hospital_mix.unimodal": ["0", "0.5"]}
     cells = make_cells(fixed, axes)
     assert len(cells) == 8 and len({cell.name for cell in cells}) == 8
-    assert cells[-1] == Cell("strategy=fedavg_modality+missing=prototype,seed=1,scenario.hospital_mix.unimodal=0.5",
-                             {"variant": "strategy=fedavg_modality missing=prototype", "seed": "1",
+    assert cells[-1] == Cell("strategy=fedavg+strategy.modality_aware=false+missing=prototype,seed=1,scenario.hospital_mix.unimodal=0.5",
+                             {"variant": "strategy=fedavg strategy.modality_aware=false missing=prototype", "seed": "1",
                               "scenario.hospital_mix.unimodal": "0.5"},
-                             ["scenario=mix", "strategy=fedavg_modality", "missing=prototype", "seed=1",
+                             ["scenario=mix", "strategy=fedavg", "strategy.modality_aware=false", "missing=prototype", "seed=1",
                               "scenario.hospital_mix.unimodal=0.5"])
 
 
@@ -64,7 +64,7 @@ def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overri
 
     out = tmp_path / "sweep"
     overrides = [*smoke_overrides, "scenario=mix", "scenario.profiles=[]", "scenario.num_hospitals=3",
-                 "scenario.hospital_mix.unimodal=0.34", "strategy=fedavg_modality", "missing=ignore,prototype"]
+                 "scenario.hospital_mix.unimodal=0.34", "strategy=fedavg", "missing=ignore,prototype"]
     assert cli_main(["sweep", "--out", str(out), *overrides]) == 0
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

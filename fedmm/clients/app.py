@@ -9,21 +9,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
+from fedmm import protocol as keys
 from fedmm.clients.hospital import describe, distill_round, evaluate_round, hospital_runtime, train_round
 from fedmm.config import ExperimentConfig
 from fedmm.privacy.accounting import Ledger, ledger_from_lists, ledger_to_lists
-from fedmm.privacy.client_level import unchanged
 from fedmm.run_config import config_from_run_config
-from fedmm.strategies import messages as keys
+from fedmm.strategies.client_dp import unchanged
 from fedmm.training.distill import ReferenceEmbeddings
-from fedmm.training.personalized import StateDict
+from fedmm.training.updates import StateDict
 
 
 def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None = None) -> ClientApp:
@@ -53,9 +52,8 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
         received = msg.content[keys.ARRAYS].to_torch_state_dict()
         config = msg.content[keys.CONFIG]
         hospital = runtime(context)
-        update, ledger, metrics = train_round(hospital, received, load_personal(context),
-                                              int(config[keys.SERVER_ROUND]), float(config.get(keys.PROXIMAL_MU, 0.0)),
-                                              load_ledger(context, hospital.ledger_path))
+        update, ledger, metrics = train_round(hospital, received, load_personal(context), int(config[keys.SERVER_ROUND]),
+                                              dict(config), load_ledger(context, hospital.ledger_path))
         if update.personal is not None:
             store_personal(context, update.personal)
         if ledger:

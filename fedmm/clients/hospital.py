@@ -9,32 +9,35 @@ Flower's `context.state`, which never leaves the node.
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from fedmm import protocol as keys
 from fedmm.config import ExperimentConfig, config_to_dict
 from fedmm.data.modality import AVAILABILITY_CODES
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.hospitals import (
-    FOLDER_CACHE, FederatedData, HospitalData, SplitTensors, load_federated_data, load_hospital_folder, load_reference,
+    FOLDER_CACHE,
+    FederatedData,
+    HospitalData,
+    SplitTensors,
+    load_federated_data,
+    load_hospital_folder,
+    load_reference,
 )
 from fedmm.models.features import FeatureSet, resolve_device
 from fedmm.models.heads import ContrastiveHeads, build_heads
 from fedmm.privacy.accounting import Ledger, SampledGaussianSteps, epsilon_spent
 from fedmm.privacy.sample_level import SamplePrivacyPlan, plan_sample_privacy
 from fedmm.seeding import FINETUNE_STREAM, HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
-from fedmm.strategies import messages as keys
-from fedmm.strategies import strategy_spec
-from fedmm.training.bank import bank_update, uses_reference_bank
+from fedmm.strategies import StrategySpec, strategy_spec
 from fedmm.training.distill import ReferenceEmbeddings, embed_reference, train_with_reference
 from fedmm.training.local import TrainResult
 from fedmm.training.missing import HandlerFactory, handler_factory, needs_reference
-from fedmm.training.personalized import (
-    LocalUpdate, Personalization, StateDict, ditto_update, fedper_update, fedrep_update, finetuned, global_update,
-    snapshot, split_personal,
-)
+from fedmm.training.updates import LocalStep, LocalUpdate, StateDict, snapshot
 
 PERSONAL_PREFIX = "personal_"  # metric prefix of the hospital's own (personalized) model
 
@@ -48,7 +51,8 @@ class HospitalRuntime:
     initial_state: StateDict  # the run's initial heads, where private parts start
     prompts: Prompts
     device: torch.device
-    personalization: Personalization
+    strategy: StrategySpec
+    options: object  # the strategy's typed options
     data_dir: Path | None = None  # the hospital's folder under the Deployment Engine; None: simulated
     _reference: SplitTensors | None = field(default=None, repr=False)
     _privacy_plan: SamplePrivacyPlan | None = field(default=None, repr=False)
@@ -85,10 +89,13 @@ class HospitalRuntime:
             return self.data_dir / FOLDER_CACHE / "privacy-ledgers" / f"{run}.json"
         return Path(self.cfg.run_dir) / "hospitals" / str(self.data.hospital_id) / "privacy-ledger.json"
 
-    @property
-    def initial_personal_layers(self) -> StateDict:
-        """FedPer/FedRep's private final layers before this hospital's first training: the run's initial ones."""
-        return split_personal(self.initial_state)[1]
+    def step(self, stream: int, server_round: int, round_config: Mapping | None = None) -> LocalStep:
+        """What the strategy's local update (or personal model) works with, seeded for (stream, round)."""
+        seed = self.seed(stream, server_round)
+        plan = self.privacy_plan
+        return LocalStep(self.cfg, self.options, self.heads, self.personal_heads, self.initial_state,
+                         self.data.train, seed, self.device, self.missing_handler(seed), dict(round_config or {}),
+                         lambda: self.reference, plan.dpsgd if plan is not None else None)
 
     def seed(self, stream: int, server_round: int) -> int:
         return derive_seed(self.cfg.seed, stream, server_round, self.data.hospital_id)
@@ -120,8 +127,8 @@ def hospital_runtime(cfg: ExperimentConfig, hospital_id: int, data_dir: str | No
         _RUNTIMES[key] = HospitalRuntime(
             cfg, hospital, build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device),
             build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device), snapshot(initial),
-            Prompts.from_features(features), device, strategy_spec(cfg.strategy.name).personalization,
-            data_dir=Path(data_dir) if data_dir is not None else None)
+            Prompts.from_features(features), device, strategy_spec(cfg.strategy.name),
+            strategy_spec(cfg.strategy.name).parse_options(cfg), data_dir=Path(data_dir) if data_dir is not None else None)
     return _RUNTIMES[key]
 
 
@@ -171,32 +178,23 @@ def privacy_metrics(plan: SamplePrivacyPlan | None, ledger: Ledger, exhausted: b
 
 
 def train_round(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None, server_round: int,
-                proximal_mu: float = 0.0, ledger: Ledger = ()) -> tuple[LocalUpdate, Ledger, dict[str, float]]:
-    """Local training from the server's `received` arrays and this hospital's private `personal` state.
-    `ledger`: this hospital's DP-SGD history (sample-level DP). Returns the update (what to send, what to
-    keep), the new ledger and the reply metrics. A hospital whose next round would pass its privacy budget
-    does not train: it sends the received arrays back and says so (`privacy-exhausted`)."""
-    cfg, data, device = runtime.cfg, runtime.data.train, runtime.device
-    seed = runtime.seed(LOCAL_TRAIN_STREAM, server_round)
-    mode, plan = runtime.personalization, runtime.privacy_plan
+                round_config: Mapping | None = None, ledger: Ledger = ()) -> tuple[LocalUpdate, Ledger, dict[str, float]]:
+    """The strategy's local update from the server's `received` arrays (and `round_config`, what came with
+    them) and this hospital's private `personal` state. `ledger`: this hospital's DP-SGD history
+    (sample-level DP). Returns the update (what to send, what to keep), the new ledger and the reply
+    metrics. A hospital whose next round would pass its privacy budget does not train: it sends the
+    received arrays back and says so (`privacy-exhausted`)."""
+    plan = runtime.privacy_plan
     if plan is not None and plan.would_exceed(ledger):
         idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
         return idle, ledger, train_metrics(runtime, idle.result) | privacy_metrics(plan, ledger, exhausted=True)
-    missing = runtime.missing_handler(seed)
-    if uses_reference_bank(cfg):  # validation allows it for FedAvg's local step only
-        update = bank_update(runtime.heads, received, data, runtime.reference, cfg, seed, device,
-                             plan.dpsgd if plan is not None else None)
-    elif mode in (Personalization.FEDPER, Personalization.FEDREP):
-        personal = personal if personal is not None else runtime.initial_personal_layers
-        update_fn = fedper_update if mode is Personalization.FEDPER else fedrep_update
-        update = update_fn(runtime.heads, received, personal, data, cfg, seed, device, missing)
-    elif mode is Personalization.DITTO:
-        update = ditto_update(runtime.heads, runtime.personal_heads, received, personal, data, cfg, seed, device,
-                              missing)
-    else:  # FedAvg and its server-optimizer variants, FedProx, and FedAvg's step of local fine-tuning
-        update = global_update(runtime.heads, received, data, cfg, seed, device, proximal_mu, missing)
+    if runtime.strategy.local_update is None:
+        raise ValueError(f"strategy {runtime.strategy.name!r} does not train from weights; its hospitals answer "
+                         f"{runtime.strategy.exchanges.value} messages")
+    step = runtime.step(LOCAL_TRAIN_STREAM, server_round, round_config)
+    update = runtime.strategy.local_update(step, received, personal)
     metrics = train_metrics(runtime, update.result)
-    if cfg.privacy.sample.enabled:
+    if runtime.cfg.privacy.sample.enabled:
         if plan is not None:
             ledger = ledger + (SampledGaussianSteps(plan.dpsgd.noise_multiplier, plan.dpsgd.sample_rate,
                                                     update.result.steps),)
@@ -220,34 +218,15 @@ def distill_round(runtime: HospitalRuntime, global_embeddings: ReferenceEmbeddin
 def evaluate_round(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None,
                    server_round: int) -> dict[str, float]:
     """Metrics on this hospital's local test split: of the global heads (when the server has a complete
-    model) and, for personalized strategies, of this hospital's own model (prefixed `personal_`)."""
+    model) and, for strategies with a personal model, of this hospital's own model (prefixed `personal_`)."""
     metrics: dict[str, float] = {keys.HOSPITAL_ID: runtime.data.hospital_id, keys.NUM_EXAMPLES: len(runtime.data.test)}
-    heads, mode = runtime.heads, runtime.personalization
     if set(received) == set(runtime.initial_state):
-        heads.load_state_dict(received)
-        metrics.update(evaluate_split(heads, runtime.data.test, runtime.prompts))
-    own = personal_model(runtime, received, personal, server_round) if mode is not Personalization.NONE else None
-    if own is not None:
+        runtime.heads.load_state_dict(received)
+        metrics.update(evaluate_split(runtime.heads, runtime.data.test, runtime.prompts))
+    if runtime.strategy.personal_model is not None:
+        # The model this hospital would use itself; seeded on its own stream where building it trains.
+        own = runtime.strategy.personal_model(runtime.step(FINETUNE_STREAM, server_round), received, personal)
         own_metrics = evaluate_split(own, runtime.data.test, runtime.prompts)
         metrics.update({PERSONAL_PREFIX + name: value for name, value in own_metrics.items()
                         if not name.startswith("num_")})
     return metrics
-
-
-def personal_model(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None,
-                   server_round: int) -> ContrastiveHeads:
-    """The model this hospital would use itself: global base + its final layers (FedPer, FedRep), its
-    private model (Ditto, distillation; before its first training: where that model starts), or the
-    global heads fine-tuned on its training split (finetune)."""
-    mode, heads = runtime.personalization, runtime.personal_heads
-    if mode is Personalization.FINETUNE:
-        seed = runtime.seed(FINETUNE_STREAM, server_round)
-        return finetuned(heads, received, runtime.data.train, runtime.cfg, seed, runtime.device,
-                         runtime.missing_handler(seed))
-    if mode in (Personalization.FEDPER, Personalization.FEDREP):
-        heads.load_state_dict(received | (personal if personal is not None else runtime.initial_personal_layers))
-    elif mode is Personalization.DITTO:
-        heads.load_state_dict(personal if personal is not None else received)
-    else:  # DISTILL
-        heads.load_state_dict(personal if personal is not None else runtime.initial_state)
-    return heads

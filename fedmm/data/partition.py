@@ -78,9 +78,10 @@ def expand_profiles(scenario: ScenarioConfig, seed: int = 0) -> list[ModalityPro
     (`hospital_mix`, `missing_rate`) when `profiles` is empty. Validates either."""
     if not scenario.profiles:
         return knob_profiles(scenario, seed)
-    if scenario.hospital_mix != HospitalMixConfig() or scenario.missing_rate != MissingRateConfig():
+    mix, rates = scenario.hospital_mix, scenario.missing_rate
+    if (mix is not None and mix.unimodal > 0) or (rates is not None and (rates.image > 0 or rates.report > 0)):
         raise ConfigError("scenario: give either profiles or the knobs hospital_mix / missing_rate, not both; "
-                          "set scenario.profiles=[] to use the knobs")
+                          "set scenario.profiles=[] to use the knobs, or the knobs to null to use the profiles")
     total = sum(profile.count for profile in scenario.profiles)
     if total != scenario.num_hospitals:
         raise ConfigError(
@@ -130,6 +131,9 @@ def draw_missing_rates(rates: MissingRateConfig, count: int, rng: np.random.Gene
 
 def knob_profiles(scenario: ScenarioConfig, seed: int) -> list[ModalityProfile]:
     """Paired hospitals first (each with its missing rates), then image-only, then report-only ones."""
+    if scenario.hospital_mix is None or scenario.missing_rate is None:
+        raise ConfigError("scenario.profiles is empty, so the knobs decide every hospital's modalities: set "
+                          "scenario.hospital_mix and scenario.missing_rate (see configs/scenario/mix.yaml)")
     counts = group_counts(scenario.num_hospitals, scenario.hospital_mix)
     rng = np.random.default_rng([seed, PARTITION_STREAM, MISSING_RATE_STREAM])
     rates = draw_missing_rates(scenario.missing_rate, counts[Availability.PAIRED], rng)

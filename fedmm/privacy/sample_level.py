@@ -15,9 +15,6 @@ from fedmm.training.bank import DPSGD, sample_rate
 log = logging.getLogger(__name__)
 
 
-# Strategies whose hospitals run FedAvg's local step, which is what DP-SGD is wired to.
-SAMPLE_DP_STRATEGIES = tuple(f"{name}{suffix}" for name in ("fedavg", "fedavgm", "fedadam", "fedyogi")
-                             for suffix in ("", "_modality"))
 ON_BUDGET = ("stop_hospital", "stop_run")
 
 

@@ -26,7 +26,7 @@ from fedmm.evaluation.evaluate import KS
 from fedmm.evaluation.retrieval import chance_finding_precision, oracle_recall_at_k
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
-PRIVACY_PREFIXES = ("dp-", "client-dp-", "privacy-")  # training metrics on privacy (strategies.messages)
+PRIVACY_PREFIXES = ("dp-", "client-dp-", "privacy-")  # training metrics on privacy (fedmm.protocol)
 SUMMARY_KEYS = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in KS) + ("zeroshot_auroc_macro",)
 
 

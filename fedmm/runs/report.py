@@ -126,7 +126,7 @@ def _mean_std(values: list[float]) -> str:
 
 
 def metric_table(rows: list[dict], variants: list[str], xs: list, metric: str, x: str | None) -> str:
-    lines = [f"| variant | " + " | ".join(f"{x}={_text(v)}" if x else "value" for v in xs) + " |",
+    lines = ["| variant | " + " | ".join(f"{x}={_text(v)}" if x else "value" for v in xs) + " |",
              "|---|" + "---|" * len(xs)]
     for variant in variants:
         lines.append(f"| {variant} | " + " | ".join(_mean_std(_values(rows, variant, v, metric)) for v in xs) + " |")

@@ -3,7 +3,7 @@
 An override with a comma-separated value is an axis, in Hydra's sweep syntax (`seed=0,1,2`,
 `strategy=fedavg,feddistill`, `scenario.hospital_mix.unimodal=0,0.25,0.5`, `range(0,3)`); the others
 apply to every cell. `variants` adds one more axis, `variant`, whose values are sets of overrides that go
-together (`strategy=feddistill`, `strategy=fedavg_modality missing=prototype`), for comparisons that are
+together (`strategy=feddistill`, `strategy=fedavg missing=prototype`), for comparisons that are
 not a full cartesian product. Layout of `out`:
     sweep.json            the fixed overrides, the axes and the cells of the last invocation
     cells/<k=v,k=v>/      one run directory per cell (Hydra's override_dirname)
@@ -30,7 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.runs.compare import GROUPS, RunFn, write_csv
-from fedmm.strategies import is_resumable
+from fedmm.strategies import strategy_spec
 from fedmm.validation import validate_config
 
 GLOBAL_METRICS = ("i2t_recall@1", "i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro",
@@ -127,7 +127,7 @@ def run_or_reuse(cfg: ExperimentConfig, run: RunFn, log: Callable[[str], None]) 
                               "overrides changed?); sweep into another --out, or remove that cell")
         log(f"  reusing {run_dir / 'summary.json'}")
         return json.loads((run_dir / "summary.json").read_text())
-    if (run_dir / "checkpoint.json").exists() and is_resumable(cfg.strategy.name):
+    if (run_dir / "checkpoint.json").exists() and strategy_spec(cfg.strategy.name).resumable:
         log(f"  resuming the unfinished cell from {run_dir / 'checkpoint.json'}")
         return run(dataclasses.replace(cfg, resume=True))
     if run_dir.exists():  # started but nothing to continue from: its partial outputs would be overwritten anyway

@@ -5,8 +5,8 @@ import time
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedmm import protocol as keys
 from fedmm.data.modality import Availability
-from fedmm.strategies import messages as keys
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:

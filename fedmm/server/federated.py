@@ -17,8 +17,8 @@ from fedmm.runs.checkpoint import load_checkpoint, save_checkpoint
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals, group_of
-from fedmm.strategies import build_strategy, is_resumable
-from fedmm.strategies.fedavg import HospitalsLost, RunStopped, sample_size
+from fedmm.strategies import strategy_spec
+from fedmm.strategies.base import HospitalsLost, RunStopped, sample_size
 from fedmm.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     # Fails before training when a privacy target is unreachable for some hospital's data.
     plan_all_hospitals(cfg, {hospital: int(d["num-paired"]) for hospital, d in described.items()})
     run_dir = claim_run_dir(cfg)
-    resumable = is_resumable(cfg.strategy.name)
+    spec = strategy_spec(cfg.strategy.name)
     checkpoint = load_checkpoint(run_dir) if cfg.resume else None
     done = checkpoint.server_round if checkpoint is not None else 0
     if done >= cfg.federation.rounds:
@@ -43,13 +43,13 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     recorder = RunRecorder(cfg, groups, data.global_test.labels, run_dir, on_round, resume_round=done)
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
-    strategy = build_strategy(
-        cfg, data, node_of_hospital=node_of_hospital, seed=cfg.seed,
+    strategy = spec.build_server(
+        cfg, spec.parse_options(cfg), data, dict(node_of_hospital=node_of_hospital, seed=cfg.seed,
         clients_per_round=sample_size(data.num_hospitals, cfg.federation.clients_per_round,
                                       cfg.federation.fraction_train),
         evaluate_every=cfg.federation.evaluate_every, num_rounds=cfg.federation.rounds,
         stop_run_at_budget=cfg.privacy.on_budget == "stop_run",
-        min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s,
+        min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s),
     )
     global_test, prompts = data.global_test, Prompts.from_features(data.features)
 
@@ -69,7 +69,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
             global_metrics = evaluate_split(heads, global_test, prompts)
         recorder.record(server_round, round_log.sampled, round_log.train, global_metrics,
                         round_log.evaluate if evaluating else None)
-        if resumable:
+        if spec.resumable:
             save_checkpoint(run_dir, strategy.checkpoint(server_round, arrays))
         return MetricRecord(global_metrics) if global_metrics else None
 

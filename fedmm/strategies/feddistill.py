@@ -10,25 +10,44 @@ Representation Ensemble", ICLR). Each round:
    embeddings;
 3. the server ensembles them per modality (weights ∝ samples of that modality, times a quality score
    on the reference set when `distill.quality_weighting`) and distills the ensemble into the global heads.
-The math is in `fedmm.strategies.distillation` and `fedmm.training.distill`.
+The math is in `fedmm.aggregation.ensemble` and `fedmm.training.distill`.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedmm.config import DistillConfig, TrainConfig
+from fedmm import protocol as keys
+from fedmm.aggregation.ensemble import ensemble_targets, ensemble_weights, quality_score
+from fedmm.config import ConfigError, TrainConfig
 from fedmm.hospitals import SplitTensors
-from fedmm.models.heads import ContrastiveHeads
+from fedmm.models.heads import ContrastiveHeads, build_heads
 from fedmm.seeding import DISTILL_STREAM, derive_seed
-from fedmm.strategies import messages as keys
-from fedmm.strategies.distillation import ensemble_targets, ensemble_weights, quality_score
-from fedmm.strategies.fedavg import HospitalFedAvg, hospital_of
+from fedmm.strategies.base import HospitalFedAvg, hospital_of
+from fedmm.strategies.spec import Exchange, StrategySpec, register
 from fedmm.training.distill import ReferenceEmbeddings, distill_heads, embed_reference
+from fedmm.training.updates import LocalStep, StateDict
 
 DISTILL_MESSAGE = "train.distill"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """`strategy.distill` of configs/strategy/feddistill.yaml."""
+
+    weight: float  # client pull of its reference embeddings toward the global ones
+    server_epochs: int  # epochs over the reference set when distilling the ensemble into the global heads
+    server_lr: float
+    quality_weighting: bool  # weight each hospital by its reference-set alignment (CreamFL-style)
+    chunk_size: int  # rows per similarity block; memory ~ chunk_size^2, whatever the reference size
+
+
+@dataclass(frozen=True)
+class FedDistillOptions:
+    distill: DistillConfig
 
 
 class FedDistill(HospitalFedAvg):
@@ -85,3 +104,44 @@ class FedDistill(HospitalFedAvg):
                         grid: Grid) -> Iterable[Message]:
         config["distill-weight"] = self.distill.weight
         return super().configure_train(server_round, arrays, config, grid)
+
+
+def build_server(cfg, options: FedDistillOptions, data, common) -> FedDistill:
+    from fedmm.hospitals import load_reference
+    from fedmm.models.features import resolve_device
+
+    heads = build_heads(data.image_dim, data.report_dim, cfg.heads, seed=0).to(resolve_device(cfg.device))
+    return FedDistill(**common, heads=heads, reference=load_reference(cfg), distill=options.distill, train=cfg.train)
+
+
+def private_model(step: LocalStep, received: StateDict, personal: StateDict | None) -> ContrastiveHeads:
+    """The hospital's private heads (before its first training: the run's initial heads)."""
+    step.personal_heads.load_state_dict(personal if personal is not None else step.initial_state)
+    return step.personal_heads
+
+
+def check(cfg, options: FedDistillOptions) -> None:
+    distill = options.distill
+    for name, value in (("server_epochs", distill.server_epochs), ("server_lr", distill.server_lr),
+                        ("chunk_size", distill.chunk_size)):
+        if value <= 0:
+            raise ConfigError(f"strategy.distill.{name}={value} must be positive")
+    if distill.weight < 0:
+        raise ConfigError(f"strategy.distill.weight={distill.weight} must be >= 0")
+    if cfg.missing.handler != "ignore":
+        raise ConfigError(f"missing.handler={cfg.missing.handler!r} does not apply to feddistill, whose unimodal "
+                          "hospitals already take part through reference embeddings of the modality they hold; "
+                          "use missing=ignore with feddistill")
+
+
+SPEC = register(StrategySpec(
+    name="feddistill",
+    description="Federated distillation (CreamFL-style, Yu et al., 2023): hospitals send reference-set embeddings",
+    build_server=build_server,
+    keeps_private_state=True,
+    personal_model=private_model,
+    exchanges=Exchange.EMBEDDINGS,
+    needs_reference=True,
+    options=FedDistillOptions,
+    check=check,
+))

@@ -25,7 +25,7 @@ from fedmm.hospitals import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import reference_bank_info_nce
 from fedmm.training.local import TrainResult
-from fedmm.training.personalized import LocalUpdate, StateDict, snapshot
+from fedmm.training.updates import LocalUpdate, StateDict, snapshot
 
 OBJECTIVES = ("auto", "in_batch", "reference_bank")
 REFERENCE_BANK = "reference_bank"

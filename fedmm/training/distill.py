@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from fedmm.aggregation.ensemble import match_loss
 from fedmm.config import TrainConfig
 from fedmm.hospitals import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import symmetric_info_nce
-from fedmm.strategies.distillation import match_loss
 from fedmm.training.local import TrainResult
 
 

@@ -15,7 +15,11 @@ from fedmm.config import ConfigError, MissingModalityConfig
 from fedmm.hospitals import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.training.missing.base import (
-    IgnoreUnimodal, MissingModalityHandler, TrainingRows, heads_device, paired_rows,
+    IgnoreUnimodal,
+    MissingModalityHandler,
+    TrainingRows,
+    heads_device,
+    paired_rows,
 )
 from fedmm.training.missing.prototype import PrototypeAnchoring
 from fedmm.training.missing.retrieval import RetrievalImputation

@@ -11,13 +11,32 @@ its weights, moments and step count, instead of drifting on stale momentum.
 """
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from fedmm.config import ServerOptimizerConfig
 from fedmm.models.heads import HeadGroup, head_group
 
 State = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class MomentumConfig:
+    """FedAvgM's server step (`strategy.server` of configs/strategy/fedavgm.yaml)."""
+
+    lr: float  # η, the server learning rate
+    momentum: float  # β
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """FedAdam's and FedYogi's server step (`strategy.server`)."""
+
+    lr: float  # η
+    beta_1: float  # first-moment decay
+    beta_2: float  # second-moment decay
+    tau: float  # adaptivity: larger tau, closer to plain momentum SGD
 
 
 class ServerOptimizer:
@@ -25,7 +44,7 @@ class ServerOptimizer:
 
     MOMENTS: tuple[str, ...] = ()  # names of the per-parameter state dicts (saved in checkpoints)
 
-    def __init__(self, cfg: ServerOptimizerConfig) -> None:
+    def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.steps: dict[HeadGroup, int] = {}  # updates each head group has received
 
@@ -65,7 +84,7 @@ class ServerMomentum(ServerOptimizer):
 
     MOMENTS = ("velocity",)
 
-    def __init__(self, cfg: ServerOptimizerConfig) -> None:
+    def __init__(self, cfg: MomentumConfig) -> None:
         super().__init__(cfg)
         self.velocity: dict[str, np.ndarray] = {}
 
@@ -81,13 +100,13 @@ class ServerAdam(ServerOptimizer):
 
     MOMENTS = ("first", "second")
 
-    def __init__(self, cfg: ServerOptimizerConfig) -> None:
+    def __init__(self, cfg: AdaptiveConfig) -> None:
         super().__init__(cfg)
         self.first: dict[str, np.ndarray] = {}
         self.second: dict[str, np.ndarray] = {}
 
     def update(self, key: str, delta: np.ndarray, step: int) -> np.ndarray:
-        beta_1, beta_2 = self.cfg.beta_1, self.cfg.beta_2
+        beta_1 = self.cfg.beta_1
         self.first[key] = beta_1 * self.first.get(key, 0.0) + (1 - beta_1) * delta
         self.second[key] = self.second_moment(self.second.get(key, np.zeros_like(delta)), delta)
         return self.learning_rate(step) * self.first[key] / (np.sqrt(self.second[key]) + self.cfg.tau)

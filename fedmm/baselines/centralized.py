@@ -13,6 +13,7 @@ from fedmm.hospitals import FederatedData, SplitTensors, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
+from fedmm.strategies.spec import StrategySpec, register
 from fedmm.training.local import train_heads
 from fedmm.training.missing import handler_factory, needs_reference
 
@@ -47,3 +48,6 @@ def run_centralized(cfg: ExperimentConfig, data: FederatedData, recorder: RunRec
 
 def is_evaluation_round(cfg: ExperimentConfig, server_round: int) -> bool:
     return server_round % cfg.federation.evaluate_every == 0 or server_round == cfg.federation.rounds
+
+
+SPEC = register(StrategySpec(name="centralized", description="Reference: every hospital's training data pooled; same model and budget, no federation", run_reference=run_centralized))

@@ -22,21 +22,27 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping, DifferentialPrivacyServerSideFixedClipping, Strategy,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
 )
 from flwr.supercore.privacy_accounting import (
-    GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, SamplingMethod,
+    GaussianPrivacyEvent,
+    NeighboringRelation,
+    PrivacyConfig,
+    SamplingMethod,
 )
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
+from fedmm import protocol as keys
+from fedmm.aggregation.server_optimizers import ServerOptimizer
 from fedmm.config import ClientDPConfig, ConfigError
 from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import DP_NOISE_STREAM, derive_seed
-from fedmm.strategies import messages as keys
-from fedmm.strategies.fedavg import HospitalFedAvg, RunStopped, hospital_of
-from fedmm.strategies.server_optimizers import ServerOptimizer
+from fedmm.strategies.base import HospitalFedAvg, RunStopped, hospital_of
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,6 @@ FIXED = {"server_fixed": DifferentialPrivacyServerSideFixedClipping,
 ADAPTIVE = {"server_adaptive": DifferentialPrivacyServerSideAdaptiveClipping,
             "client_adaptive": DifferentialPrivacyClientSideAdaptiveClipping}
 CLIPPING_MODES = ("none", *FIXED, *ADAPTIVE)
-# Uniform averaging is what the noise is calibrated to; modality-aware and personalized aggregation are not.
-CLIENT_DP_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
 
 
 def build_wrapper(inner: Strategy, dp: ClientDPConfig, num_sampled: int) -> Strategy:
@@ -214,18 +218,13 @@ def unchanged(sent_back: ArrayRecord, current: ArrayRecord) -> bool:
     return all(np.array_equal(sent_back[key].numpy(), current[key].numpy()) for key in current)
 
 
-def check_client_privacy(dp: ClientDPConfig, strategy: str, num_hospitals: int, num_sampled: int) -> None:
-    """Impossible or unsound client-level settings, named with their fix."""
+def check_client_privacy(dp: ClientDPConfig, num_hospitals: int, num_sampled: int) -> None:
+    """Impossible or unsound client-level settings, named with their fix (which strategies support client-level
+    DP is each strategy's `StrategySpec.privacy`)."""
     if dp.clipping not in CLIPPING_MODES:
         raise ConfigError(f"privacy.client.clipping={dp.clipping!r} is unknown; valid: {list(CLIPPING_MODES)}")
     if dp.clipping == "none":
         return
-    if strategy not in CLIENT_DP_STRATEGIES:
-        raise ConfigError(
-            f"privacy.client.clipping={dp.clipping!r} needs a uniformly averaged strategy, one of "
-            f"{list(CLIENT_DP_STRATEGIES)}; strategy.name={strategy!r} weights or splits hospitals' updates "
-            "(modality-aware groups are averaged over fewer hospitals than the noise is calibrated to)"
-        )
     if not dp.noise_multiplier > 0:
         raise ConfigError(f"privacy.client.noise_multiplier={dp.noise_multiplier} must be > 0")
     if not dp.clipping_norm > 0:

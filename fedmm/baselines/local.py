@@ -7,13 +7,14 @@ A hospital without pairs cannot train in the baseline, so its model stays at the
 
 import torch
 
+from fedmm.baselines.centralized import is_evaluation_round
 from fedmm.config import ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.hospitals import FederatedData, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder, summarize_hospitals
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
-from fedmm.strategies.centralized import is_evaluation_round
+from fedmm.strategies.spec import StrategySpec, register
 from fedmm.training.local import train_heads
 from fedmm.training.missing import handler_factory, needs_reference
 
@@ -41,3 +42,6 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
                         {h.hospital_id: evaluate_split(m, h.test, prompts) for h, m in zip(hospitals, models)})
     return {f"hospital{h.hospital_id}.{key}": value
             for h, heads in zip(hospitals, models) for key, value in heads.state_dict().items()}
+
+
+SPEC = register(StrategySpec(name="local", description="Reference: each hospital trains alone on its own data; no communication", run_reference=run_local))

@@ -1,0 +1,1 @@
+"""Aggregation math on plain arrays and tensors: no Flower, no messages."""

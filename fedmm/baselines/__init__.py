@@ -1,0 +1,1 @@
+"""Reference runs without a federation: centralized (pooled data) and local (each hospital alone)."""

@@ -10,6 +10,7 @@ from fedmm.strategies import PrivacyMode, strategy_spec
 from fedmm.strategies.base import sample_size
 from fedmm.strategies.client_dp import check_client_privacy
 from fedmm.strategies.spec import supporting
+from fedmm.simulation import check_engine
 from fedmm.training.bank import OBJECTIVES, uses_reference_bank
 from fedmm.training.missing import check_missing, needs_reference
 
@@ -46,6 +47,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"device={cfg.device!r} is unknown; valid: ['auto', 'cpu', 'cuda']")
     if cfg.simulation.client_cpus <= 0 or cfg.simulation.client_gpus < 0:
         raise ConfigError("simulation.client_cpus must be > 0 and simulation.client_gpus >= 0")
+    check_engine(cfg)
     check_privacy(cfg)
     check_missing_handler(cfg)
     if spec.needs_reference:

@@ -17,8 +17,9 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_overrides(cache_dir):
-    """Hydra overrides for the 3-hospital, 2-round smoke experiment with an isolated cache."""
-    return ["+experiment=smoke", f"cache_dir={cache_dir}"]
+    """Hydra overrides for the 3-hospital, 2-round smoke experiment with an isolated cache, on the in-process
+    engine (no Ray start-up per run; `test_end_to_end` shows it writes what the Ray engine writes)."""
+    return ["+experiment=smoke", f"cache_dir={cache_dir}", "simulation.engine=inprocess"]
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ def two_federated_runs(smoke_overrides, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     summaries = []
     for name in ("first", "second"):
-        cfg = compose_config([*smoke_overrides, "strategy=fedavg", "federation.clients_per_round=2",
-                              f"run_dir={root / name}"])
+        cfg = compose_config([*smoke_overrides, "simulation.engine=ray", "strategy=fedavg",
+                              "federation.clients_per_round=2", f"run_dir={root / name}"])
         summaries.append(run_experiment(cfg))
     return root / "first", root / "second", summaries
 
@@ -62,6 +62,17 @@ def test_same_seed_and_config_give_identical_metrics(two_federated_runs):
     assert comparable(summary_a) == comparable(summary_b)
     heads_a, heads_b = load_file(first / "heads.safetensors"), load_file(second / "heads.safetensors")
     assert all(torch.equal(heads_a[key], heads_b[key]) for key in heads_a)
+
+
+@pytest.mark.slow
+def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_runs, smoke_overrides, tmp_path):
+    ray_run, _, (ray_summary, _) = two_federated_runs
+    summary = run_experiment(compose_config([*smoke_overrides, "strategy=fedavg", "federation.clients_per_round=2",
+                                             f"run_dir={tmp_path}"]))
+    assert (tmp_path / "metrics.jsonl").read_text() == (ray_run / "metrics.jsonl").read_text()
+    assert comparable(summary) == comparable(ray_summary)
+    heads_ray, heads_here = load_file(ray_run / "heads.safetensors"), load_file(tmp_path / "heads.safetensors")
+    assert all(torch.equal(heads_ray[key], heads_here[key]) for key in heads_ray)
 
 
 @pytest.mark.slow

@@ -62,5 +62,7 @@ def test_flwr_run_matches_fedmm_run(tmp_path, cache_dir):
             os.kill(pid, signal.SIGKILL)
     assert not processes_mentioning(str(home))
     reference = tmp_path / "fedmm-run"
-    run_experiment(compose_config(["+experiment=smoke", f"cache_dir={cache_dir}", f"run_dir={reference}"]))
+    # `fedmm run` on the in-process engine (test_end_to_end: it writes what the Ray engine writes)
+    run_experiment(compose_config(["+experiment=smoke", f"cache_dir={cache_dir}", f"run_dir={reference}",
+                                   "simulation.engine=inprocess"]))
     assert (run_dir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()

@@ -1,4 +1,4 @@
-"""Run a federated strategy on Flower's Simulation Engine (Ray), one virtual node per hospital."""
+"""The Ray engine: Flower's Simulation Engine, one virtual node (a Ray actor) per hospital."""
 
 import logging
 import os
@@ -22,16 +22,12 @@ def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict:
     }
 
 
-def run_in_simulation(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False,
+def run_on_ray(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False,
                       client_mods: list[Mod] | None = None) -> dict:
     """Run `cfg` with the same ServerApp and ClientApp that `flwr run` uses; returns the run's summary.
     `client_mods` are Flower mods wrapped around every hospital's handlers."""
     from flwr.simulation import run_simulation
 
-    if cfg.simulation.client_gpus > 0 and not torch.cuda.is_available():
-        from fedmm.config import ConfigError
-
-        raise ConfigError(f"simulation.client_gpus={cfg.simulation.client_gpus} but no GPU is visible; set it to 0")
     results: list[dict] = []
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level

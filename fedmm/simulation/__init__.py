@@ -1,0 +1,39 @@
+"""Run a federated strategy on one machine, one simulated hospital per node, on the engine
+`simulation.engine` names: `ray` (Flower's Simulation Engine) or `inprocess` (`inprocess.py`)."""
+
+import torch
+
+from fedmm.config import ConfigError, ExperimentConfig
+from fedmm.runs.recorder import RoundCallback
+
+ENGINES = ("ray", "inprocess")
+
+
+def check_engine(cfg: ExperimentConfig) -> None:
+    simulation = cfg.simulation
+    if simulation.engine not in ENGINES:
+        raise ConfigError(f"simulation.engine={simulation.engine!r} is unknown; valid: {list(ENGINES)}")
+    if simulation.client_gpus > 0 and simulation.engine == "inprocess":
+        raise ConfigError("simulation.client_gpus > 0 needs simulation.engine=ray (the in-process engine shares "
+                          "no GPU between hospitals); or set device=cuda to use one GPU in-process")
+
+
+def run_in_simulation(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False,
+                      client_mods: list | None = None) -> dict:
+    """Run `cfg` with the same ServerApp logic and ClientApp that `flwr run` uses; returns the run's summary.
+    `client_mods` are Flower mods wrapped around every hospital's handlers."""
+    check_engine(cfg)
+    if cfg.simulation.client_gpus > 0 and not torch.cuda.is_available():
+        raise ConfigError(f"simulation.client_gpus={cfg.simulation.client_gpus} but no GPU is visible; set it to 0")
+    if cfg.simulation.engine == "ray":
+        from fedmm.simulation.ray import run_on_ray
+
+        return run_on_ray(cfg, on_round, verbose, client_mods)
+    from fedmm.clients.app import make_client_app
+    from fedmm.server.federated import run_federated
+    from fedmm.simulation.inprocess import run_in_process
+
+    results: list[dict] = []
+    run_in_process(lambda grid: results.append(run_federated(grid, cfg, on_round)),
+                   make_client_app(cfg, client_mods), cfg.scenario.num_hospitals)
+    return results[0]

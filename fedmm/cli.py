@@ -13,14 +13,10 @@ from rich.table import Table
 
 from fedmm.compose import CONFIG_DIR, compose_config, load_config_file
 from fedmm.config import ConfigError, ExperimentConfig
-from fedmm.evaluation.evaluate import HEADLINE_METRIC
+from fedmm.evaluation import metrics as registry
+from fedmm.evaluation.metrics import HEADLINE as HEADLINE_METRIC
 
 console = Console()
-TABLE_METRICS = ("i2t_recall@1", "i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
-GROUP_METRICS = ("zeroshot_auroc_macro", "report_zeroshot_auroc_macro", "i2t_recall@10", "personal_zeroshot_auroc_macro")
-SHORT_NAMES = {"i2t_recall@1": "i2t R@1", "i2t_recall@10": "i2t R@10", "t2i_recall@10": "t2i R@10",
-               "i2t_precision@5": "i2t P@5", "zeroshot_auroc_macro": "0-shot AUROC",
-               "report_zeroshot_auroc_macro": "report 0-shot AUROC", "personal_zeroshot_auroc_macro": "own model 0-shot AUROC"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,21 +146,21 @@ def run_with_progress(cfg: ExperimentConfig, verbose: bool = False) -> dict[str,
 def print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['strategy']} on {summary['scenario']} — round {summary['evaluated_round']}")
     table.add_column("where")
-    for metric in TABLE_METRICS:
-        table.add_column(SHORT_NAMES[metric], justify="right")
-    table.add_row("global test", *(_fmt(summary.get(m)) for m in TABLE_METRICS))
-    table.add_row("label oracle", *(_fmt(summary["ceiling"].get(m)) for m in TABLE_METRICS))
-    table.add_row("chance", *(_fmt(summary["chance"].get(m)) for m in TABLE_METRICS))
+    for metric in registry.RUN_TABLE:
+        table.add_column(registry.label(metric), justify="right")
+    table.add_row("global test", *(_fmt(summary.get(m)) for m in registry.RUN_TABLE))
+    table.add_row("label oracle", *(_fmt(summary["ceiling"].get(m)) for m in registry.RUN_TABLE))
+    table.add_row("chance", *(_fmt(summary["chance"].get(m)) for m in registry.RUN_TABLE))
     console.print(table)
     hospitals = Table(title="local test split of each hospital (global model, and its own model where it has one)")
     hospitals.add_column("hospital")
     hospitals.add_column("group")
-    for metric in GROUP_METRICS:
-        hospitals.add_column(SHORT_NAMES[metric], justify="right")
+    for metric in registry.GROUP_TABLE:
+        hospitals.add_column(registry.label(metric), justify="right")
     for hospital, metrics in summary["hospitals"].items():
-        hospitals.add_row(hospital, metrics["group"], *(_fmt(metrics.get(m)) for m in GROUP_METRICS))
+        hospitals.add_row(hospital, metrics["group"], *(_fmt(metrics.get(m)) for m in registry.GROUP_TABLE))
     for key in sorted(k for k in summary if k.startswith("group/")) + ["hospital_mean", "hospital_worst"]:
-        hospitals.add_row(key, "", *(_fmt(summary.get(key, {}).get(m)) for m in GROUP_METRICS))
+        hospitals.add_row(key, "", *(_fmt(summary.get(key, {}).get(m)) for m in registry.GROUP_TABLE))
     console.print(hospitals)
     console.print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']} s)")
 

@@ -9,7 +9,9 @@ from safetensors.torch import load_file
 from fedmm.cli import main as cli_main
 from fedmm.compose import compose_config, load_config_file
 from fedmm.experiment import run_experiment
-from fedmm.runs.recorder import SUMMARY_KEYS
+from fedmm.evaluation.metrics import KS
+
+SUMMARY_KEYS = [f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in KS] + ["zeroshot_auroc_macro"]
 
 
 def read_lines(run_dir):

@@ -85,3 +85,18 @@ def test_chance_precision_by_hand_and_by_averaging_random_rankings():
     measured = sum(finding_precision_at_k(e, normalized(4, 3, 1000 + i), labels, labels, [2])[2]
                    for i, e in enumerate(embeddings)) / 400
     assert measured == pytest.approx(0.625, abs=0.03)
+
+
+def test_the_registry_names_what_evaluation_reports_and_labels_its_prefixed_forms():
+    from fedmm.evaluation import metrics as registry
+
+    # every registered metric is one evaluate_split can report, and every view names registered metrics
+    for view in (registry.RUN_TABLE, registry.GROUP_TABLE, registry.GLOBAL_CURVES, registry.GROUP_CURVES,
+                 registry.REPORT_DEFAULT, (registry.HEADLINE,)):
+        assert all(registry.metric(name) for name in view)
+    assert registry.label("personal_i2t_recall@10") == "own model i2t R@10"
+    assert registry.label("zeroshot_auroc_atelectasis") == "zeroshot_auroc_atelectasis"  # unregistered: itself
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 0]])  # finding-set groups of sizes 2, 2, 1, 1
+    reference = registry.reference_values(labels)
+    assert reference["chance"]["i2t_recall@1"] == 1 / 4 and reference["chance"]["zeroshot_auroc_macro"] == 0.5
+    assert reference["ceiling"]["i2t_recall@1"] == (0.5 + 0.5 + 1 + 1) / 4  # min(1, k / group size), averaged

@@ -19,6 +19,7 @@ from fedmm import protocol as keys
 from fedmm.config import ExperimentConfig, config_to_dict
 from fedmm.data.modality import AVAILABILITY_CODES
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
+from fedmm.evaluation.metrics import PERSONAL_PREFIX
 from fedmm.hospitals import (
     FOLDER_CACHE,
     FederatedData,
@@ -39,7 +40,6 @@ from fedmm.training.local import TrainResult
 from fedmm.training.missing import HandlerFactory, handler_factory, needs_reference
 from fedmm.training.updates import LocalStep, LocalUpdate, StateDict, snapshot
 
-PERSONAL_PREFIX = "personal_"  # metric prefix of the hospital's own (personalized) model
 
 
 @dataclass

@@ -6,14 +6,13 @@ from dataclasses import dataclass
 import torch
 
 from fedmm.data.findings import FINDING_NAMES
+from fedmm.evaluation.metrics import KS
 from fedmm.evaluation.retrieval import finding_precision_at_k, recall_at_k
 from fedmm.evaluation.zeroshot import auroc, prompt_embeddings, zero_shot_scores
 from fedmm.hospitals import SplitTensors
 from fedmm.models.features import FeatureSet
 from fedmm.models.heads import ContrastiveHeads
 
-KS = (1, 5, 10)
-HEADLINE_METRIC = "i2t_recall@10"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedmm.compose import compose_config
 from fedmm.config import ExperimentConfig
+from fedmm.evaluation.metrics import label
 
 RunFn = Callable[[ExperimentConfig], dict[str, Any]]
 GROUPS = ("paired", "image_only", "report_only")  # a hospital counts in its dominant modality group
@@ -22,10 +23,8 @@ GROUPS = ("paired", "image_only", "report_only")  # a hospital counts in its dom
 # (column, header, how to read it from a summary). Global metrics are on the server's global test set;
 # hospital metrics on each hospital's own test split, of the global model and of its own model (personal_).
 COLUMNS: tuple[tuple[str, str, Callable[[dict], Any]], ...] = (
-    ("i2t_recall@10", "i2t R@10", lambda s: s.get("i2t_recall@10")),
-    ("t2i_recall@10", "t2i R@10", lambda s: s.get("t2i_recall@10")),
-    ("i2t_precision@5", "i2t P@5", lambda s: s.get("i2t_precision@5")),
-    ("zeroshot_auroc_macro", "0-shot AUROC", lambda s: s.get("zeroshot_auroc_macro")),
+    *((name, label(name), (lambda n: lambda s: s.get(n))(name))  # global metrics, straight from the summary
+      for name in ("i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")),
     *((f"{group}_auroc", f"{group}: 0-shot AUROC",
        (lambda g: lambda s: s.get(f"group/{g}", {}).get(
            "report_zeroshot_auroc_macro" if g == "report_only" else "zeroshot_auroc_macro"))(group))

@@ -8,9 +8,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-GLOBAL_CURVES = ("i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
-GROUP_CURVES = ("zeroshot_auroc_macro", "report_zeroshot_auroc_macro", "i2t_recall@10",
-                "personal_zeroshot_auroc_macro", "personal_i2t_recall@10")  # personal_: the hospital's own model
+from fedmm.evaluation.metrics import GLOBAL_CURVES, GROUP_CURVES, label  # noqa: E402
+
 
 
 def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None:
@@ -20,7 +19,7 @@ def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None
     for name in GLOBAL_CURVES:
         points = [(line["round"], line["global"][name]) for line in evaluated if name in line["global"]]
         if points:
-            ax_global.plot(*zip(*points), marker="o", label=name)
+            ax_global.plot(*zip(*points), marker="o", label=label(name))
     ax_global.set(title="global test set", xlabel="round", ylim=(0, 1))
     _legend(ax_global, 8)
 
@@ -30,7 +29,7 @@ def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None
         for metric in GROUP_CURVES:
             points = [(line["round"], line[key][metric]) for line in evaluated_locally if metric in line.get(key, {})]
             if points:
-                ax_groups.plot(*zip(*points), marker=".", label=f"{key.split('/')[1]}: {metric}")
+                ax_groups.plot(*zip(*points), marker=".", label=f"{key.split('/')[1]}: {label(metric)}")
     ax_groups.set(title="hospital local test splits, mean per modality group", xlabel="round", ylim=(0, 1))
     _legend(ax_groups, 7)
 

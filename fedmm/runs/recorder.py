@@ -4,7 +4,8 @@ Layout of `run_dir`:
     config.yaml       the resolved configuration; `fedmm run --config-file run_dir/config.yaml` reruns it
     metrics.jsonl     one JSON object per round (train per hospital; evaluation rounds add global,
                       per-hospital and per-modality-group metrics)
-    summary.json      final metrics with stable keys (see `SUMMARY_KEYS`), per hospital and per group
+    summary.json      final metrics (names in `fedmm.evaluation.metrics`), per hospital and per group,
+                      with each metric's chance level and ceiling on the global test set
     heads.safetensors the trained global heads (for `local`: one set per hospital, prefixed)
     metrics.png       metrics per round
 """
@@ -22,12 +23,10 @@ import yaml
 from safetensors.torch import save_file
 
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
-from fedmm.evaluation.evaluate import KS
-from fedmm.evaluation.retrieval import chance_finding_precision, oracle_recall_at_k
+from fedmm.evaluation.metrics import reference_values
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
 PRIVACY_PREFIXES = ("dp-", "client-dp-", "privacy-")  # training metrics on privacy (fedmm.protocol)
-SUMMARY_KEYS = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in KS) + ("zeroshot_auroc_macro",)
 
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:
@@ -89,14 +88,7 @@ class RunRecorder:
         `resume_round`: continue a run whose rounds up to this one are in its metrics.jsonl."""
         self.cfg, self.run_dir, self.on_round = cfg, run_dir, on_round
         self.groups = dict(groups)
-        oracle = oracle_recall_at_k(global_labels, KS)  # the same bound in both directions
-        chance_precision = chance_finding_precision(global_labels)  # the same for every k
-        self.reference = {
-            "ceiling": {f"{d}_recall@{k}": v for d in ("i2t", "t2i") for k, v in oracle.items()},
-            "chance": {f"{d}_{metric}@{k}": value for d in ("i2t", "t2i") for k in KS
-                       for metric, value in (("recall", min(1.0, k / len(global_labels))),
-                                             ("precision", chance_precision))},
-        }
+        self.reference = reference_values(global_labels)  # chance and ceiling of each metric on the global test set
         self.last_evaluation: dict[str, Any] = {}
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
         self.privacy: dict[int, dict[str, float]] = {}  # per hospital: its latest cumulative ε and DP settings

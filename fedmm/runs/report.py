@@ -20,6 +20,7 @@ from typing import Any
 
 from fedmm.config import ConfigError
 from fedmm.runs.compare import GROUPS
+from fedmm.evaluation.metrics import REPORT_DEFAULT
 from fedmm.runs.sweep import HOSPITAL_METRIC, VARIANT_AXIS
 
 SEED_AXIS = "seed"
@@ -60,7 +61,7 @@ def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-DEFAULT_METRICS = ("i2t_recall@10", "zeroshot_auroc_macro")
+DEFAULT_METRICS = REPORT_DEFAULT
 
 
 def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: str | None = None) -> Path:

@@ -1,9 +1,9 @@
-# make run: set up (once) and run the default simulation. make test: set up (once) and run the tests.
+# make run: set up (once) and run the default simulation. make test: set up (once), lint, run every test.
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test lint install clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fedmm run $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fedmm tests
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -24,44 +24,79 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    parser = argparse.ArgumentParser(prog="fedmm", description="Federated multimodal (image + report) learning simulator.")
+    parser = argparse.ArgumentParser(
+        prog="fedmm", description="Federated multimodal (image + report) learning simulator."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one experiment (Hydra overrides: key=value, group=option)")
     run.add_argument("overrides", nargs="*", help="e.g. strategy=fedavg scenario=balanced federation.rounds=10")
     run.add_argument("--config-file", type=Path, help="rerun a saved run_dir/config.yaml (overrides apply on top)")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                     help="continue RUN_DIR from its last checkpoint (with its saved config; overrides such as "
-                          "federation.rounds=30 apply on top)")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its last checkpoint (with its saved config; overrides such as "
+        "federation.rounds=30 apply on top)",
+    )
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
-    compare = commands.add_parser("compare", help="run strategies x scenarios with the same seed and budget; "
-                                                  "write table.csv, table.md and comparison.png")
+    compare = commands.add_parser(
+        "compare",
+        help="run strategies x scenarios with the same seed and budget; write table.csv, table.md and comparison.png",
+    )
     compare.add_argument("--strategies", default="all", help="comma-separated names, or 'all' (see `fedmm list`)")
     compare.add_argument("--scenarios", default="imbalanced,balanced", help="comma-separated scenario options")
-    compare.add_argument("--out", type=Path, default=None, help="folder for the runs and tables (default: outputs/compare-seed<seed>)")
+    compare.add_argument(
+        "--out", type=Path, default=None, help="folder for the runs and tables (default: outputs/compare-seed<seed>)"
+    )
     compare.add_argument("overrides", nargs="*")
-    sweep = commands.add_parser("privacy-sweep", help="DP-SGD at each target epsilon for one strategy and scenario; "
-                                                      "write table.csv, table.md and privacy_utility.png")
+    sweep = commands.add_parser(
+        "privacy-sweep",
+        help="DP-SGD at each target epsilon for one strategy and scenario; "
+        "write table.csv, table.md and privacy_utility.png",
+    )
     sweep.add_argument("--epsilons", default="1,2,4,8,inf", help="comma-separated target epsilons; inf: no noise")
-    sweep.add_argument("--out", type=Path, default=None,
-                       help="folder for the runs and tables (default: outputs/privacy-<strategy>-<scenario>-seed<seed>)")
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the runs and tables (default: outputs/privacy-<strategy>-<scenario>-seed<seed>)",
+    )
     sweep.add_argument("overrides", nargs="*", help="e.g. strategy=fedavg scenario=balanced federation.rounds=10")
-    grid = commands.add_parser("sweep", help="every combination of the swept overrides (comma-separated values, "
-                                             "Hydra's syntax) x seeds; reuses finished cells; writes results.csv")
+    grid = commands.add_parser(
+        "sweep",
+        help="every combination of the swept overrides (comma-separated values, "
+        "Hydra's syntax) x seeds; reuses finished cells; writes results.csv",
+    )
     grid.add_argument("--out", type=Path, required=True, help="folder for the cells and tables")
-    grid.add_argument("--variant", action="append", default=[], metavar="'K=V [K=V ...]'",
-                      help="one value of the `variant` axis: overrides that go together, e.g. "
-                           "'strategy=fedavg missing=prototype' (repeat for each)")
-    grid.add_argument("overrides", nargs="*", help="e.g. scenario=mix scenario.hospital_mix.unimodal=0,0.25,0.5 "
-                                                   "strategy=fedavg,feddistill seed=0,1,2")
+    grid.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="'K=V [K=V ...]'",
+        help="one value of the `variant` axis: overrides that go together, e.g. "
+        "'strategy=fedavg missing=prototype' (repeat for each)",
+    )
+    grid.add_argument(
+        "overrides",
+        nargs="*",
+        help="e.g. scenario=mix scenario.hospital_mix.unimodal=0,0.25,0.5 strategy=fedavg,feddistill seed=0,1,2",
+    )
     report = commands.add_parser("report", help="turn a sweep folder into report.md with PNG figures")
     report.add_argument("sweep_dir", type=Path)
-    report.add_argument("--metric", action="append", default=None,
-                        help="a column of results.csv; repeat for more (default: i2t_recall@10, zeroshot_auroc_macro)")
+    report.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        help="a column of results.csv; repeat for more (default: i2t_recall@10, zeroshot_auroc_macro)",
+    )
     report.add_argument("--x", default=None, help="the axis on the x axis (default: the first numeric one but seed)")
-    data = commands.add_parser("data", help="hospital folders on disk: validate, export the synthetic federation, "
-                                             "import IU X-ray reports")
+    data = commands.add_parser(
+        "data", help="hospital folders on disk: validate, export the synthetic federation, import IU X-ray reports"
+    )
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    validate = data_commands.add_parser("validate", help="check a hospital folder; every problem with its row and column")
+    validate = data_commands.add_parser(
+        "validate", help="check a hospital folder; every problem with its row and column"
+    )
     validate.add_argument("folders", type=Path, nargs="+")
     export = data_commands.add_parser("export-synthetic", help="write the synthetic federation as hospital folders")
     export.add_argument("--out", type=Path, required=True)
@@ -71,18 +106,35 @@ def main(argv: list[str] | None = None) -> int:
     iu.add_argument("--out", type=Path, required=True)
     iu.add_argument("--test-fraction", type=float, default=0.2, help="share of patients in the test split")
     iu.add_argument("--seed", type=int, default=0)
-    deploy = commands.add_parser("deploy", help="run the app on Flower's Deployment Engine on this machine: a SuperLink "
-                                                "and one SuperNode per hospital folder on 127.0.0.1")
-    deploy.add_argument("folders", type=Path, help="a folder of hospital-<id>/ folders and server-test/ "
-                                                   "(as `fedmm data export-synthetic` writes)")
-    deploy.add_argument("--out", type=Path, default=None,
-                        help="logs, certificates and the run directory (default: outputs/deploy-<time>)")
+    deploy = commands.add_parser(
+        "deploy",
+        help="run the app on Flower's Deployment Engine on this machine: a SuperLink "
+        "and one SuperNode per hospital folder on 127.0.0.1",
+    )
+    deploy.add_argument(
+        "folders",
+        type=Path,
+        help="a folder of hospital-<id>/ folders and server-test/ (as `fedmm data export-synthetic` writes)",
+    )
+    deploy.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="logs, certificates and the run directory (default: outputs/deploy-<time>)",
+    )
     deploy.add_argument("--tls", action="store_true", help="TLS with a local CA and a certificate for 127.0.0.1")
-    deploy.add_argument("--auth", action="store_true", help="SuperNode authentication (with --tls): each node's public "
-                                                            "key is registered, unknown nodes are refused")
+    deploy.add_argument(
+        "--auth",
+        action="store_true",
+        help="SuperNode authentication (with --tls): each node's public key is registered, unknown nodes are refused",
+    )
     deploy.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run to finish")
-    deploy.add_argument("overrides", nargs="*", help="the experiment, as for `fedmm run` (e.g. +experiment=smoke); "
-                                                     "the same options the folders were exported with")
+    deploy.add_argument(
+        "overrides",
+        nargs="*",
+        help="the experiment, as for `fedmm run` (e.g. +experiment=smoke); "
+        "the same options the folders were exported with",
+    )
     commands.add_parser("list", help="list strategies, scenarios, encoders and datasets")
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides written after an option (`fedmm deploy DIR --out X +experiment=smoke`) are overrides too
@@ -94,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             return list_options()
         if args.command == "run":
             if args.resume:
-                cfg = load_config_file(args.resume / "config.yaml",
-                                       [*args.overrides, f"run_dir={args.resume}", "resume=true"])
+                cfg = load_config_file(
+                    args.resume / "config.yaml", [*args.overrides, f"run_dir={args.resume}", "resume=true"]
+                )
             elif args.config_file:
                 cfg = load_config_file(args.config_file, args.overrides)
             else:
@@ -127,10 +180,19 @@ def run_with_progress(cfg: ExperimentConfig, verbose: bool = False) -> dict[str,
 
     from fedmm.experiment import run_experiment
 
-    console.print(f"[bold]fedmm[/] {cfg.strategy.name} on {cfg.scenario.name} "
-                  f"({cfg.scenario.num_hospitals} hospitals, {cfg.federation.rounds} rounds, seed {cfg.seed})")
-    with Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[headline]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+    console.print(
+        f"[bold]fedmm[/] {cfg.strategy.name} on {cfg.scenario.name} "
+        f"({cfg.scenario.num_hospitals} hospitals, {cfg.federation.rounds} rounds, seed {cfg.seed})"
+    )
+    with Progress(
+        TextColumn("round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[headline]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("rounds", total=cfg.federation.rounds, headline="", start=False)
 
         def on_round(server_round: int, line: dict[str, Any]) -> None:
@@ -189,9 +251,11 @@ def deploy_locally(root: Path, overrides: list[str], out: Path | None, tls: bool
         out = out or Path("outputs") / f"deploy-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = out.resolve() / "run"
         with LocalFederation(out, folders, tls=tls, node_auth=auth) as federation:
-            console.print(f"[bold]fedmm deploy[/]: SuperLink on {federation.address} ({'TLS' if tls else 'insecure'}"
-                          f"{', node authentication' if auth else ''}), {len(folders.hospitals)} SuperNodes; "
-                          f"logs in {federation.logs}")
+            console.print(
+                f"[bold]fedmm deploy[/]: SuperLink on {federation.address} ({'TLS' if tls else 'insecure'}"
+                f"{', node authentication' if auth else ''}), {len(folders.hospitals)} SuperNodes; "
+                f"logs in {federation.logs}"
+            )
             run_id = federation.submit(overrides, run_dir)
             console.print(f"run {run_id} submitted; waiting (rounds appear as the server records them)")
             status, details = federation.wait(run_id, timeout_s, on_poll=RoundPrinter(run_dir / "metrics.jsonl"))
@@ -204,8 +268,10 @@ def deploy_locally(root: Path, overrides: list[str], out: Path | None, tls: bool
         return 1
     console.print(f"run {run_id}: {status}; every process started is stopped")
     if status != COMPLETED:
-        console.print(f"[bold red]the run did not complete:[/] {details}\nlogs: {federation.logs}; "
-                      f"finished rounds: {run_dir / 'metrics.jsonl'}")
+        console.print(
+            f"[bold red]the run did not complete:[/] {details}\nlogs: {federation.logs}; "
+            f"finished rounds: {run_dir / 'metrics.jsonl'}"
+        )
         return 1
     print_summary(json.loads((run_dir / "summary.json").read_text()) | {"run_dir": str(run_dir)})
     return 0
@@ -219,11 +285,13 @@ class RoundPrinter:
 
     def __call__(self) -> None:
         lines = self.path.read_text().splitlines() if self.path.exists() else []
-        for line in lines[self.printed:]:
+        for line in lines[self.printed :]:
             record = json.loads(line)
             headline = record.get("global", {}).get(HEADLINE_METRIC)
-            console.print(f"  round {record['round']}: hospitals {record['sampled']} trained"
-                          + (f", {HEADLINE_METRIC} {headline:.3f}" if headline is not None else ""))
+            console.print(
+                f"  round {record['round']}: hospitals {record['sampled']} trained"
+                + (f", {HEADLINE_METRIC} {headline:.3f}" if headline is not None else "")
+            )
         self.printed = len(lines)
 
 
@@ -271,8 +339,10 @@ def data_command(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(str(error)) from error
     folder = write_iu_hospital(reports, args.out, args.test_fraction, args.seed)
-    console.print(f"written {folder / 'manifest.csv'}: {sum(1 for r in reports if r.text)} report-only studies "
-                  f"({sum(1 for r in reports if not r.text)} of {len(reports)} without findings or impression left out)")
+    console.print(
+        f"written {folder / 'manifest.csv'}: {sum(1 for r in reports if r.text)} report-only studies "
+        f"({sum(1 for r in reports if not r.text)} of {len(reports)} without findings or impression left out)"
+    )
     return 0
 
 
@@ -280,8 +350,9 @@ def sweep_knobs(overrides: list[str], out: Path, variants: list[str]) -> int:
     from fedmm.runs.sweep import run_sweep
 
     rows = run_sweep(overrides, out, run_with_progress, log=console.print, variants=variants)
-    console.print(f"{len(rows)} cells; written: {out / 'results.csv'}, {out / 'hospitals.csv'}; "
-                  f"next: fedmm report {out}")
+    console.print(
+        f"{len(rows)} cells; written: {out / 'results.csv'}, {out / 'hospitals.csv'}; next: fedmm report {out}"
+    )
     return 0
 
 

@@ -300,6 +300,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         return tuple(_convert(item_type, item, f"{path}[{index}]") for index, item in enumerate(value))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+    is_bool_as_int = hint is int and isinstance(value, bool)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not is_bool_as_int):
         raise ConfigError(f"{path} must be {hint.__name__}, got {value!r}")
     return value

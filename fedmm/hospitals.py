@@ -154,8 +154,10 @@ def load_server_data(cfg: ExperimentConfig) -> ServerData:
     features, index = load_folder_features(cfg, Path(folder))
     unpaired = int((index.availability != AVAILABILITY_CODES[Availability.PAIRED]).sum())
     if unpaired:
-        raise ConfigError(f"deployment.server_test_dir={folder!r}: {unpaired} of {len(index.availability)} studies lack "
-                          "an image or a report; the global test set needs both for every study")
+        raise ConfigError(
+            f"deployment.server_test_dir={folder!r}: {unpaired} of {len(index.availability)} studies lack "
+            "an image or a report; the global test set needs both for every study"
+        )
     everything = np.arange(len(index.availability))
     return ServerData(cfg.scenario.num_hospitals, folder_split(features, index, everything), features)
 
@@ -165,19 +167,30 @@ def load_folder_features(cfg: ExperimentConfig, folder: Path) -> tuple[FeatureSe
     validated (every file decoded) whenever the cache is built; an unchanged folder loads in milliseconds."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"hospital folder {str(folder)!r} does not exist; give each node its own folder "
-                                "(`--node-config 'data-dir=\"/path\"'`), e.g. from `fedmm data export-synthetic`")
+        raise FileNotFoundError(
+            f"hospital folder {str(folder)!r} does not exist; give each node its own folder "
+            "(`--node-config 'data-dir=\"/path\"'`), e.g. from `fedmm data export-synthetic`"
+        )
     fingerprint = folder_fingerprint(folder, cfg.dataset.image_size)
-    features = cached_features(fingerprint, lambda: folder_dataset(folder, cfg.dataset.image_size, fingerprint),
-                               cfg.encoders, folder / FOLDER_CACHE, cfg.device)
+    features = cached_features(
+        fingerprint,
+        lambda: folder_dataset(folder, cfg.dataset.image_size, fingerprint),
+        cfg.encoders,
+        folder / FOLDER_CACHE,
+        cfg.device,
+    )
     # After the features: a folder is indexed only once validated (now, or when its cache was built).
     return features, index_hospital_folder(folder)
 
 
 def folder_split(features: FeatureSet, index: FolderIndex, rows: np.ndarray) -> SplitTensors:
     selected = torch.from_numpy(rows)
-    return SplitTensors(features.image_features[selected], features.report_features[selected],
-                        torch.from_numpy(index.availability[rows]), torch.from_numpy(index.labels[rows]))
+    return SplitTensors(
+        features.image_features[selected],
+        features.report_features[selected],
+        torch.from_numpy(index.availability[rows]),
+        torch.from_numpy(index.labels[rows]),
+    )
 
 
 def load_hospital_folder(cfg: ExperimentConfig, folder: Path, hospital_id: int) -> tuple[HospitalData, FeatureSet]:
@@ -187,7 +200,14 @@ def load_hospital_folder(cfg: ExperimentConfig, folder: Path, hospital_id: int) 
     train = folder_split(features, index, np.flatnonzero(index.split == "train"))
     test = folder_split(features, index, np.flatnonzero(index.split == "test"))
     if not len(train):
-        raise ValueError(f"hospital folder {str(folder)!r} has no study with split=train; a hospital needs training data")
-    group = (Availability.PAIRED if train.paired_mask.any()
-             else Availability.IMAGE_ONLY if train.image_mask.any() else Availability.REPORT_ONLY)
+        raise ValueError(
+            f"hospital folder {str(folder)!r} has no study with split=train; a hospital needs training data"
+        )
+    group = (
+        Availability.PAIRED
+        if train.paired_mask.any()
+        else Availability.IMAGE_ONLY
+        if train.image_mask.any()
+        else Availability.REPORT_ONLY
+    )
     return HospitalData(hospital_id, group, train, test), features

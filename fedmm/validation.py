@@ -6,11 +6,11 @@ from fedmm.data.registry import DATASETS, check_dataset
 from fedmm.hospitals import reference_dataset_config
 from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
 from fedmm.privacy.sample_level import ON_BUDGET, check_sample_privacy
+from fedmm.simulation import check_engine
 from fedmm.strategies import PrivacyMode, strategy_spec
 from fedmm.strategies.base import sample_size
 from fedmm.strategies.client_dp import check_client_privacy
 from fedmm.strategies.spec import supporting
-from fedmm.simulation import check_engine
 from fedmm.training.bank import OBJECTIVES, uses_reference_bank
 from fedmm.training.missing import check_missing, needs_reference
 

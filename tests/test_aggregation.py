@@ -51,24 +51,42 @@ def test_head_that_no_sampled_hospital_trained_keeps_its_global_value():
     assert averaged["logit_scale"] == 2.0
 
 
-def reply(hospital: int, arrays: dict[str, np.ndarray], num_examples: int, paired: int, images: int, reports: int) -> Message:
-    metrics = MetricRecord({keys.HOSPITAL_ID: hospital, keys.NUM_EXAMPLES: num_examples, keys.NUM_PAIRED_USED: paired,
-                            keys.NUM_IMAGE_USED: images, keys.NUM_REPORT_USED: reports,
-                            keys.TRAIN_STEPS: 1 if paired else 0, keys.TRAIN_LOSS: 1.0})
+def reply(
+    hospital: int, arrays: dict[str, np.ndarray], num_examples: int, paired: int, images: int, reports: int
+) -> Message:
+    metrics = MetricRecord(
+        {
+            keys.HOSPITAL_ID: hospital,
+            keys.NUM_EXAMPLES: num_examples,
+            keys.NUM_PAIRED_USED: paired,
+            keys.NUM_IMAGE_USED: images,
+            keys.NUM_REPORT_USED: reports,
+            keys.TRAIN_STEPS: 1 if paired else 0,
+            keys.TRAIN_LOSS: 1.0,
+        }
+    )
     content = RecordDict({keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}), keys.METRICS: metrics})
     return Message(content=content, dst_node_id=0, message_type="train")
 
 
 def strategy(cls=HospitalFedAvg, num_hospitals: int = 3, **kwargs):
-    return cls(node_of_hospital={h: 100 + h for h in range(num_hospitals)}, clients_per_round=num_hospitals,
-               seed=0, evaluate_every=1, num_rounds=1, **kwargs)
+    return cls(
+        node_of_hospital={h: 100 + h for h in range(num_hospitals)},
+        clients_per_round=num_hospitals,
+        seed=0,
+        evaluate_every=1,
+        num_rounds=1,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("modality_aware", [False, True])
 def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(modality_aware):
-    replies = [reply(0, state([2, 2], [4], 3.0), num_examples=10, paired=2, images=2, reports=2),
-               reply(1, state([6, 10], [999], 999.0), num_examples=30, paired=0, images=6, reports=0),
-               reply(2, state([0, 0], [1], 1.0), num_examples=20, paired=0, images=0, reports=4)]
+    replies = [
+        reply(0, state([2, 2], [4], 3.0), num_examples=10, paired=2, images=2, reports=2),
+        reply(1, state([6, 10], [999], 999.0), num_examples=30, paired=0, images=6, reports=0),
+        reply(2, state([0, 0], [1], 1.0), num_examples=20, paired=0, images=0, reports=4),
+    ]
     results = []
     for order in ([0, 1, 2], [2, 0, 1]):
         built = strategy(modality_aware=modality_aware)
@@ -93,9 +111,14 @@ def test_failed_hospital_stops_the_run_by_default_with_its_reason():
     built = strategy(HospitalFedAvg, num_hospitals=2)
     built.logs[1] = RoundLog(sampled=[0, 1])
     sent = Message(RecordDict(), dst_node_id=101, message_type="train")
-    failed = Message(Error(code=0, reason="Node Unavailable"), reply_to=sent)  # as the SuperLink answers for a dead node
-    with pytest.raises(HospitalsLost, match=r"hospital\(s\) \[1\] failed \(Node Unavailable\); 1 of 2 remain, fewer "
-                                            r"than federation.min_hospitals=2"):
+    failed = Message(
+        Error(code=0, reason="Node Unavailable"), reply_to=sent
+    )  # as the SuperLink answers for a dead node
+    with pytest.raises(
+        HospitalsLost,
+        match=r"hospital\(s\) \[1\] failed \(Node Unavailable\); 1 of 2 remain, fewer "
+        r"than federation.min_hospitals=2",
+    ):
         built.aggregate_train(1, [reply(0, state([1, 1], [1], 1.0), 5, 5, 5, 5), failed])
 
 
@@ -114,8 +137,12 @@ def test_a_round_without_evaluation_asks_no_hospital_and_loses_none():
         built.logs[server_round] = RoundLog(sampled=[0, 1])
         sent = list(built.configure_evaluate(server_round, arrays, ConfigRecord(), None))
         assert [m.metadata.dst_node_id for m in sent] == asked
-        replies = [Message(RecordDict({keys.METRICS: MetricRecord({keys.HOSPITAL_ID: h})}), dst_node_id=0,
-                           message_type="evaluate") for h in range(len(asked))]
+        replies = [
+            Message(
+                RecordDict({keys.METRICS: MetricRecord({keys.HOSPITAL_ID: h})}), dst_node_id=0, message_type="evaluate"
+            )
+            for h in range(len(asked))
+        ]
         built.aggregate_evaluate(server_round, replies)  # Flower calls it with no replies when nobody was asked
     assert built.lost == {} and built.stop is None
 
@@ -124,15 +151,24 @@ def test_the_run_goes_on_without_a_failed_hospital_while_enough_remain():
     built = strategy(HospitalFedAvg, num_hospitals=3, min_hospitals=2)
     built.logs[1] = RoundLog(sampled=[0, 1, 2])
     built.current_arrays = ArrayRecord({k: Array(v) for k, v in state([0, 0], [0], 1.0).items()})
-    arrays, _ = built.aggregate_train(1, [reply(0, state([2, 2], [2], 1.0), 10, 1, 1, 1),
-                                          reply(2, state([4, 4], [4], 1.0), 30, 1, 1, 1)])
+    arrays, _ = built.aggregate_train(
+        1, [reply(0, state([2, 2], [2], 1.0), 10, 1, 1, 1), reply(2, state([4, 4], [4], 1.0), 30, 1, 1, 1)]
+    )
     np.testing.assert_allclose(arrays["image_head.0.weight"].numpy(), [3.5, 3.5])  # (10*2 + 30*4) / 40: without 1
     assert set(built.lost) == {1} and "no reply" in built.lost[1]
     assert all(1 not in built.draw(r) for r in range(2, 10))  # never sampled again
-    assert [m.metadata.dst_node_id for m in built.configure_evaluate(1, built.current_arrays, ConfigRecord(), None)] == [100, 102]
+    assert [
+        m.metadata.dst_node_id for m in built.configure_evaluate(1, built.current_arrays, ConfigRecord(), None)
+    ] == [100, 102]
     # An evaluation failure that leaves too few: this round is recorded, the next one stops.
-    built.aggregate_evaluate(1, [Message(RecordDict({keys.METRICS: MetricRecord({keys.HOSPITAL_ID: 0})}),
-                                         dst_node_id=0, message_type="evaluate")])
+    built.aggregate_evaluate(
+        1,
+        [
+            Message(
+                RecordDict({keys.METRICS: MetricRecord({keys.HOSPITAL_ID: 0})}), dst_node_id=0, message_type="evaluate"
+            )
+        ],
+    )
     assert list(built.logs[1].evaluate) == [0]
     with pytest.raises(HospitalsLost, match=r"round 1, evaluation: hospital\(s\) \[2\] failed"):
         built.configure_train(2, built.current_arrays, ConfigRecord(), None)

@@ -32,7 +32,9 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
 def test_every_experiment_composes_with_every_scenario_and_strategy(experiment):
     for scenario in options("scenario"):
         for strategy in options("strategy"):
-            validate_config(compose_config([f"+experiment={experiment}", f"scenario={scenario}", f"strategy={strategy}"]))
+            validate_config(
+                compose_config([f"+experiment={experiment}", f"scenario={scenario}", f"strategy={strategy}"])
+            )
 
 
 def test_groups_are_all_covered():
@@ -50,16 +52,22 @@ def test_unknown_strategy_name_lists_the_valid_ones():
         validate_config(compose_config(["strategy.name=nope"]))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu=-1.0 must be >= 0"),
-    (["strategy=fedavgm", "strategy.server.momentum=1.0"], r"strategy.server.momentum=1.0 must lie in \[0, 1\)"),
-    (["strategy=feddistill", "reference.seed=0"], "reference.seed=0 equals dataset.seed"),
-    (["strategy=feddistill", "reference.name=nope"], "reference.name='nope' is unknown"),
-    (["strategy=fedrep", "strategy.head_epochs=0"], "strategy.head_epochs=0 must be positive"),
-    (["strategy=fedrep", "+strategy.head_epoch=1"], r"unknown option strategy.head_epoch; valid options here: \['head_epochs'\]"),
-    (["strategy=fedavg", "strategy.modality_aware=null"], "set strategy.modality_aware=true"),
-    (["strategy=feddistill", "+strategy.modality_aware=true"], "does not apply to 'feddistill'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu=-1.0 must be >= 0"),
+        (["strategy=fedavgm", "strategy.server.momentum=1.0"], r"strategy.server.momentum=1.0 must lie in \[0, 1\)"),
+        (["strategy=feddistill", "reference.seed=0"], "reference.seed=0 equals dataset.seed"),
+        (["strategy=feddistill", "reference.name=nope"], "reference.name='nope' is unknown"),
+        (["strategy=fedrep", "strategy.head_epochs=0"], "strategy.head_epochs=0 must be positive"),
+        (
+            ["strategy=fedrep", "+strategy.head_epoch=1"],
+            r"unknown option strategy.head_epoch; valid options here: \['head_epochs'\]",
+        ),
+        (["strategy=fedavg", "strategy.modality_aware=null"], "set strategy.modality_aware=true"),
+        (["strategy=feddistill", "+strategy.modality_aware=true"], "does not apply to 'feddistill'"),
+    ],
+)
 def test_bad_strategy_options_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(compose_config(overrides))

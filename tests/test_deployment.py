@@ -75,7 +75,9 @@ def test_a_hospital_read_from_its_folder_holds_what_the_simulated_hospital_holds
             assert torch.equal(mine.availability, theirs.availability) and torch.equal(mine.labels, theirs.labels)
             # Features of the modalities held are the same numbers (PNG is lossless); absent ones are never read.
             torch.testing.assert_close(mine.image_features[mine.image_mask], theirs.image_features[theirs.image_mask])
-            torch.testing.assert_close(mine.report_features[mine.report_mask], theirs.report_features[theirs.report_mask])
+            torch.testing.assert_close(
+                mine.report_features[mine.report_mask], theirs.report_features[theirs.report_mask]
+            )
     server = load_server_data(smoke(cache_dir, f"deployment.server_test_dir={folders / 'server-test'}"))
     simulated_server = load_server_data(cfg)
     torch.testing.assert_close(server.global_test.image_features, simulated_server.global_test.image_features)
@@ -96,6 +98,7 @@ def test_the_folder_feature_cache_is_reused_and_rebuilt_when_a_file_changes(fold
 
     image = sorted((folder / "images").glob("*.png"))[0]
     from PIL import Image
+
     Image.fromarray(np.full((64, 64), 200, np.uint8)).save(image)  # the same name, new pixels
     changed, _ = load_hospital_folder(cfg, folder, 0)
     assert len(built) == 1  # rebuilt (and validated) once
@@ -103,14 +106,19 @@ def test_the_folder_feature_cache_is_reused_and_rebuilt_when_a_file_changes(fold
     assert (both[0] != both[1]).any(dim=1).sum() == 1  # that study's features, and no other's
 
     image.unlink()  # a broken folder is refused with the row and the command that lists every problem
-    with pytest.raises(HospitalFolderError, match=rf"(?s)run `fedmm data validate .*row \d+, column image: "
-                                                  rf"images/{image.name}: file not found"):
+    with pytest.raises(
+        HospitalFolderError,
+        match=rf"(?s)run `fedmm data validate .*row \d+, column image: "
+        rf"images/{image.name}: file not found",
+    ):
         load_hospital_folder(cfg, folder, 0)
 
 
 def test_a_bad_label_cell_is_named_before_any_training(folders, cache_dir, tmp_path):
     folder = copy_of_hospital_0(folders, tmp_path, edit=lambda rows: rows[2].update({FINDING_NAMES[0]: "maybe"}))
-    with pytest.raises(HospitalFolderError, match=rf"row 3, column {FINDING_NAMES[0]}: label 'maybe' must be 1, 0 or empty"):
+    with pytest.raises(
+        HospitalFolderError, match=rf"row 3, column {FINDING_NAMES[0]}: label 'maybe' must be 1, 0 or empty"
+    ):
         load_hospital_folder(smoke(cache_dir), folder, 0)
 
 
@@ -135,8 +143,9 @@ def test_the_server_test_folder_must_hold_pairs(folders, cache_dir):
 
 def test_unknown_labels_are_left_out_of_the_metrics(folders, cache_dir, tmp_path):
     """A folder whose label cells are empty (unknown) still trains and evaluates; label-based metrics skip them."""
-    folder = copy_of_hospital_0(folders, tmp_path,
-                                edit=lambda rows: [row.update({finding: "" for finding in FINDING_NAMES}) for row in rows])
+    folder = copy_of_hospital_0(
+        folders, tmp_path, edit=lambda rows: [row.update({finding: "" for finding in FINDING_NAMES}) for row in rows]
+    )
     hospital, _ = load_hospital_folder(smoke(cache_dir), folder, 0)
     assert (hospital.test.labels == -1).all()
     from fedmm.evaluation.evaluate import evaluate_split
@@ -156,16 +165,25 @@ def test_a_hospital_replies_with_head_weights_or_reference_embeddings_and_metric
     cfg = smoke(cache_dir, f"strategy={strategy}")
     app = make_client_app(cfg)
     runtime = hospital_runtime(cfg, 0, str(folders / "hospital-0"))
-    heads = build_heads(runtime.data.train.image_features.shape[1], runtime.data.train.report_features.shape[1], cfg.heads, 0)
+    heads = build_heads(
+        runtime.data.train.image_features.shape[1], runtime.data.train.report_features.shape[1], cfg.heads, 0
+    )
     shapes = {name: tuple(value.shape) for name, value in heads.state_dict().items()}
     reference = (cfg.reference.num_samples, cfg.heads.embed_dim)
-    context = Context(run_id=1, node_id=0, node_config={"partition-id": 0, "data-dir": str(folders / "hospital-0")},
-                      state=RecordDict(), run_config={})
+    context = Context(
+        run_id=1,
+        node_id=0,
+        node_config={"partition-id": 0, "data-dir": str(folders / "hospital-0")},
+        state=RecordDict(),
+        run_config={},
+    )
     config = ConfigRecord({keys.SERVER_ROUND: 1, "distill-weight": 1.0})
     arrays = ArrayRecord(heads.state_dict())
     if strategy == "feddistill":
-        embeddings = {keys.IMAGE_EMBEDDINGS: np.zeros(reference, np.float32),
-                      keys.REPORT_EMBEDDINGS: np.zeros(reference, np.float32)}
+        embeddings = {
+            keys.IMAGE_EMBEDDINGS: np.zeros(reference, np.float32),
+            keys.REPORT_EMBEDDINGS: np.zeros(reference, np.float32),
+        }
         train = (MessageType.TRAIN + ".distill", ArrayRecord({k: Array(v) for k, v in embeddings.items()}))
     else:
         train = (MessageType.TRAIN, arrays)
@@ -198,8 +216,12 @@ def run_on_loopback(folders, out, overrides, tls=False, node_auth=False, kill_af
 
         def kill_when_due() -> None:
             metrics = run_dir / "metrics.jsonl"
-            if kill_after_round is not None and not killed and metrics.exists() and \
-                    len(metrics.read_text().splitlines()) >= kill_after_round:
+            if (
+                kill_after_round is not None
+                and not killed
+                and metrics.exists()
+                and len(metrics.read_text().splitlines()) >= kill_after_round
+            ):
                 federation.kill_hospital(2)
                 killed.append(time.monotonic())
 
@@ -214,7 +236,9 @@ def read_rounds(run_dir):
 
 
 @pytest.mark.slow
-def test_loopback_deployment_completes_with_the_simulation_s_metrics_and_leaves_no_process(folders, cache_dir, tmp_path):
+def test_loopback_deployment_completes_with_the_simulation_s_metrics_and_leaves_no_process(
+    folders, cache_dir, tmp_path
+):
     overrides = ["+experiment=smoke", f"cache_dir={cache_dir}"]
     status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides)
     assert status == COMPLETED, details
@@ -237,8 +261,9 @@ def test_loopback_deployment_completes_with_the_simulation_s_metrics_and_leaves_
 def test_over_tls_with_node_authentication_the_run_goes_on_without_a_dead_node(folders, cache_dir, tmp_path):
     overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=3", "federation.min_hospitals=2"]
     out = tmp_path / "deploy"
-    status, details, run_dir, groups = run_on_loopback(folders, out, overrides, tls=True, node_auth=True,
-                                                       kill_after_round=1)
+    status, details, run_dir, groups = run_on_loopback(
+        folders, out, overrides, tls=True, node_auth=True, kill_after_round=1
+    )
     assert status == COMPLETED, details
     assert not alive_in_groups(groups)
     assert "https://127.0.0.1" in (out / "logs" / "superlink.log").read_text()  # TLS, not a silent fallback

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from fedmm.cli import main as cli_main
 from fedmm.compose import compose_config, load_config_file
-from fedmm.experiment import run_experiment
 from fedmm.evaluation.metrics import KS
+from fedmm.experiment import run_experiment
 
 SUMMARY_KEYS = [f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in KS] + ["zeroshot_auroc_macro"]
 
@@ -48,7 +48,10 @@ def test_simulation_writes_every_output(two_federated_runs):
     assert image_only["group"] == "image_only" and "zeroshot_auroc_macro" in image_only
     assert "i2t_recall@10" not in image_only  # no pairs there: no retrieval metric, rather than a fake zero
     assert all(key in summary for key in SUMMARY_KEYS)
-    assert 0.0 <= summary["i2t_recall@10"] <= 1.0 and summary["ceiling"]["i2t_recall@10"] > summary["chance"]["i2t_recall@10"]
+    assert (
+        0.0 <= summary["i2t_recall@10"] <= 1.0
+        and summary["ceiling"]["i2t_recall@10"] > summary["chance"]["i2t_recall@10"]
+    )
     assert set(summary["hospitals"]) == {"0", "1", "2"}
     saved = load_config_file(run_dir / "config.yaml")
     assert saved.federation.clients_per_round == 2 and saved.run_dir == str(run_dir)
@@ -69,8 +72,9 @@ def test_same_seed_and_config_give_identical_metrics(two_federated_runs):
 @pytest.mark.slow
 def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_runs, smoke_overrides, tmp_path):
     ray_run, _, (ray_summary, _) = two_federated_runs
-    summary = run_experiment(compose_config([*smoke_overrides, "strategy=fedavg", "federation.clients_per_round=2",
-                                             f"run_dir={tmp_path}"]))
+    summary = run_experiment(
+        compose_config([*smoke_overrides, "strategy=fedavg", "federation.clients_per_round=2", f"run_dir={tmp_path}"])
+    )
     assert (tmp_path / "metrics.jsonl").read_text() == (ray_run / "metrics.jsonl").read_text()
     assert comparable(summary) == comparable(ray_summary)
     heads_ray, heads_here = load_file(ray_run / "heads.safetensors"), load_file(tmp_path / "heads.safetensors")
@@ -86,7 +90,9 @@ def test_training_changes_the_heads_it_should(two_federated_runs, smoke_override
     first, _, _ = two_federated_runs
     cfg = load_config_file(first / "config.yaml")
     data = load_federated_data(cfg)
-    initial = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM)).state_dict()
+    initial = build_heads(
+        data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM)
+    ).state_dict()
     trained = load_file(first / "heads.safetensors")
     assert not torch.equal(initial["image_head.1.weight"], trained["image_head.1.weight"])
     assert not torch.equal(initial["logit_scale"], trained["logit_scale"])
@@ -113,13 +119,16 @@ def test_finished_run_dir_is_never_overwritten(smoke_overrides, tmp_path):
     assert (tmp_path / "summary.json").read_text() == before
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["strategy=fedsomething"], "fedavg"),
-    (["encoders.image.weights=/missing/resnet18.pth"], "encoders.image.weights"),
-    (["encoders.image.name=vit"], "encoders.image.name='vit' is unknown"),
-    (["scenario.num_hospitals=5000"], "scenario.profiles cover 6 hospitals"),
-    (["federation.clients_per_round=9"], "federation.clients_per_round=9"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["strategy=fedsomething"], "fedavg"),
+        (["encoders.image.weights=/missing/resnet18.pth"], "encoders.image.weights"),
+        (["encoders.image.name=vit"], "encoders.image.name='vit' is unknown"),
+        (["scenario.num_hospitals=5000"], "scenario.profiles cover 6 hospitals"),
+        (["federation.clients_per_round=9"], "federation.clients_per_round=9"),
+    ],
+)
 def test_cli_rejects_bad_options_before_any_work(overrides, message, capsys, tmp_path, cache_dir):
     code = cli_main(["run", f"cache_dir={cache_dir}", f"run_dir={tmp_path / 'never'}", *overrides])
     assert code == 2
@@ -131,7 +140,16 @@ def test_cli_rejects_bad_options_before_any_work(overrides, message, capsys, tmp
 def test_compare_writes_csv_markdown_and_plot_and_reuses_finished_cells(smoke_overrides, tmp_path, capsys):
     import csv
 
-    arguments = ["compare", "--strategies", "fedavg,fedper", "--scenarios", "balanced", "--out", str(tmp_path), *smoke_overrides]
+    arguments = [
+        "compare",
+        "--strategies",
+        "fedavg,fedper",
+        "--scenarios",
+        "balanced",
+        "--out",
+        str(tmp_path),
+        *smoke_overrides,
+    ]
     assert cli_main(arguments) == 0
     rows = list(csv.DictReader((tmp_path / "table.csv").open()))
     assert [(r["scenario"], r["strategy"]) for r in rows] == [("balanced", "fedavg"), ("balanced", "fedper")]

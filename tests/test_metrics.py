@@ -69,7 +69,9 @@ def test_auroc_matches_pair_counting_with_ties():
     negatives = [s for s, y in zip(scores.tolist(), labels.tolist()) if not y]
     expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(positives, negatives))
     assert auroc(scores, labels) == pytest.approx(expected / (len(positives) * len(negatives)))
-    assert auroc(torch.tensor([0.3, 0.2]), torch.tensor([1, 1])) != auroc(torch.tensor([0.3, 0.2]), torch.tensor([1, 1]))
+    assert auroc(torch.tensor([0.3, 0.2]), torch.tensor([1, 1])) != auroc(
+        torch.tensor([0.3, 0.2]), torch.tensor([1, 1])
+    )
 
 
 def test_oracle_recall_by_hand():
@@ -82,8 +84,13 @@ def test_chance_precision_by_hand_and_by_averaging_random_rankings():
     labels = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1]])
     assert chance_finding_precision(labels) == pytest.approx((3 / 4 * 3 + 1 / 4) / 4)  # 0.625
     embeddings = [normalized(4, 3, seed) for seed in range(400)]
-    measured = sum(finding_precision_at_k(e, normalized(4, 3, 1000 + i), labels, labels, [2])[2]
-                   for i, e in enumerate(embeddings)) / 400
+    measured = (
+        sum(
+            finding_precision_at_k(e, normalized(4, 3, 1000 + i), labels, labels, [2])[2]
+            for i, e in enumerate(embeddings)
+        )
+        / 400
+    )
     assert measured == pytest.approx(0.625, abs=0.03)
 
 
@@ -91,8 +98,14 @@ def test_the_registry_names_what_evaluation_reports_and_labels_its_prefixed_form
     from fedmm.evaluation import metrics as registry
 
     # every registered metric is one evaluate_split can report, and every view names registered metrics
-    for view in (registry.RUN_TABLE, registry.GROUP_TABLE, registry.GLOBAL_CURVES, registry.GROUP_CURVES,
-                 registry.REPORT_DEFAULT, (registry.HEADLINE,)):
+    for view in (
+        registry.RUN_TABLE,
+        registry.GROUP_TABLE,
+        registry.GLOBAL_CURVES,
+        registry.GROUP_CURVES,
+        registry.REPORT_DEFAULT,
+        (registry.HEADLINE,),
+    ):
         assert all(registry.metric(name) for name in view)
     assert registry.label("personal_i2t_recall@10") == "own model i2t R@10"
     assert registry.label("zeroshot_auroc_atelectasis") == "zeroshot_auroc_atelectasis"  # unregistered: itself

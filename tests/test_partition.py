@@ -102,19 +102,24 @@ def test_dirichlet_alpha_controls_skew(labels):
 def test_same_seed_same_federation_other_seed_other(labels):
     s = scenario(dirichlet_alpha=0.5, profiles=(ModalityProfile(4, missing_image_rate=0.3),))
     a, b, c = (partition_dataset(labels, s, 0.2, seed) for seed in (5, 5, 6))
-    assert all(np.array_equal(x.train_indices, y.train_indices) and np.array_equal(x.train_availability, y.train_availability)
-               for x, y in zip(a.hospitals, b.hospitals))
+    assert all(
+        np.array_equal(x.train_indices, y.train_indices) and np.array_equal(x.train_availability, y.train_availability)
+        for x, y in zip(a.hospitals, b.hospitals)
+    )
     assert not np.array_equal(a.global_test_indices, c.global_test_indices)
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(profiles=(ModalityProfile(4, paired=0.5, image_only=0.2),)), "must sum to 1"),
-    (dict(profiles=(ModalityProfile(4, missing_image_rate=0.7, missing_report_rate=0.5),)), "cannot lose both"),
-    (dict(profiles=(ModalityProfile(4, paired=1.0, missing_image_rate=0.1),)), "not both"),
-    (dict(profiles=(ModalityProfile(3, paired=1.0),)), "add up to the number of hospitals"),
-    (dict(num_hospitals=400, profiles=(ModalityProfile(400, paired=1.0),)), "cannot share"),
-    (dict(dirichlet_alpha=0.0), "dirichlet_alpha"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(profiles=(ModalityProfile(4, paired=0.5, image_only=0.2),)), "must sum to 1"),
+        (dict(profiles=(ModalityProfile(4, missing_image_rate=0.7, missing_report_rate=0.5),)), "cannot lose both"),
+        (dict(profiles=(ModalityProfile(4, paired=1.0, missing_image_rate=0.1),)), "not both"),
+        (dict(profiles=(ModalityProfile(3, paired=1.0),)), "add up to the number of hospitals"),
+        (dict(num_hospitals=400, profiles=(ModalityProfile(400, paired=1.0),)), "cannot share"),
+        (dict(dirichlet_alpha=0.0), "dirichlet_alpha"),
+    ],
+)
 def test_impossible_scenarios_fail_with_the_option_named(labels, changes, message):
     with pytest.raises(ConfigError, match=message):
         partition_dataset(labels, scenario(**changes), 0.2, seed=0)
@@ -122,17 +127,30 @@ def test_impossible_scenarios_fail_with_the_option_named(labels, changes, messag
 
 # The knob form (`profiles` empty): hospital_mix and missing_rate, as the sweeps vary them.
 
+
 def knobs(num_hospitals: int = 8, unimodal: float = 0.0, image_only_fraction: float = 0.5, **rates) -> ScenarioConfig:
-    return scenario(name="knobs", num_hospitals=num_hospitals, profiles=(),
-                    hospital_mix=configured("scenario.hospital_mix", "scenario=mix", unimodal=unimodal,
-                                            image_only_fraction=image_only_fraction),
-                    missing_rate=configured("scenario.missing_rate", "scenario=mix", **rates))
+    return scenario(
+        name="knobs",
+        num_hospitals=num_hospitals,
+        profiles=(),
+        hospital_mix=configured(
+            "scenario.hospital_mix", "scenario=mix", unimodal=unimodal, image_only_fraction=image_only_fraction
+        ),
+        missing_rate=configured("scenario.missing_rate", "scenario=mix", **rates),
+    )
 
 
-@pytest.mark.parametrize("unimodal, image_only_fraction, expected", [
-    (0.0, 0.5, (8, 0, 0)), (0.25, 0.5, (6, 1, 1)), (0.5, 0.5, (4, 2, 2)), (0.75, 0.5, (2, 3, 3)),
-    (0.25, 1.0, (6, 2, 0)), (1.0, 0.0, (0, 0, 8)),
-])
+@pytest.mark.parametrize(
+    "unimodal, image_only_fraction, expected",
+    [
+        (0.0, 0.5, (8, 0, 0)),
+        (0.25, 0.5, (6, 1, 1)),
+        (0.5, 0.5, (4, 2, 2)),
+        (0.75, 0.5, (2, 3, 3)),
+        (0.25, 1.0, (6, 2, 0)),
+        (1.0, 0.0, (0, 0, 8)),
+    ],
+)
 def test_hospital_mix_gives_the_claimed_groups(labels, unimodal, image_only_fraction, expected):
     federation = partition_dataset(labels, knobs(8, unimodal, image_only_fraction), 0.2, seed=0)
     groups = [h.group for h in federation.hospitals]
@@ -153,13 +171,20 @@ def test_fixed_missing_rates_hold_in_every_paired_hospital(labels):
 
 
 def test_beta_missing_rates_have_the_claimed_mean_and_spread():
-    rates = draw_missing_rates(configured("scenario.missing_rate", "scenario=mix", image=0.1, report=0.3, distribution="beta", concentration=4.0),
-                               20000, np.random.default_rng(0))
+    rates = draw_missing_rates(
+        configured(
+            "scenario.missing_rate", "scenario=mix", image=0.1, report=0.3, distribution="beta", concentration=4.0
+        ),
+        20000,
+        np.random.default_rng(0),
+    )
     for column, mean in enumerate((0.1, 0.3)):
         assert abs(rates[:, column].mean() - mean) < 0.01
         assert abs(rates[:, column].var() - mean * (1 - mean) / 5.0) < 0.005  # Beta variance m(1-m)/(c+1)
     assert (rates.sum(axis=1) <= 1 + 1e-12).all()
-    fixed = draw_missing_rates(configured("scenario.missing_rate", "scenario=mix", image=0.1, report=0.3), 3, np.random.default_rng(0))
+    fixed = draw_missing_rates(
+        configured("scenario.missing_rate", "scenario=mix", image=0.1, report=0.3), 3, np.random.default_rng(0)
+    )
     assert np.array_equal(fixed, [[0.1, 0.3]] * 3)
 
 
@@ -170,11 +195,14 @@ def test_beta_rates_differ_between_hospitals_and_follow_the_seed(labels):
     assert len({p.missing_image_rate for p in first}) == 4
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(unimodal=1.5), r"scenario.hospital_mix.unimodal=1.5 must lie in \[0, 1\]"),
-    (dict(image=0.6, report=0.6), "cannot lose both"),
-    (dict(distribution="gamma"), "scenario.missing_rate.distribution='gamma' is unknown"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(unimodal=1.5), r"scenario.hospital_mix.unimodal=1.5 must lie in \[0, 1\]"),
+        (dict(image=0.6, report=0.6), "cannot lose both"),
+        (dict(distribution="gamma"), "scenario.missing_rate.distribution='gamma' is unknown"),
+    ],
+)
 def test_bad_knobs_are_named(labels, changes, message):
     with pytest.raises(ConfigError, match=message):
         partition_dataset(labels, knobs(**changes), 0.2, seed=0)

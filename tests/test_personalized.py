@@ -71,7 +71,12 @@ def test_fedprox_with_mu_zero_is_fedavgs_step_and_mu_keeps_heads_near_global():
 def test_fedper_keeps_exactly_the_final_layers():
     state = snapshot(heads())
     shared, personal = split_personal(state)
-    assert sorted(personal) == ["image_head.3.bias", "image_head.3.weight", "report_head.3.bias", "report_head.3.weight"]
+    assert sorted(personal) == [
+        "image_head.3.bias",
+        "image_head.3.weight",
+        "report_head.3.bias",
+        "report_head.3.weight",
+    ]
     assert set(shared) | set(personal) == set(state) and not set(shared) & set(personal)
     server = SharedBaseFedAvg(node_of_hospital={0: 1}, clients_per_round=1, seed=0, evaluate_every=1, num_rounds=1)
     assert set(server.initial_arrays(state).keys()) == set(shared)
@@ -94,9 +99,14 @@ def test_fedrep_trains_the_final_layers_with_the_base_frozen_first():
 def test_ditto_sends_fedavgs_update_and_keeps_a_lambda_regularized_personal_model():
     received, data = snapshot(heads()), tiny_split()
     fedavg = global_update(tiny_step(heads(1), data, 5), received)
-    close, free = (ditto_update(tiny_step(heads(1), data, 5, "ditto", f"strategy.ditto_lambda={weight}",
-                                          personal_model=heads(2)), received, None)
-                   for weight in (10.0, 0.0))
+    close, free = (
+        ditto_update(
+            tiny_step(heads(1), data, 5, "ditto", f"strategy.ditto_lambda={weight}", personal_model=heads(2)),
+            received,
+            None,
+        )
+        for weight in (10.0, 0.0)
+    )
     assert all(torch.equal(close.shared[k], fedavg.shared[k]) for k in received)  # the global step is FedAvg's
     # λ = 0: the personal model is plain local training from the global model (its own seed stream)
     alone = heads(3)

@@ -43,7 +43,9 @@ def dp_accounting_epsilon(ledger, delta: float) -> float:
 
     accountant = RdpAccountant()
     for entry in ledger:
-        event = dp_accounting.PoissonSampledDpEvent(entry.sample_rate, dp_accounting.GaussianDpEvent(entry.noise_multiplier))
+        event = dp_accounting.PoissonSampledDpEvent(
+            entry.sample_rate, dp_accounting.GaussianDpEvent(entry.noise_multiplier)
+        )
         accountant.compose(event, entry.steps)
     return float(accountant.get_epsilon(delta))
 
@@ -63,8 +65,11 @@ def test_ledger_survives_the_flat_lists_flower_stores():
 
 
 def test_plan_from_a_target_spends_at_most_the_target_over_the_planned_rounds():
-    cfg = replace(user_config(), train=configured("train", batch_size=64, local_epochs=2),
-                  privacy=_privacy(configured("privacy.sample", enabled=True, target_epsilon=4.0)))
+    cfg = replace(
+        user_config(),
+        train=configured("train", batch_size=64, local_epochs=2),
+        privacy=_privacy(configured("privacy.sample", enabled=True, target_epsilon=4.0)),
+    )
     plan = plan_sample_privacy(cfg, num_paired=640, hospital=0)
     assert plan.dpsgd.sample_rate == 0.1 and plan.steps_per_round == 2 * 10 and plan.delta == 1 / 6400
     assert 4.0 - 0.011 <= plan.planned_epsilon <= 4.0  # Opacus' search tolerance
@@ -74,15 +79,21 @@ def test_plan_from_a_target_spends_at_most_the_target_over_the_planned_rounds():
     assert plan_sample_privacy(cfg, num_paired=0, hospital=1) is None  # no pairs: nothing trained, nothing spent
 
 
-@pytest.mark.parametrize("sample, message", [
-    (configured("privacy.sample", enabled=True, target_epsilon=0.0), "target_epsilon=0.0 is impossible"),
-    (configured("privacy.sample", enabled=True, target_epsilon=-1.0), "target_epsilon=-1.0 is impossible"),
-    (configured("privacy.sample", enabled=True, target_epsilon=4.0, delta=1.0), "delta=1.0 is impossible"),
-    (configured("privacy.sample", enabled=True, target_epsilon=4.0, delta=0.0), "delta=0.0 is impossible"),
-    (configured("privacy.sample", enabled=True, noise_multiplier=1.0, max_epsilon=0.0), "max_epsilon=0.0 is impossible"),
-    (configured("privacy.sample", enabled=True), "set exactly one of noise_multiplier and target_epsilon"),
-    (configured("privacy.sample", enabled=True, noise_multiplier=1.0, target_epsilon=2.0), "set exactly one"),
-])
+@pytest.mark.parametrize(
+    "sample, message",
+    [
+        (configured("privacy.sample", enabled=True, target_epsilon=0.0), "target_epsilon=0.0 is impossible"),
+        (configured("privacy.sample", enabled=True, target_epsilon=-1.0), "target_epsilon=-1.0 is impossible"),
+        (configured("privacy.sample", enabled=True, target_epsilon=4.0, delta=1.0), "delta=1.0 is impossible"),
+        (configured("privacy.sample", enabled=True, target_epsilon=4.0, delta=0.0), "delta=0.0 is impossible"),
+        (
+            configured("privacy.sample", enabled=True, noise_multiplier=1.0, max_epsilon=0.0),
+            "max_epsilon=0.0 is impossible",
+        ),
+        (configured("privacy.sample", enabled=True), "set exactly one of noise_multiplier and target_epsilon"),
+        (configured("privacy.sample", enabled=True, noise_multiplier=1.0, target_epsilon=2.0), "set exactly one"),
+    ],
+)
 def test_impossible_sample_budgets_fail_validation(sample, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(replace(user_config(), privacy=_privacy(sample)))
@@ -91,23 +102,36 @@ def test_impossible_sample_budgets_fail_validation(sample, message):
 def test_a_target_no_noise_can_reach_fails_before_training_naming_the_hospital():
     cfg = replace(user_config(), privacy=_privacy(configured("privacy.sample", enabled=True, target_epsilon=0.01)))
     validate_config(cfg)  # reachable or not depends on each hospital's n: checked once counts are known
-    with pytest.raises(ConfigError, match=r"target_epsilon=0.01 cannot be reached by hospital 1 .*raise target_epsilon"):
+    with pytest.raises(
+        ConfigError, match=r"target_epsilon=0.01 cannot be reached by hospital 1 .*raise target_epsilon"
+    ):
         plan_all_hospitals(cfg, {0: 0, 1: 500})
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["privacy=dp_sgd", "train.objective=in_batch"], "in-batch negatives .* does not bound its influence"),
-    (["privacy=dp_sgd", "strategy=fedprox"], "privacy.sample \\(DP-SGD\\) is not wired to 'fedprox'.*'fedavg'"),
-    (["privacy=client_fixed"], "needs strategy.modality_aware=false"),  # the default averaging is modality-aware
-    (["privacy=client_fixed", "strategy=ditto"], "needs a uniformly averaged strategy"),
-    (["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.delta=0.5"], r"delta=0.5 is impossible"),
-    (["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.clipping=server_adaptive"],
-     "Raise privacy.client.clipped_count_stddev"),
-    (["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.clipping=sometimes"], "clipping='sometimes' is unknown"),
-    (["privacy.on_budget=keep_going"], "on_budget='keep_going' is unknown"),
-    (["train.objective=ranking"], "train.objective='ranking' is unknown"),
-    (["strategy=fedper", "resume=true"], "resuming is supported for"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["privacy=dp_sgd", "train.objective=in_batch"], "in-batch negatives .* does not bound its influence"),
+        (["privacy=dp_sgd", "strategy=fedprox"], "privacy.sample \\(DP-SGD\\) is not wired to 'fedprox'.*'fedavg'"),
+        (["privacy=client_fixed"], "needs strategy.modality_aware=false"),  # the default averaging is modality-aware
+        (["privacy=client_fixed", "strategy=ditto"], "needs a uniformly averaged strategy"),
+        (
+            ["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.delta=0.5"],
+            r"delta=0.5 is impossible",
+        ),
+        (
+            ["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.clipping=server_adaptive"],
+            "Raise privacy.client.clipped_count_stddev",
+        ),
+        (
+            ["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.clipping=sometimes"],
+            "clipping='sometimes' is unknown",
+        ),
+        (["privacy.on_budget=keep_going"], "on_budget='keep_going' is unknown"),
+        (["train.objective=ranking"], "train.objective='ranking' is unknown"),
+        (["strategy=fedper", "resume=true"], "resuming is supported for"),
+    ],
+)
 def test_unsound_or_unknown_privacy_options_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(compose_config(overrides))
@@ -141,28 +165,39 @@ def test_a_pairs_bank_loss_term_does_not_depend_on_the_other_pairs_but_in_batch_
         bank_images, bank_reports = model.embed_images(bank.image_features), model.embed_reports(bank.report_features)
 
     def bank_terms(m, images, reports):
-        return reference_bank_info_nce(m.embed_images(images), m.embed_reports(reports), bank_images, bank_reports,
-                                       m.scale()).total
+        return reference_bank_info_nce(
+            m.embed_images(images), m.embed_reports(reports), bank_images, bank_reports, m.scale()
+        ).total
 
     def in_batch_terms(m, images, reports):  # CLIP's per-row terms, i -> all reports of the batch
         logits = m.scale() * m.embed_images(images) @ m.embed_reports(reports).T
         return torch.nn.functional.cross_entropy(logits, torch.arange(len(logits)), reduction="none")
 
-    assert torch.allclose(_pair_gradient(bank_terms, model, slice(0, 1)), _pair_gradient(bank_terms, model, slice(0, 8)),
-                          atol=1e-6)
-    assert not torch.allclose(_pair_gradient(in_batch_terms, model, slice(0, 2)),
-                              _pair_gradient(in_batch_terms, model, slice(0, 8)), atol=1e-4)
+    assert torch.allclose(
+        _pair_gradient(bank_terms, model, slice(0, 1)), _pair_gradient(bank_terms, model, slice(0, 8)), atol=1e-6
+    )
+    assert not torch.allclose(
+        _pair_gradient(in_batch_terms, model, slice(0, 2)),
+        _pair_gradient(in_batch_terms, model, slice(0, 8)),
+        atol=1e-4,
+    )
 
 
 def test_per_pair_gradients_include_the_bank_path_and_match_autograd():
     data, bank, model = tiny_split(5), tiny_split(16), heads()
     trainable = dict(model.named_parameters())
-    per_pair = per_pair_gradients(model, trainable, data.image_features, data.report_features,
-                                  bank.image_features, bank.report_features)
+    per_pair = per_pair_gradients(
+        model, trainable, data.image_features, data.report_features, bank.image_features, bank.report_features
+    )
     for pair in (0, 3):
         model.zero_grad()
-        bank_loss(model, data.image_features[pair:pair + 1], data.report_features[pair:pair + 1],
-                  bank.image_features, bank.report_features)[0].backward()
+        bank_loss(
+            model,
+            data.image_features[pair : pair + 1],
+            data.report_features[pair : pair + 1],
+            bank.image_features,
+            bank.report_features,
+        )[0].backward()
         for name, parameter in trainable.items():
             torch.testing.assert_close(per_pair[name][pair], parameter.grad, atol=1e-5, rtol=1e-4)
 
@@ -176,12 +211,21 @@ def test_dp_sgd_clips_every_pairs_gradient_to_the_bound():
         model.logit_scale.requires_grad_(False)
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         before = torch.cat([p.detach().flatten().clone() for p in trainable.values()])
-        optimizer = make_private(torch.optim.SGD(trainable.values(), lr=1.0),
-                                 DPSGD(noise_multiplier=0.0, max_grad_norm=bound, sample_rate=1.0),
-                                 expected_batch_size=1, seed=0)
+        optimizer = make_private(
+            torch.optim.SGD(trainable.values(), lr=1.0),
+            DPSGD(noise_multiplier=0.0, max_grad_norm=bound, sample_rate=1.0),
+            expected_batch_size=1,
+            seed=0,
+        )
         row = slice(pair, pair + 1)
-        per_pair = per_pair_gradients(model, trainable, data.image_features[row], data.report_features[row],
-                                      bank.image_features, bank.report_features)
+        per_pair = per_pair_gradients(
+            model,
+            trainable,
+            data.image_features[row],
+            data.report_features[row],
+            bank.image_features,
+            bank.report_features,
+        )
         for name, parameter in trainable.items():
             parameter.grad_sample = per_pair[name]
         unclipped = torch.cat([g.flatten() for g in per_pair.values()]).norm()
@@ -230,17 +274,26 @@ def test_client_level_epsilon_is_flowers_rdp_accountant_for_every_release():
     assert accountant.get_privacy_spent().epsilon == pytest.approx(independent.get_epsilon(1e-5), rel=0.01)
 
 
-
 def _reply(hospital: int, arrays: dict, trained: bool = True):
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
     from fedmm import protocol as keys
 
-    metrics = {keys.HOSPITAL_ID: hospital, keys.NUM_EXAMPLES: 10, keys.NUM_PAIRED_USED: 10 * trained,
-               keys.NUM_IMAGE_USED: 10 * trained, keys.NUM_REPORT_USED: 10 * trained, keys.TRAIN_STEPS: int(trained),
-               keys.TRAIN_LOSS: 1.0}
-    content = RecordDict({keys.ARRAYS: ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}),
-                          keys.METRICS: MetricRecord(metrics)})
+    metrics = {
+        keys.HOSPITAL_ID: hospital,
+        keys.NUM_EXAMPLES: 10,
+        keys.NUM_PAIRED_USED: 10 * trained,
+        keys.NUM_IMAGE_USED: 10 * trained,
+        keys.NUM_REPORT_USED: 10 * trained,
+        keys.TRAIN_STEPS: int(trained),
+        keys.TRAIN_LOSS: 1.0,
+    }
+    content = RecordDict(
+        {
+            keys.ARRAYS: ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+            keys.METRICS: MetricRecord(metrics),
+        }
+    )
     return Message(content, dst_node_id=0, message_type="train")
 
 
@@ -249,10 +302,16 @@ def test_client_level_average_divides_by_the_planned_sample_and_skips_zero_updat
 
     from fedmm.strategies.base import HospitalFedAvg
 
-    inner = HospitalFedAvg({0: 10, 1: 11, 2: 12}, clients_per_round=3, seed=0, evaluate_every=1, num_rounds=2,
-                           uniform_weights=True)
-    strategy = ClientLevelDP(inner, configured("privacy.client", clipping="server_fixed", noise_multiplier=1e-9, clipping_norm=100.0),
-                             None, stop_run_at_budget=False, seed=0)
+    inner = HospitalFedAvg(
+        {0: 10, 1: 11, 2: 12}, clients_per_round=3, seed=0, evaluate_every=1, num_rounds=2, uniform_weights=True
+    )
+    strategy = ClientLevelDP(
+        inner,
+        configured("privacy.client", clipping="server_fixed", noise_multiplier=1e-9, clipping_norm=100.0),
+        None,
+        stop_run_at_budget=False,
+        seed=0,
+    )
     current = {"w": np.array([1.0, 1.0])}
     list(strategy.configure_train(1, ArrayRecord({"w": _array(current["w"])}), ConfigRecord(), grid=None))
     replies = [_reply(0, {"w": [3.0, 1.0]}), _reply(1, {"w": [1.0, 4.0]}), _reply(2, current, trained=False)]
@@ -270,17 +329,26 @@ def test_client_level_budget_retires_a_hospital_before_it_passes_max_epsilon():
     from fedmm.strategies.base import HospitalFedAvg, RunStopped
 
     def run(stop_run: bool):
-        inner = HospitalFedAvg({0: 10, 1: 11}, clients_per_round=2, seed=0, evaluate_every=1, num_rounds=5,
-                               uniform_weights=True)
+        inner = HospitalFedAvg(
+            {0: 10, 1: 11}, clients_per_round=2, seed=0, evaluate_every=1, num_rounds=5, uniform_weights=True
+        )
         dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5)
         one_round = _epsilon_after(dp, 1)
-        dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5,
-                            max_epsilon=(one_round + _epsilon_after(dp, 2)) / 2)  # room for one release only
+        dp = configured(
+            "privacy.client",
+            clipping="server_fixed",
+            noise_multiplier=2.0,
+            clipping_norm=1.0,
+            delta=1e-5,
+            max_epsilon=(one_round + _epsilon_after(dp, 2)) / 2,
+        )  # room for one release only
         strategy = ClientLevelDP(inner, dp, None, stop_run_at_budget=stop_run, seed=0)
         arrays = ArrayRecord({"w": _array(np.zeros(2))})
         for server_round in (1, 2):
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid=None))
-            strategy.aggregate_train(server_round, [_reply(h, {"w": [0.5, 0.5]}) for h in inner.logs[server_round].sampled])
+            strategy.aggregate_train(
+                server_round, [_reply(h, {"w": [0.5, 0.5]}) for h in inner.logs[server_round].sampled]
+            )
             assert all(strategy.epsilon(h) <= dp.max_epsilon for h in (0, 1))
         return inner, messages
 
@@ -306,4 +374,3 @@ def _array(values):
 
 def _privacy(sample: SampleDPConfig):
     return configured("privacy", sample=sample)
-

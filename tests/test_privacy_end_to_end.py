@@ -99,28 +99,42 @@ def test_client_level_dp_accounts_every_participation_and_its_noise_is_seeded(sm
     assert summary["privacy"]["max_client_dp_epsilon"] == max(
         line["train"][h]["client-dp-epsilon"] for line in lines for h in line["train"])
     again = client_level_run(smoke_overrides, tmp_path / "second")
-    first, second = load_file(tmp_path / "first" / "heads.safetensors"), load_file(tmp_path / "second" / "heads.safetensors")
+    first, second = (
+        load_file(tmp_path / "first" / "heads.safetensors"),
+        load_file(tmp_path / "second" / "heads.safetensors"),
+    )
     assert all(torch.equal(first[key], second[key]) for key in first)  # the same seed: the same noise
     assert again["i2t_recall@10"] == summary["i2t_recall@10"]
 
 
-def test_a_resumed_run_carries_each_hospitals_epsilon_over_and_matches_one_that_never_stopped(smoke_overrides,
-                                                                                              tmp_path):
-    common = [*smoke_overrides, "strategy=fedavgm", "strategy.modality_aware=false", "privacy=dp_sgd", "privacy.sample.target_epsilon=null",
-              f"privacy.sample.noise_multiplier={SIGMA}"]
+def test_a_resumed_run_carries_each_hospitals_epsilon_over_and_matches_one_that_never_stopped(
+    smoke_overrides, tmp_path
+):
+    common = [
+        *smoke_overrides,
+        "strategy=fedavgm",
+        "strategy.modality_aware=false",
+        "privacy=dp_sgd",
+        "privacy.sample.target_epsilon=null",
+        f"privacy.sample.noise_multiplier={SIGMA}",
+    ]
     whole = run_experiment(compose_config([*common, "federation.rounds=3", f"run_dir={tmp_path / 'whole'}"]))
     run_experiment(compose_config([*common, "federation.rounds=2", f"run_dir={tmp_path / 'split'}"]))
     with pytest.raises(ConfigError, match="already holds a finished run"):  # never silently restarted
         run_experiment(compose_config([*common, "federation.rounds=3", f"run_dir={tmp_path / 'split'}"]))
-    resumed = run_experiment(compose_config([*common, "federation.rounds=3", f"run_dir={tmp_path / 'split'}",
-                                             "resume=true"]))
+    resumed = run_experiment(
+        compose_config([*common, "federation.rounds=3", f"run_dir={tmp_path / 'split'}", "resume=true"])
+    )
     lines = read_lines(tmp_path / "split")
     assert [line["round"] for line in lines] == [1, 2, 3]
     # the hospital's ledger came back from its state folder: round 3's ε composes all 3 rounds, not 1
     assert lines[2]["train"]["0"]["dp-steps"] == 6
     assert lines[2]["train"]["0"]["dp-epsilon"] == pytest.approx(independent_epsilon(1.0, SIGMA, 6, 1 / 640))
     assert resumed["privacy"] == whole["privacy"]
-    first, second = load_file(tmp_path / "whole" / "heads.safetensors"), load_file(tmp_path / "split" / "heads.safetensors")
+    first, second = (
+        load_file(tmp_path / "whole" / "heads.safetensors"),
+        load_file(tmp_path / "split" / "heads.safetensors"),
+    )
     assert all(torch.equal(first[key], second[key]) for key in first)  # momentum and seeds carried over too
 
 

@@ -36,8 +36,12 @@ def make_audit_mod(folder):
             "round": int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0)),
             "received": [fingerprint(a) for record in msg.content.array_records.values() for a in record.values()],
             "reply_records": {name: type(record).__name__ for name, record in reply.content.items()},
-            "reply_arrays": {key: fingerprint(a) for record in reply.content.array_records.values() for key, a in record.items()},
-            "reply_shapes": {key: list(a.shape) for record in reply.content.array_records.values() for key, a in record.items()},
+            "reply_arrays": {
+                key: fingerprint(a) for record in reply.content.array_records.values() for key, a in record.items()
+            },
+            "reply_shapes": {
+                key: list(a.shape) for record in reply.content.array_records.values() for key, a in record.items()
+            },
             "personal": {key: fingerprint(a) for key, a in personal.items()} if personal is not None else None,
         }
         (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps(entry))
@@ -60,7 +64,9 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
     # The run itself: two rounds, every hospital evaluated, bytes measured
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2] and set(summary["hospitals"]) == {"0", "1", "2"}
-    sent = [sum(len(Array(np.zeros(shape, dtype=np.float32)).data) for shape in e["reply_shapes"].values()) for e in train]
+    sent = [
+        sum(len(Array(np.zeros(shape, dtype=np.float32)).data) for shape in e["reply_shapes"].values()) for e in train
+    ]
     assert summary["upload_bytes_per_round"] == pytest.approx(np.mean(sent))  # all arrays are float32
     assert ("i2t_recall@10" in summary) == spec.has_global_model
     if spec.personal_model is not None:  # judged on each hospital's own split, with its own model
@@ -70,7 +76,9 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
     # The audit: replies hold only arrays and metrics ...
     assert len(train) == 6  # 3 hospitals x 2 rounds
     for entry in entries:
-        expected = {keys.METRICS: "MetricRecord"} | ({keys.ARRAYS: "ArrayRecord"} if entry["type"].startswith("train") else {})
+        expected = {keys.METRICS: "MetricRecord"} | (
+            {keys.ARRAYS: "ArrayRecord"} if entry["type"].startswith("train") else {}
+        )
         assert entry["reply_records"] == expected, entry
     # ... never a private array: no private value under any name (FedPer/FedRep: no final layer by name either)
     shares_base_only = not spec.has_global_model
@@ -79,8 +87,11 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
         private = set((entry["personal"] or {}).values()) - set(entry["received"])
         # Scalars are left out: Adam moves a scalar whose gradient keeps its sign by exactly lr per step,
         # so Ditto's two temperatures can coincide bit for bit without one being copied from the other.
-        leaked = sorted(key for key, value in entry["reply_arrays"].items()
-                        if value in private and np.prod(entry["reply_shapes"][key]) > 1)
+        leaked = sorted(
+            key
+            for key, value in entry["reply_arrays"].items()
+            if value in private and np.prod(entry["reply_shapes"][key]) > 1
+        )
         assert not leaked, f"hospital {entry['hospital']} sent private arrays {leaked} in round {entry['round']}"
     if spec.exchanges is Exchange.EMBEDDINGS:  # distillation: reference embeddings of the modalities held, no weights
         reference_size, embed_dim = cfg.reference.num_samples, cfg.heads.embed_dim
@@ -101,8 +112,11 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, handler", [("ditto", "retrieval"), ("fedrep", "prototype")])
 def test_missing_modality_handlers_train_the_image_only_hospital_in_personalized_strategies(
-        smoke_overrides, tmp_path, strategy, handler):
-    cfg = compose_config([*smoke_overrides, f"strategy={strategy}", f"missing={handler}", f"run_dir={tmp_path / 'run'}"])
+    smoke_overrides, tmp_path, strategy, handler
+):
+    cfg = compose_config(
+        [*smoke_overrides, f"strategy={strategy}", f"missing={handler}", f"run_dir={tmp_path / 'run'}"]
+    )
     run_experiment(cfg)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     image_only = lines[0]["train"]["1"]  # smoke: hospital 1 holds images only

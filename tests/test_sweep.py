@@ -18,17 +18,31 @@ def test_sweep_axes_cells_and_variants():
                     "seed": ["0", "1"], "scenario.hospital_mix.unimodal": ["0", "0.5"]}
     cells = make_cells(fixed, axes)
     assert len(cells) == 8 and len({cell.name for cell in cells}) == 8
-    assert cells[-1] == Cell("strategy=fedavg+strategy.modality_aware=false+missing=prototype,seed=1,scenario.hospital_mix.unimodal=0.5",
-                             {"variant": "strategy=fedavg strategy.modality_aware=false missing=prototype", "seed": "1",
-                              "scenario.hospital_mix.unimodal": "0.5"},
-                             ["scenario=mix", "strategy=fedavg", "strategy.modality_aware=false", "missing=prototype", "seed=1",
-                              "scenario.hospital_mix.unimodal=0.5"])
+    assert cells[-1] == Cell(
+        "strategy=fedavg+strategy.modality_aware=false+missing=prototype,seed=1,scenario.hospital_mix.unimodal=0.5",
+        {
+            "variant": "strategy=fedavg strategy.modality_aware=false missing=prototype",
+            "seed": "1",
+            "scenario.hospital_mix.unimodal": "0.5",
+        },
+        [
+            "scenario=mix",
+            "strategy=fedavg",
+            "strategy.modality_aware=false",
+            "missing=prototype",
+            "seed=1",
+            "scenario.hospital_mix.unimodal=0.5",
+        ],
+    )
 
 
-@pytest.mark.parametrize("overrides, variants, message", [
-    (["seed=0,1", "seed=2,3"], [], "seed is swept twice"),
-    ([], ["strategy=fedavg,feddistill"], "a variant holds single values"),
-])
+@pytest.mark.parametrize(
+    "overrides, variants, message",
+    [
+        (["seed=0,1", "seed=2,3"], [], "seed is swept twice"),
+        ([], ["strategy=fedavg,feddistill"], "a variant holds single values"),
+    ],
+)
 def test_bad_sweeps_are_named(overrides, variants, message):
     with pytest.raises(ConfigError, match=message):
         parse_sweep(overrides, variants)
@@ -42,11 +56,15 @@ def test_hospital_auroc_takes_the_model_and_modality_the_hospital_uses():
 
 
 def test_cell_row_groups_worst_and_spread_by_hand():
-    summary = {"i2t_recall@10": 0.2, "hospitals": {
-        "0": {"group": "paired", "zeroshot_auroc_macro": 0.8},
-        "1": {"group": "paired", "zeroshot_auroc_macro": 0.6},
-        "2": {"group": "image_only", "zeroshot_auroc_macro": 0.5},
-        "3": {"group": "report_only", "report_zeroshot_auroc_macro": 0.7}}}
+    summary = {
+        "i2t_recall@10": 0.2,
+        "hospitals": {
+            "0": {"group": "paired", "zeroshot_auroc_macro": 0.8},
+            "1": {"group": "paired", "zeroshot_auroc_macro": 0.6},
+            "2": {"group": "image_only", "zeroshot_auroc_macro": 0.5},
+            "3": {"group": "report_only", "report_zeroshot_auroc_macro": 0.7},
+        },
+    }
     row = cell_row(Cell("seed=0", {"seed": "0"}, []), summary)
     assert row["i2t_recall@10"] == 0.2 and row["seed"] == "0"
     assert row["paired_hospital_auroc"] == pytest.approx(0.7)
@@ -63,8 +81,15 @@ def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overri
     from fedmm.runs.sweep import run_sweep
 
     out = tmp_path / "sweep"
-    overrides = [*smoke_overrides, "scenario=mix", "scenario.profiles=[]", "scenario.num_hospitals=3",
-                 "scenario.hospital_mix.unimodal=0.34", "strategy=fedavg", "missing=ignore,prototype"]
+    overrides = [
+        *smoke_overrides,
+        "scenario=mix",
+        "scenario.profiles=[]",
+        "scenario.num_hospitals=3",
+        "scenario.hospital_mix.unimodal=0.34",
+        "strategy=fedavg",
+        "missing=ignore,prototype",
+    ]
     assert cli_main(["sweep", "--out", str(out), *overrides]) == 0
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -86,6 +111,11 @@ def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overri
 
     report = write_report(out).read_text()
     assert "| missing=ignore |" in report and "| missing=prototype |" in report
-    for figure in ("i2t_recall_at_10_vs_x.png", "zeroshot_auroc_macro_vs_x.png", "hospital_heatmap.png", "group_bars.png"):
+    for figure in (
+        "i2t_recall_at_10_vs_x.png",
+        "zeroshot_auroc_macro_vs_x.png",
+        "hospital_heatmap.png",
+        "group_bars.png",
+    ):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     assert cli_main(["report", str(out), "--metric", "nope"]) == 2

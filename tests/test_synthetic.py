@@ -68,7 +68,7 @@ def test_reports_never_contradict_their_labels(dataset):
 
 
 def test_normal_studies_read_normal(dataset):
-    normal = [r for r, l in zip(dataset.reports, dataset.labels) if not l.any()]
+    normal = [r for r, labels in zip(dataset.reports, dataset.labels) if not labels.any()]
     assert normal and all(re.search(r"no acute|no active disease|normal chest", r.lower()) for r in normal)
 
 

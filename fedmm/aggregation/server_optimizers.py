@@ -90,7 +90,9 @@ class ServerMomentum(ServerOptimizer):
 
     def update(self, key: str, delta: np.ndarray, step: int) -> np.ndarray:
         previous = self.velocity.get(key)
-        self.velocity[key] = delta if previous is None or self.cfg.momentum == 0 else self.cfg.momentum * previous + delta
+        self.velocity[key] = (
+            delta if previous is None or self.cfg.momentum == 0 else self.cfg.momentum * previous + delta
+        )
         return self.cfg.lr * self.velocity[key]
 
 

@@ -50,4 +50,10 @@ def is_evaluation_round(cfg: ExperimentConfig, server_round: int) -> bool:
     return server_round % cfg.federation.evaluate_every == 0 or server_round == cfg.federation.rounds
 
 
-SPEC = register(StrategySpec(name="centralized", description="Reference: every hospital's training data pooled; same model and budget, no federation", run_reference=run_centralized))
+SPEC = register(
+    StrategySpec(
+        name="centralized",
+        description="Reference: every hospital's training data pooled; same model and budget, no federation",
+        run_reference=run_centralized,
+    )
+)

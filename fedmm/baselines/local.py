@@ -44,4 +44,10 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
             for h, heads in zip(hospitals, models) for key, value in heads.state_dict().items()}
 
 
-SPEC = register(StrategySpec(name="local", description="Reference: each hospital trains alone on its own data; no communication", run_reference=run_local))
+SPEC = register(
+    StrategySpec(
+        name="local",
+        description="Reference: each hospital trains alone on its own data; no communication",
+        run_reference=run_local,
+    )
+)

@@ -52,8 +52,14 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
         received = msg.content[keys.ARRAYS].to_torch_state_dict()
         config = msg.content[keys.CONFIG]
         hospital = runtime(context)
-        update, ledger, metrics = train_round(hospital, received, load_personal(context), int(config[keys.SERVER_ROUND]),
-                                              dict(config), load_ledger(context, hospital.ledger_path))
+        update, ledger, metrics = train_round(
+            hospital,
+            received,
+            load_personal(context),
+            int(config[keys.SERVER_ROUND]),
+            dict(config),
+            load_ledger(context, hospital.ledger_path),
+        )
         if update.personal is not None:
             store_personal(context, update.personal)
         if ledger:
@@ -66,20 +72,33 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
         # 1. the global heads' reference embeddings; 2. train the private heads toward them;
         # 3. reply with this hospital's reference embeddings of the modalities it holds (no weights).
         arrays, config = msg.content[keys.ARRAYS], msg.content[keys.CONFIG]
-        global_embeddings = ReferenceEmbeddings(torch.from_numpy(arrays[keys.IMAGE_EMBEDDINGS].numpy()),
-                                                torch.from_numpy(arrays[keys.REPORT_EMBEDDINGS].numpy()))
-        embeddings, personal, metrics = distill_round(runtime(context), global_embeddings, load_personal(context),
-                                                      int(config[keys.SERVER_ROUND]), float(config["distill-weight"]))
+        global_embeddings = ReferenceEmbeddings(
+            torch.from_numpy(arrays[keys.IMAGE_EMBEDDINGS].numpy()),
+            torch.from_numpy(arrays[keys.REPORT_EMBEDDINGS].numpy()),
+        )
+        embeddings, personal, metrics = distill_round(
+            runtime(context),
+            global_embeddings,
+            load_personal(context),
+            int(config[keys.SERVER_ROUND]),
+            float(config["distill-weight"]),
+        )
         store_personal(context, personal)
-        sent = {key: Array(value.numpy()) for key, value in ((keys.IMAGE_EMBEDDINGS, embeddings.image),
-                                                              (keys.REPORT_EMBEDDINGS, embeddings.report))
-                if value is not None}
+        sent = {
+            key: Array(value.numpy())
+            for key, value in ((keys.IMAGE_EMBEDDINGS, embeddings.image), (keys.REPORT_EMBEDDINGS, embeddings.report))
+            if value is not None
+        }
         return Message(RecordDict({keys.ARRAYS: ArrayRecord(sent), keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        metrics = evaluate_round(runtime(context), msg.content[keys.ARRAYS].to_torch_state_dict(),
-                                 load_personal(context), int(msg.content[keys.CONFIG][keys.SERVER_ROUND]))
+        metrics = evaluate_round(
+            runtime(context),
+            msg.content[keys.ARRAYS].to_torch_state_dict(),
+            load_personal(context),
+            int(msg.content[keys.CONFIG][keys.SERVER_ROUND]),
+        )
         return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
     return app
@@ -97,7 +116,7 @@ def clipping_mod(run_cfg: Callable[[Context], ExperimentConfig]) -> Mod:
         if not reply.has_error() and unchanged(reply.content[keys.ARRAYS], msg.content[keys.ARRAYS]):
             # Nothing trained: clipping a zero update is the identity, and Flower's divides by its norm.
             if clipping == "client_adaptive":
-                reply.content[keys.METRICS][KEY_NORM_BIT] = 1  # its norm, 0, is below any bound (an int, as Flower sends)
+                reply.content[keys.METRICS][KEY_NORM_BIT] = 1
             return reply
         return CLIENT_CLIPPING_MODS[clipping](msg, context, lambda _msg, _context: reply)
 

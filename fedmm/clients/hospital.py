@@ -41,7 +41,6 @@ from fedmm.training.missing import HandlerFactory, handler_factory, needs_refere
 from fedmm.training.updates import LocalStep, LocalUpdate, StateDict, snapshot
 
 
-
 @dataclass
 class HospitalRuntime:
     cfg: ExperimentConfig
@@ -128,7 +127,8 @@ def hospital_runtime(cfg: ExperimentConfig, hospital_id: int, data_dir: str | No
             cfg, hospital, build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device),
             build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device), snapshot(initial),
             Prompts.from_features(features), device, strategy_spec(cfg.strategy.name),
-            strategy_spec(cfg.strategy.name).parse_options(cfg), data_dir=Path(data_dir) if data_dir is not None else None)
+            strategy_spec(cfg.strategy.name).parse_options(cfg),
+            data_dir=Path(data_dir) if data_dir is not None else None)
     return _RUNTIMES[key]
 
 
@@ -146,10 +146,14 @@ def simulated_hospital(cfg: ExperimentConfig, hospital_id: int) -> tuple[Hospita
 def describe(runtime: HospitalRuntime) -> dict[str, float]:
     """The hospital's id and sample counts, as answered to the server's discovery query."""
     train = runtime.data.train
-    return {keys.HOSPITAL_ID: runtime.data.hospital_id, keys.NUM_EXAMPLES: len(train),
-            keys.GROUP: AVAILABILITY_CODES[runtime.data.group],
-            "num-paired": int(train.paired_mask.sum()), "num-image": int(train.image_mask.sum()),
-            "num-report": int(train.report_mask.sum())}
+    return {
+        keys.HOSPITAL_ID: runtime.data.hospital_id,
+        keys.NUM_EXAMPLES: len(train),
+        keys.GROUP: AVAILABILITY_CODES[runtime.data.group],
+        "num-paired": int(train.paired_mask.sum()),
+        "num-image": int(train.image_mask.sum()),
+        "num-report": int(train.report_mask.sum()),
+    }
 
 
 def train_metrics(runtime: HospitalRuntime, result: TrainResult) -> dict[str, float]:
@@ -172,13 +176,23 @@ def privacy_metrics(plan: SamplePrivacyPlan | None, ledger: Ledger, exhausted: b
     """Cumulative sample-level ε over every round this hospital trained (0 for one that never trains)."""
     if plan is None:
         return {keys.DP_EPSILON: 0.0, keys.PRIVACY_EXHAUSTED: 0}
-    return {keys.DP_EPSILON: epsilon_spent(ledger, plan.delta), keys.DP_DELTA: plan.delta,
-            keys.DP_NOISE_MULTIPLIER: plan.dpsgd.noise_multiplier, keys.DP_STEPS: sum(e.steps for e in ledger),
-            keys.PRIVACY_EXHAUSTED: int(exhausted)}
+    return {
+        keys.DP_EPSILON: epsilon_spent(ledger, plan.delta),
+        keys.DP_DELTA: plan.delta,
+        keys.DP_NOISE_MULTIPLIER: plan.dpsgd.noise_multiplier,
+        keys.DP_STEPS: sum(e.steps for e in ledger),
+        keys.PRIVACY_EXHAUSTED: int(exhausted),
+    }
 
 
-def train_round(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None, server_round: int,
-                round_config: Mapping | None = None, ledger: Ledger = ()) -> tuple[LocalUpdate, Ledger, dict[str, float]]:
+def train_round(
+    runtime: HospitalRuntime,
+    received: StateDict,
+    personal: StateDict | None,
+    server_round: int,
+    round_config: Mapping | None = None,
+    ledger: Ledger = (),
+) -> tuple[LocalUpdate, Ledger, dict[str, float]]:
     """The strategy's local update from the server's `received` arrays (and `round_config`, what came with
     them) and this hospital's private `personal` state. `ledger`: this hospital's DP-SGD history
     (sample-level DP). Returns the update (what to send, what to keep), the new ledger and the reply
@@ -189,34 +203,52 @@ def train_round(runtime: HospitalRuntime, received: StateDict, personal: StateDi
         idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
         return idle, ledger, train_metrics(runtime, idle.result) | privacy_metrics(plan, ledger, exhausted=True)
     if runtime.strategy.local_update is None:
-        raise ValueError(f"strategy {runtime.strategy.name!r} does not train from weights; its hospitals answer "
-                         f"{runtime.strategy.exchanges.value} messages")
+        raise ValueError(
+            f"strategy {runtime.strategy.name!r} does not train from weights; its hospitals answer "
+            f"{runtime.strategy.exchanges.value} messages"
+        )
     step = runtime.step(LOCAL_TRAIN_STREAM, server_round, round_config)
     update = runtime.strategy.local_update(step, received, personal)
     metrics = train_metrics(runtime, update.result)
     if runtime.cfg.privacy.sample.enabled:
         if plan is not None:
-            ledger = ledger + (SampledGaussianSteps(plan.dpsgd.noise_multiplier, plan.dpsgd.sample_rate,
-                                                    update.result.steps),)
+            ledger = ledger + (
+                SampledGaussianSteps(plan.dpsgd.noise_multiplier, plan.dpsgd.sample_rate, update.result.steps),
+            )
         metrics |= privacy_metrics(plan, ledger)
     return update, ledger, metrics
 
 
-def distill_round(runtime: HospitalRuntime, global_embeddings: ReferenceEmbeddings, personal: StateDict | None,
-                  server_round: int, weight: float) -> tuple[ReferenceEmbeddings, StateDict, dict[str, float]]:
+def distill_round(
+    runtime: HospitalRuntime,
+    global_embeddings: ReferenceEmbeddings,
+    personal: StateDict | None,
+    server_round: int,
+    weight: float,
+) -> tuple[ReferenceEmbeddings, StateDict, dict[str, float]]:
     """Federated distillation: train the private heads, return their reference embeddings of the
     modalities this hospital holds, the new private heads (kept) and the reply metrics."""
     heads, data = runtime.heads, runtime.data.train
     heads.load_state_dict(personal if personal is not None else runtime.initial_state)
-    result = train_with_reference(heads, data, runtime.reference, global_embeddings, runtime.cfg.train, weight,
-                                  runtime.seed(LOCAL_TRAIN_STREAM, server_round), runtime.device)
-    embeddings = embed_reference(heads, runtime.reference, image=bool(data.image_mask.any()),
-                                 report=bool(data.report_mask.any()))
+    result = train_with_reference(
+        heads,
+        data,
+        runtime.reference,
+        global_embeddings,
+        runtime.cfg.train,
+        weight,
+        runtime.seed(LOCAL_TRAIN_STREAM, server_round),
+        runtime.device,
+    )
+    embeddings = embed_reference(
+        heads, runtime.reference, image=bool(data.image_mask.any()), report=bool(data.report_mask.any())
+    )
     return embeddings, snapshot(heads), train_metrics(runtime, result)
 
 
-def evaluate_round(runtime: HospitalRuntime, received: StateDict, personal: StateDict | None,
-                   server_round: int) -> dict[str, float]:
+def evaluate_round(
+    runtime: HospitalRuntime, received: StateDict, personal: StateDict | None, server_round: int
+) -> dict[str, float]:
     """Metrics on this hospital's local test split: of the global heads (when the server has a complete
     model) and, for strategies with a personal model, of this hospital's own model (prefixed `personal_`)."""
     metrics: dict[str, float] = {keys.HOSPITAL_ID: runtime.data.hospital_id, keys.NUM_EXAMPLES: len(runtime.data.test)}
@@ -227,6 +259,7 @@ def evaluate_round(runtime: HospitalRuntime, received: StateDict, personal: Stat
         # The model this hospital would use itself; seeded on its own stream where building it trains.
         own = runtime.strategy.personal_model(runtime.step(FINETUNE_STREAM, server_round), received, personal)
         own_metrics = evaluate_split(own, runtime.data.test, runtime.prompts)
-        metrics.update({PERSONAL_PREFIX + name: value for name, value in own_metrics.items()
-                        if not name.startswith("num_")})
+        metrics.update(
+            {PERSONAL_PREFIX + name: value for name, value in own_metrics.items() if not name.startswith("num_")}
+        )
     return metrics

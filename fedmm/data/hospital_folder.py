@@ -76,7 +76,11 @@ def read_image(path: Path) -> np.ndarray:
         if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
             pixels = pixels.max() - pixels
         low, high = pixels.min(), pixels.max()
-        return np.zeros(pixels.shape, np.uint8) if high <= low else np.round(255 * (pixels - low) / (high - low)).astype(np.uint8)
+        return (
+            np.zeros(pixels.shape, np.uint8)
+            if high <= low
+            else np.round(255 * (pixels - low) / (high - low)).astype(np.uint8)
+        )
     from PIL import Image
 
     with Image.open(path) as image:
@@ -86,8 +90,12 @@ def read_image(path: Path) -> np.ndarray:
 def _read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]]] | Problem:
     path = folder / MANIFEST
     if not path.is_file():
-        return Problem(None, None, f"{path} not found; a hospital folder needs a {MANIFEST} (see `fedmm data "
-                                   "export-synthetic` for an example)")
+        return Problem(
+            None,
+            None,
+            f"{path} not found; a hospital folder needs a {MANIFEST} (see `fedmm data "
+            "export-synthetic` for an example)",
+        )
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -108,8 +116,9 @@ def validate_hospital_folder(folder: Path, decoded: dict[int, np.ndarray] | None
     missing = [column for column in REQUIRED_COLUMNS if column not in columns]
     unknown = [column for column in columns if column not in REQUIRED_COLUMNS and column not in FINDING_NAMES]
     problems = [Problem(None, column, "required column is missing") for column in missing]
-    problems += [Problem(None, column, f"unknown column; valid: {[*REQUIRED_COLUMNS, *FINDING_NAMES]}")
-                 for column in unknown]
+    problems += [
+        Problem(None, column, f"unknown column; valid: {[*REQUIRED_COLUMNS, *FINDING_NAMES]}") for column in unknown
+    ]
     if missing:
         return problems
     first_row_of: dict[str, int] = {}
@@ -120,21 +129,30 @@ def validate_hospital_folder(folder: Path, decoded: dict[int, np.ndarray] | None
             splits_of_patient[row["patient_id"].strip()].setdefault(row["split"], number)
     for patient, splits in splits_of_patient.items():
         if len(splits) > 1:
-            problems.append(Problem(splits["test"], "patient_id", f"patient {patient!r} is in both splits (train at "
-                                    f"row {splits['train']}); split by patient so no patient is in train and test"))
+            problems.append(
+                Problem(
+                    splits["test"],
+                    "patient_id",
+                    f"patient {patient!r} is in both splits (train at "
+                    f"row {splits['train']}); split by patient so no patient is in train and test",
+                )
+            )
     if not rows:
         problems.append(Problem(None, None, f"{folder / MANIFEST} lists no studies"))
     return sorted(problems, key=lambda p: (p.row or 0, p.column or ""))
 
 
-def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: dict[str, int],
-                  decoded: dict[int, np.ndarray] | None) -> list[Problem]:
+def _row_problems(
+    folder: Path, number: int, row: dict[str, str], first_row_of: dict[str, int], decoded: dict[int, np.ndarray] | None
+) -> list[Problem]:
     problems = []
     study = (row.get("study_id") or "").strip()
     if not study:
         problems.append(Problem(number, "study_id", "empty study id"))
     elif study in first_row_of:
-        problems.append(Problem(number, "study_id", f"duplicate study id {study!r} (first at row {first_row_of[study]})"))
+        problems.append(
+            Problem(number, "study_id", f"duplicate study id {study!r} (first at row {first_row_of[study]})")
+        )
     else:
         first_row_of[study] = number
     if not (row.get("patient_id") or "").strip():
@@ -149,8 +167,11 @@ def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: 
     elif report_file.strip():
         problems += _report_file_problems(folder, number, report_file.strip())
     elif report and not report.strip():
-        problems.append(Problem(number, "report", "empty report (only whitespace); leave the cell empty for a "
-                                                  "study without a report"))
+        problems.append(
+            Problem(
+                number, "report", "empty report (only whitespace); leave the cell empty for a study without a report"
+            )
+        )
     if not image.strip() and not report.strip() and not report_file.strip():
         problems.append(Problem(number, "image", "the study has neither an image nor a report"))
     for finding in FINDING_NAMES:
@@ -159,8 +180,7 @@ def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: 
     return problems
 
 
-def _image_problems(folder: Path, number: int, relative: str,
-                    decoded: dict[int, np.ndarray] | None) -> list[Problem]:
+def _image_problems(folder: Path, number: int, relative: str, decoded: dict[int, np.ndarray] | None) -> list[Problem]:
     path = folder / relative
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return [Problem(number, "image", f"{relative}: unsupported image type; valid: {list(IMAGE_SUFFIXES)}")]
@@ -197,23 +217,43 @@ def read_hospital_folder(folder: Path) -> HospitalStudies:
         _raise_problems(folder, problems)
     columns, rows = _read_manifest(folder)
     images = [decoded.get(number) for number in range(1, len(rows) + 1)]  # decoded once, while validating
-    reports = tuple(row["report"].strip() if row["report"].strip() else
-                    (folder / row["report_file"].strip()).read_text(encoding="utf-8").strip()
-                    if row["report_file"].strip() else None for row in rows)
+    reports = tuple(
+        row["report"].strip()
+        if row["report"].strip()
+        else (folder / row["report_file"].strip()).read_text(encoding="utf-8").strip()
+        if row["report_file"].strip()
+        else None
+        for row in rows
+    )
     index = index_hospital_folder(folder)
-    return HospitalStudies(tuple(row["study_id"].strip() for row in rows), tuple(row["patient_id"].strip() for row in rows),
-                           images, reports, index.availability, index.split, index.labels)
+    return HospitalStudies(
+        tuple(row["study_id"].strip() for row in rows),
+        tuple(row["patient_id"].strip() for row in rows),
+        images,
+        reports,
+        index.availability,
+        index.split,
+        index.labels,
+    )
 
 
 def _raise_problems(folder: Path, problems: list[Problem]) -> None:
     listed = "\n  ".join(str(p) for p in problems[:50])
     more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-    raise HospitalFolderError(f"{folder}: {len(problems)} problem(s); run `fedmm data validate {folder}`:\n  "
-                              f"{listed}{more}")
+    raise HospitalFolderError(
+        f"{folder}: {len(problems)} problem(s); run `fedmm data validate {folder}`:\n  {listed}{more}"
+    )
 
 
-def write_hospital_folder(folder: Path, study_ids: list[str], patient_ids: list[str], images: list[np.ndarray | None],
-                          reports: list[str | None], splits: list[str], labels: np.ndarray | None = None) -> Path:
+def write_hospital_folder(
+    folder: Path,
+    study_ids: list[str],
+    patient_ids: list[str],
+    images: list[np.ndarray | None],
+    reports: list[str | None],
+    splits: list[str],
+    labels: np.ndarray | None = None,
+) -> Path:
     """Write studies as a hospital folder (PNG images under images/, report text in the manifest)."""
     from PIL import Image
 
@@ -222,7 +262,9 @@ def write_hospital_folder(folder: Path, study_ids: list[str], patient_ids: list[
     with open(folder / MANIFEST, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([*REQUIRED_COLUMNS, *(FINDING_NAMES if labels is not None else ())])
-        for index, (study, patient, image, report, split) in enumerate(zip(study_ids, patient_ids, images, reports, splits)):
+        for index, (study, patient, image, report, split) in enumerate(
+            zip(study_ids, patient_ids, images, reports, splits)
+        ):
             relative = ""
             if image is not None:
                 relative = f"images/{study}.png"
@@ -251,11 +293,22 @@ def index_hospital_folder(folder: Path) -> FolderIndex:
     _, rows = manifest
     has_image = [bool(row["image"].strip()) for row in rows]
     has_report = [bool(row["report"].strip() or row["report_file"].strip()) for row in rows]
-    availability = np.array([AVAILABILITY_CODES[
-        Availability.PAIRED if image and report else Availability.IMAGE_ONLY if image else Availability.REPORT_ONLY]
-        for image, report in zip(has_image, has_report)], dtype=np.int8)
-    labels = np.array([[_label(row.get(f)) for f in FINDING_NAMES] for row in rows],
-                      dtype=np.int8).reshape(len(rows), len(FINDING_NAMES))
+    availability = np.array(
+        [
+            AVAILABILITY_CODES[
+                Availability.PAIRED
+                if image and report
+                else Availability.IMAGE_ONLY
+                if image
+                else Availability.REPORT_ONLY
+            ]
+            for image, report in zip(has_image, has_report)
+        ],
+        dtype=np.int8,
+    )
+    labels = np.array([[_label(row.get(f)) for f in FINDING_NAMES] for row in rows], dtype=np.int8).reshape(
+        len(rows), len(FINDING_NAMES)
+    )
     return FolderIndex(availability, np.array([row["split"] for row in rows]), labels)
 
 
@@ -292,7 +345,18 @@ def folder_dataset(folder: Path, image_size: int, fingerprint: str) -> Multimoda
 
     studies = read_hospital_folder(folder)
     blank = np.zeros((image_size, image_size), np.uint8)
-    images = np.stack([blank if image is None else np.asarray(
-        ImageOps.fit(Image.fromarray(image), (image_size, image_size), Image.Resampling.BILINEAR)) for image in studies.images])
-    return MultimodalDataset(f"folder:{Path(folder).name}", fingerprint, images,
-                             tuple(report or "" for report in studies.reports), studies.labels)
+    images = np.stack(
+        [
+            blank
+            if image is None
+            else np.asarray(ImageOps.fit(Image.fromarray(image), (image_size, image_size), Image.Resampling.BILINEAR))
+            for image in studies.images
+        ]
+    )
+    return MultimodalDataset(
+        f"folder:{Path(folder).name}",
+        fingerprint,
+        images,
+        tuple(report or "" for report in studies.reports),
+        studies.labels,
+    )

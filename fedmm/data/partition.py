@@ -225,7 +225,8 @@ def draw_availability(profile: ModalityProfile, count: int, rng: np.random.Gener
     return rng.choice(codes, size=count, p=probabilities / probabilities.sum())
 
 
-def partition_dataset(labels: np.ndarray, scenario: ScenarioConfig, global_test_fraction: float, seed: int) -> Federation:
+def partition_dataset(labels: np.ndarray, scenario: ScenarioConfig, global_test_fraction: float,
+                      seed: int) -> Federation:
     """The seeded federation for a dataset with finding `labels` (N, F)."""
     check_scenario(scenario, len(labels), global_test_fraction)
     profiles = expand_profiles(scenario, seed)
@@ -249,8 +250,14 @@ def partition_dataset(labels: np.ndarray, scenario: ScenarioConfig, global_test_
         test, train = np.sort(shuffled[:num_test]), np.sort(shuffled[num_test:])
         shares = profile_shares(profile, f"profile of hospital {hospital_id}")
         group = max(Availability, key=lambda a: shares[a])  # ties go to the earlier group (paired first)
-        hospitals.append(HospitalPartition(
-            hospital_id, group, train, test,
-            draw_availability(profile, len(train), rng), draw_availability(profile, len(test), rng),
-        ))
+        hospitals.append(
+            HospitalPartition(
+                hospital_id,
+                group,
+                train,
+                test,
+                draw_availability(profile, len(train), rng),
+                draw_availability(profile, len(test), rng),
+            )
+        )
     return Federation(tuple(hospitals), global_test)

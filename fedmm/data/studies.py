@@ -134,7 +134,9 @@ def sample_study(rng: np.random.Generator) -> Study:
         Effusion(side, float(rng.uniform(0.12, 0.40))) for side in SIDES if rng.random() < effusion_rate
     )
     opacities = tuple(
-        Opacity(side, zone, float(rng.uniform(0.10, 0.17)), float(rng.uniform(-0.4, 0.4)), float(rng.uniform(-0.3, 0.3)))
+        Opacity(
+            side, zone, float(rng.uniform(0.10, 0.17)), float(rng.uniform(-0.4, 0.4)), float(rng.uniform(-0.3, 0.3))
+        )
         for side in SIDES
         for zone in ZONES
         if rng.random() < PREVALENCE["opacity"]

@@ -64,15 +64,18 @@ def find_folders(root: Path) -> FederationFolders:
 def check_folders(folders: FederationFolders, cfg: ExperimentConfig) -> None:
     """Before any process starts: the federation's size matches the folders and every folder is valid."""
     if cfg.scenario.num_hospitals != len(folders.hospitals):
-        raise ConfigError(f"scenario.num_hospitals={cfg.scenario.num_hospitals}, but there are {len(folders.hospitals)} "
-                          f"hospital folders; for folders of your own pass scenario=deployment "
-                          f"scenario.num_hospitals={len(folders.hospitals)}; for exported ones, the options they were "
-                          "exported with")
+        raise ConfigError(
+            f"scenario.num_hospitals={cfg.scenario.num_hospitals}, but there are {len(folders.hospitals)} "
+            f"hospital folders; for folders of your own pass scenario=deployment "
+            f"scenario.num_hospitals={len(folders.hospitals)}; for exported ones, the options they were "
+            "exported with"
+        )
     for folder in [*folders.hospitals, folders.server_test]:
         problems = validate_hospital_folder(folder)
         if problems:
-            raise DeploymentError(f"{folder}: {len(problems)} problem(s), the first: {problems[0]}; "
-                                  f"run `fedmm data validate {folder}`")
+            raise DeploymentError(
+                f"{folder}: {len(problems)} problem(s), the first: {problems[0]}; run `fedmm data validate {folder}`"
+            )
 
 
 def free_port() -> int:
@@ -110,8 +113,9 @@ class LocalFederation:
         self.bin = Path(sys.executable).parent
         for tool in ("flower-superlink", "flower-supernode", "flwr"):
             if not (self.bin / tool).exists():
-                raise DeploymentError(f"{tool} is not installed next to {sys.executable}; install fedmm there "
-                                      "(`make install`)")
+                raise DeploymentError(
+                    f"{tool} is not installed next to {sys.executable}; install fedmm there (`make install`)"
+                )
 
     @property
     def address(self) -> str:
@@ -120,8 +124,11 @@ class LocalFederation:
     @property
     def env(self) -> dict[str, str]:
         return os.environ | {
-            "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "HF_HUB_OFFLINE": "1",
+            "FLWR_HOME": str(self.home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "HF_HUB_OFFLINE": "1",
             "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
@@ -143,56 +150,96 @@ class LocalFederation:
         security = ["--insecure"]
         if self.tls:
             self.certificates = write_local_ca(self.out / "certificates")
-            security = ["--ssl-ca-certfile", str(self.certificates.ca_certificate),
-                        "--ssl-certfile", str(self.certificates.certificate),
-                        "--ssl-keyfile", str(self.certificates.private_key)]
+            security = [
+                "--ssl-ca-certfile",
+                str(self.certificates.ca_certificate),
+                "--ssl-certfile",
+                str(self.certificates.certificate),
+                "--ssl-keyfile",
+                str(self.certificates.private_key),
+            ]
         self.write_connection()
-        self.spawn("superlink", ["flower-superlink", *security, "--host", "127.0.0.1", "--port", str(self.port),
-                                 "--disable-runtime-dependency-installation",
-                                 *(["--enable-supernode-auth"] if self.node_auth else [])])
+        self.spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                *security,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+                *(["--enable-supernode-auth"] if self.node_auth else []),
+            ],
+        )
         self.wait_for_port(self.port, "superlink")
         for hospital, folder in enumerate(self.folders.hospitals):
-            node_security = (["--root-certificates", str(self.certificates.ca_certificate)] if self.tls
-                             else ["--insecure"])
+            node_security = (
+                ["--root-certificates", str(self.certificates.ca_certificate)] if self.tls else ["--insecure"]
+            )
             if self.node_auth:
                 private, public = write_node_keys(self.out / "node-keys", f"{HOSPITAL_PREFIX}{hospital}")
                 self.flwr(["supernode", "register", str(public), CONNECTION, "--format", "json"])
                 node_security += ["--auth-supernode-private-key", str(private)]
             # The node config is the only thing that tells a node which hospital it is and where its data is.
             node_config = f'partition-id={hospital} data-dir="{folder}"'
-            self.spawn(f"{HOSPITAL_PREFIX}{hospital}",
-                       ["flower-supernode", *node_security, "--superlink", self.address, "--port", str(free_port()),
-                        "--node-config", node_config])
+            self.spawn(
+                f"{HOSPITAL_PREFIX}{hospital}",
+                [
+                    "flower-supernode",
+                    *node_security,
+                    "--superlink",
+                    self.address,
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    node_config,
+                ],
+            )
 
     def write_connection(self) -> None:
         """The `flwr` CLI's connection to this SuperLink, in this federation's own FLWR_HOME."""
-        security = (f'root-certificates = "{self.certificates.ca_certificate}"\n' if self.tls else "insecure = true\n")
-        (self.home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                                               f'address = "{self.address}"\n{security}')
+        security = f'root-certificates = "{self.certificates.ca_certificate}"\n' if self.tls else "insecure = true\n"
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}'
+        )
 
     def spawn(self, name: str, command: list[str]) -> None:
         log = open(self.logs / f"{name}.log", "w")
-        self.processes[name] = subprocess.Popen([str(self.bin / command[0]), *command[1:]], stdout=log,
-                                                stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            [str(self.bin / command[0]), *command[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
         log.close()  # the child holds its own handle
 
     def wait_for_port(self, port: int, name: str) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.processes[name].poll() is not None:
-                raise DeploymentError(f"{name} exited with code {self.processes[name].returncode}; see "
-                                      f"{self.logs / name}.log")
+                raise DeploymentError(
+                    f"{name} exited with code {self.processes[name].returncode}; see {self.logs / name}.log"
+                )
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     return
             time.sleep(0.2)
-        raise DeploymentError(f"{name} did not open port {port} within {self.startup_timeout_s:g} s; see "
-                              f"{self.logs / name}.log")
+        raise DeploymentError(
+            f"{name} did not open port {port} within {self.startup_timeout_s:g} s; see {self.logs / name}.log"
+        )
 
     def flwr(self, arguments: list[str], timeout_s: float = 120.0) -> dict:
         """Run the `flwr` CLI against this SuperLink; its JSON answer."""
-        completed = subprocess.run([str(self.bin / "flwr"), *arguments], env=self.env, capture_output=True, text=True,
-                                   timeout=timeout_s, cwd=self.out)
+        completed = subprocess.run(
+            [str(self.bin / "flwr"), *arguments],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=self.out,
+        )
         try:
             answer = json.loads(completed.stdout)
         except json.JSONDecodeError:
@@ -204,8 +251,11 @@ class LocalFederation:
     def submit(self, overrides: Sequence[str], run_dir: Path) -> int:
         """Start the app with `overrides` (Hydra) on this federation; the run id. The server reads its
         global test set from the server folder and writes its outputs to `run_dir`."""
-        everything = [*overrides, f"deployment.server_test_dir={hydra_value(self.folders.server_test)}",
-                      f"run_dir={hydra_value(run_dir)}"]
+        everything = [
+            *overrides,
+            f"deployment.server_test_dir={hydra_value(self.folders.server_test)}",
+            f"run_dir={hydra_value(run_dir)}",
+        ]
         run_config = self.out / "run-config.toml"
         run_config.write_text(f'experiment = ""\noverrides = {json.dumps(shlex.join(everything))}\n')
         answer = self.flwr(["run", str(APP_DIR), CONNECTION, "--run-config", str(run_config), "--format", "json"])
@@ -216,8 +266,9 @@ class LocalFederation:
         runs = self.flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], timeout_s=60)["runs"]
         return runs[0]["status"], runs[0].get("status-details", "")
 
-    def wait(self, run_id: int, timeout_s: float, on_poll: Callable[[], None] | None = None,
-             poll_s: float = 5.0) -> tuple[str, str]:
+    def wait(
+        self, run_id: int, timeout_s: float, on_poll: Callable[[], None] | None = None, poll_s: float = 5.0
+    ) -> tuple[str, str]:
         """Until the run finishes (any `finished:*` status) or `timeout_s` passes: `on_poll` twice a second,
         the run's status every `poll_s` (each check starts the `flwr` CLI, which costs CPU the nodes need)."""
         deadline = time.monotonic() + timeout_s

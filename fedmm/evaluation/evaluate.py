@@ -14,7 +14,6 @@ from fedmm.models.features import FeatureSet
 from fedmm.models.heads import ContrastiveHeads
 
 
-
 @dataclass(frozen=True)
 class Prompts:
     features: torch.Tensor  # (P, D_text)

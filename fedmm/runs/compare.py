@@ -23,20 +23,49 @@ GROUPS = ("paired", "image_only", "report_only")  # a hospital counts in its dom
 # (column, header, how to read it from a summary). Global metrics are on the server's global test set;
 # hospital metrics on each hospital's own test split, of the global model and of its own model (personal_).
 COLUMNS: tuple[tuple[str, str, Callable[[dict], Any]], ...] = (
-    *((name, label(name), (lambda n: lambda s: s.get(n))(name))  # global metrics, straight from the summary
-      for name in ("i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")),
-    *((f"{group}_auroc", f"{group}: 0-shot AUROC",
-       (lambda g: lambda s: s.get(f"group/{g}", {}).get(
-           "report_zeroshot_auroc_macro" if g == "report_only" else "zeroshot_auroc_macro"))(group))
-      for group in GROUPS),
-    ("hospital_mean_auroc", "hospitals mean AUROC (global)", lambda s: s.get("hospital_mean", {}).get("zeroshot_auroc_macro")),
-    ("hospital_worst_auroc", "hospitals worst AUROC (global)", lambda s: s.get("hospital_worst", {}).get("zeroshot_auroc_macro")),
-    ("hospital_mean_auroc_own", "hospitals mean AUROC (own)",
-     lambda s: s.get("hospital_mean", {}).get("personal_zeroshot_auroc_macro")),
-    ("hospital_worst_auroc_own", "hospitals worst AUROC (own)",
-     lambda s: s.get("hospital_worst", {}).get("personal_zeroshot_auroc_macro")),
-    ("hospital_mean_recall_own", "hospitals mean i2t R@10 (own)",
-     lambda s: s.get("hospital_mean", {}).get("personal_i2t_recall@10")),
+    *(
+        (name, label(name), (lambda n: lambda s: s.get(n))(name))  # global metrics, straight from the summary
+        for name in ("i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
+    ),
+    *(
+        (
+            f"{group}_auroc",
+            f"{group}: 0-shot AUROC",
+            (
+                lambda g: (
+                    lambda s: s.get(f"group/{g}", {}).get(
+                        "report_zeroshot_auroc_macro" if g == "report_only" else "zeroshot_auroc_macro"
+                    )
+                )
+            )(group),
+        )
+        for group in GROUPS
+    ),
+    (
+        "hospital_mean_auroc",
+        "hospitals mean AUROC (global)",
+        lambda s: s.get("hospital_mean", {}).get("zeroshot_auroc_macro"),
+    ),
+    (
+        "hospital_worst_auroc",
+        "hospitals worst AUROC (global)",
+        lambda s: s.get("hospital_worst", {}).get("zeroshot_auroc_macro"),
+    ),
+    (
+        "hospital_mean_auroc_own",
+        "hospitals mean AUROC (own)",
+        lambda s: s.get("hospital_mean", {}).get("personal_zeroshot_auroc_macro"),
+    ),
+    (
+        "hospital_worst_auroc_own",
+        "hospitals worst AUROC (own)",
+        lambda s: s.get("hospital_worst", {}).get("personal_zeroshot_auroc_macro"),
+    ),
+    (
+        "hospital_mean_recall_own",
+        "hospitals mean i2t R@10 (own)",
+        lambda s: s.get("hospital_mean", {}).get("personal_i2t_recall@10"),
+    ),
     ("upload_kib", "upload KiB/round", lambda s: _kib(s.get("upload_bytes_per_round"))),
     ("download_kib", "download KiB/round", lambda s: _kib(s.get("download_bytes_per_round"))),
 )
@@ -46,8 +75,14 @@ def _kib(value: float | None) -> float | None:
     return None if value is None else value / 1024
 
 
-def run_comparison(strategies: Sequence[str], scenarios: Sequence[str], overrides: Sequence[str], out: Path,
-                   run: RunFn, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_comparison(
+    strategies: Sequence[str],
+    scenarios: Sequence[str],
+    overrides: Sequence[str],
+    out: Path,
+    run: RunFn,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Run (or reuse) every (scenario, strategy) cell under `out`; write table.csv, table.md and the plot."""
     rows = []
     for scenario in scenarios:
@@ -58,10 +93,12 @@ def run_comparison(strategies: Sequence[str], scenarios: Sequence[str], override
                 log(f"{scenario}/{strategy}: reusing {summary_path}")
                 summary = json.loads(summary_path.read_text())
             else:
-                summary = run(compose_config([*overrides, f"scenario={scenario}", f"strategy={strategy}",
-                                              f"run_dir={run_dir}"]))
-            rows.append({"scenario": scenario, "strategy": strategy,
-                         **{column: read(summary) for column, _, read in COLUMNS}})
+                summary = run(
+                    compose_config([*overrides, f"scenario={scenario}", f"strategy={strategy}", f"run_dir={run_dir}"])
+                )
+            rows.append(
+                {"scenario": scenario, "strategy": strategy, **{column: read(summary) for column, _, read in COLUMNS}}
+            )
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "table.csv", ["scenario", "strategy", *(c for c, _, _ in COLUMNS)])
     (out / "table.md").write_text(markdown_table(rows))
@@ -82,8 +119,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for scenario in dict.fromkeys(row["scenario"] for row in rows):
         members = [row for row in rows if row["scenario"] == scenario]
         columns = [(c, header) for c, header, _ in COLUMNS if any(row[c] is not None for row in members)]
-        lines = [f"### {scenario}", "", "| strategy | " + " | ".join(h for _, h in columns) + " |",
-                 "|---|" + "---|" * len(columns)]
+        lines = [
+            f"### {scenario}",
+            "",
+            "| strategy | " + " | ".join(h for _, h in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
         for row in members:
             cells = [format_cell(row[c], c) for c, _ in columns]
             lines.append(f"| {row['strategy']} | " + " | ".join(cells) + " |")
@@ -104,8 +145,12 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = list(dict.fromkeys(row["scenario"] for row in rows))
-    panels = (("i2t_recall@10", "global i2t R@10"), ("zeroshot_auroc_macro", "global 0-shot AUROC"),
-              ("hospital_worst_auroc", "worst hospital AUROC (global / own model)"), ("upload_kib", "upload KiB/round"))
+    panels = (
+        ("i2t_recall@10", "global i2t R@10"),
+        ("zeroshot_auroc_macro", "global 0-shot AUROC"),
+        ("hospital_worst_auroc", "worst hospital AUROC (global / own model)"),
+        ("upload_kib", "upload KiB/round"),
+    )
     figure, axes = plt.subplots(len(scenarios), len(panels), figsize=(18, 0.35 * len(rows) + 3), squeeze=False)
     for row_axes, scenario in zip(axes, scenarios):
         members = [row for row in rows if row["scenario"] == scenario]

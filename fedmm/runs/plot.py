@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedmm.evaluation.metrics import GLOBAL_CURVES, GROUP_CURVES, label  # noqa: E402
 
 
-
 def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None:
     lines = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     figure, (ax_global, ax_groups, ax_loss) = plt.subplots(1, 3, figsize=(16, 4.5))

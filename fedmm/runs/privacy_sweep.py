@@ -86,9 +86,13 @@ def plot_privacy_utility(rows: list[dict[str, Any]], path: Path) -> None:
     infinity_at = max(finite) * 4 if finite else 1.0
     xs = [infinity_at if math.isinf(row["target_epsilon"]) else row["target_epsilon"] for row in swept]
     reference = next((row for row in rows if row["cell"] == NO_DP_IN_BATCH), None)
-    panels = (("retrieval (global test set)", ("i2t_recall@10", "t2i_recall@10")),
-              ("0-shot AUROC, global and per modality group",
-               ("zeroshot_auroc_macro", "paired_auroc", "image_only_auroc", "report_only_auroc", "hospital_worst_auroc")))
+    panels = (
+        ("retrieval (global test set)", ("i2t_recall@10", "t2i_recall@10")),
+        (
+            "0-shot AUROC, global and per modality group",
+            ("zeroshot_auroc_macro", "paired_auroc", "image_only_auroc", "report_only_auroc", "hospital_worst_auroc"),
+        ),
+    )
     figure, axes = plt.subplots(1, len(panels), figsize=(13, 4.5))
     for ax, (title, columns) in zip(axes, panels):
         for index, column in enumerate(columns):
@@ -101,8 +105,13 @@ def plot_privacy_utility(rows: list[dict[str, Any]], path: Path) -> None:
                 ax.axhline(reference[column], color=color, linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ticks = sorted(set(xs))
-        ax.set_xticks(ticks, [("∞" if x == infinity_at and any(math.isinf(r["target_epsilon"]) for r in swept)
-                               else f"{x:g}") for x in ticks])
+        ax.set_xticks(
+            ticks,
+            [
+                ("∞" if x == infinity_at and any(math.isinf(r["target_epsilon"]) for r in swept) else f"{x:g}")
+                for x in ticks
+            ],
+        )
         ax.set(title=title, xlabel="target ε (DP-SGD, per hospital, whole run)")
         ax.legend(fontsize=7)
     figure.suptitle("privacy/utility: dotted lines = CLIP in-batch objective without DP")

@@ -128,7 +128,8 @@ class RunRecorder:
             for direction in self.bytes_sent:
                 if f"{direction}-bytes" in metrics:
                     self.bytes_sent[direction].append(int(metrics[f"{direction}-bytes"]))
-            reported = {key.replace("-", "_"): value for key, value in metrics.items() if key.startswith(PRIVACY_PREFIXES)}
+            reported = {key.replace("-", "_"): value for key, value in metrics.items()
+                        if key.startswith(PRIVACY_PREFIXES)}
             if reported:
                 self.privacy.setdefault(int(hospital), {}).update(reported)
         if "global" in line or "hospitals" in line:
@@ -136,28 +137,44 @@ class RunRecorder:
 
     def privacy_summary(self, retired: Mapping[int, str]) -> dict[str, Any]:
         """Each hospital's cumulative ε (sample- and client-level) at the end, and the largest of each."""
-        hospitals = {str(h): dict(values) | ({"retired": retired[h]} if h in retired else {})
-                     for h, values in sorted(self.privacy.items())}
+        hospitals = {
+            str(h): dict(values) | ({"retired": retired[h]} if h in retired else {})
+            for h, values in sorted(self.privacy.items())
+        }
         hospitals.update({str(h): {"retired": reason} for h, reason in retired.items() if str(h) not in hospitals})
-        largest = {f"max_{name}": max(values[name] for values in self.privacy.values() if name in values)
-                   for name in ("dp_epsilon", "client_dp_epsilon")
-                   if any(name in values for values in self.privacy.values())}
+        largest = {
+            f"max_{name}": max(values[name] for values in self.privacy.values() if name in values)
+            for name in ("dp_epsilon", "client_dp_epsilon")
+            if any(name in values for values in self.privacy.values())
+        }
         return largest | {"hospitals": hospitals}
 
-    def finish(self, heads_state: Mapping[str, torch.Tensor], stopped: str | None = None,
-               retired: Mapping[int, str] | None = None, lost: Mapping[int, str] | None = None) -> dict[str, Any]:
+    def finish(
+        self,
+        heads_state: Mapping[str, torch.Tensor],
+        stopped: str | None = None,
+        retired: Mapping[int, str] | None = None,
+        lost: Mapping[int, str] | None = None,
+    ) -> dict[str, Any]:
         """Write summary.json, the heads and the plot; return the summary. `stopped`: why the run ended
         before its last round; `retired`: hospitals that stopped training, and why; `lost`: hospitals whose
         node failed, and how."""
         evaluation = self.last_evaluation
         summary: dict[str, Any] = {
-            "strategy": self.cfg.strategy.name, "scenario": self.cfg.scenario.name, "seed": self.cfg.seed,
-            "rounds": self.cfg.federation.rounds, "evaluated_round": evaluation.get("round"),
+            "strategy": self.cfg.strategy.name,
+            "scenario": self.cfg.scenario.name,
+            "seed": self.cfg.seed,
+            "rounds": self.cfg.federation.rounds,
+            "evaluated_round": evaluation.get("round"),
             **evaluation.get("global", {}),
             **{key: value for key, value in evaluation.items() if key.startswith(("group/", "hospital_"))},
             "hospitals": evaluation.get("hospitals", {}),
             # what one sampled hospital sends (upload) and receives (download) per round, in bytes of arrays
-            **{f"{direction}_bytes_per_round": sum(sent) / len(sent) for direction, sent in self.bytes_sent.items() if sent},
+            **{
+                f"{direction}_bytes_per_round": sum(sent) / len(sent)
+                for direction, sent in self.bytes_sent.items()
+                if sent
+            },
             **self.reference,
             **({"privacy": self.privacy_summary(retired or {})} if self.privacy or retired else {}),
             **({"stopped": stopped} if stopped else {}),
@@ -165,8 +182,10 @@ class RunRecorder:
             "wall_time_s": round(time.perf_counter() - self.started, 2),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False))
-        save_file({key: value.detach().cpu().contiguous() for key, value in heads_state.items()},
-                  self.run_dir / "heads.safetensors")
+        save_file(
+            {key: value.detach().cpu().contiguous() for key, value in heads_state.items()},
+            self.run_dir / "heads.safetensors",
+        )
         from fedmm.runs.plot import plot_metrics
 
         plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", title=self.run_dir.name)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fedmm.config import ConfigError
-from fedmm.runs.compare import GROUPS
 from fedmm.evaluation.metrics import REPORT_DEFAULT
+from fedmm.runs.compare import GROUPS
 from fedmm.runs.sweep import HOSPITAL_METRIC, VARIANT_AXIS
 
 SEED_AXIS = "seed"
@@ -54,7 +54,9 @@ def choose_x(axes: dict[str, list[str]], requested: str | None) -> str | None:
 
 
 def variant_of(row: dict[str, Any], keys: Sequence[str]) -> str:
-    return ", ".join(_text(row[key]) if key == VARIANT_AXIS else f"{key}={_text(row[key])}" for key in keys) or "all cells"
+    return (
+        ", ".join(_text(row[key]) if key == VARIANT_AXIS else f"{key}={_text(row[key])}" for key in keys) or "all cells"
+    )
 
 
 def _text(value: Any) -> str:
@@ -87,25 +89,47 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
     plot_hospital_heatmap(hospitals, variants, xs, x, sweep_dir / "hospital_heatmap.png")
     plot_group_bars(rows, variants, xs, x, sweep_dir / "group_bars.png")
     seeds = len(axes.get(SEED_AXIS, [None]))
-    command = " ".join(["fedmm sweep --out", str(sweep_dir), *sweep["fixed"],
-                        *(f"{key}={','.join(values)}" for key, values in axes.items() if key != VARIANT_AXIS),
-                        *(f"--variant '{value}'" for value in axes.get(VARIANT_AXIS, []))])
+    command = " ".join(
+        [
+            "fedmm sweep --out",
+            str(sweep_dir),
+            *sweep["fixed"],
+            *(f"{key}={','.join(values)}" for key, values in axes.items() if key != VARIANT_AXIS),
+            *(f"--variant '{value}'" for value in axes.get(VARIANT_AXIS, [])),
+        ]
+    )
     lines = [
-        f"# Sweep report: {sweep_dir.name}", "",
+        f"# Sweep report: {sweep_dir.name}",
+        "",
         f"Reproduce: `{command}`, then `fedmm report {sweep_dir}"
-        + "".join(f" --metric {metric}" for metric in metrics) + (f" --x {x}`" if x else "`"), "",
+        + "".join(f" --metric {metric}" for metric in metrics)
+        + (f" --x {x}`" if x else "`"),
+        "",
         f"{len(rows)} cells; x = `{x or '–'}`; variants: {len(variants)}; seeds per point: {seeds}. "
         f"`{HOSPITAL_METRIC}`: each hospital's 0-shot AUROC on its own test split, of the model it uses (its own "
         "under a personalized strategy, else the global one), for the modality it holds (images where it has "
-        "any, else reports).", "",
-        *(line for metric in metrics for line in (
-            f"## {metric} (global test set): mean ± std over seeds", "",
-            metric_table(rows, variants, xs, metric, x), "",
-            f"![{metric} against {x}]({_slug(metric)}_vs_x.png)", "")),
-        "## Fairness between hospitals", "",
-        fairness_table(rows, variants, xs, x), "",
-        "![hospital x variant](hospital_heatmap.png)", "",
-        "![per modality group](group_bars.png)", "",
+        "any, else reports).",
+        "",
+        *(
+            line
+            for metric in metrics
+            for line in (
+                f"## {metric} (global test set): mean ± std over seeds",
+                "",
+                metric_table(rows, variants, xs, metric, x),
+                "",
+                f"![{metric} against {x}]({_slug(metric)}_vs_x.png)",
+                "",
+            )
+        ),
+        "## Fairness between hospitals",
+        "",
+        fairness_table(rows, variants, xs, x),
+        "",
+        "![hospital x variant](hospital_heatmap.png)",
+        "",
+        "![per modality group](group_bars.png)",
+        "",
     ]
     path = sweep_dir / "report.md"
     path.write_text("\n".join(lines))
@@ -127,26 +151,36 @@ def _mean_std(values: list[float]) -> str:
 
 
 def metric_table(rows: list[dict], variants: list[str], xs: list, metric: str, x: str | None) -> str:
-    lines = ["| variant | " + " | ".join(f"{x}={_text(v)}" if x else "value" for v in xs) + " |",
-             "|---|" + "---|" * len(xs)]
+    lines = [
+        "| variant | " + " | ".join(f"{x}={_text(v)}" if x else "value" for v in xs) + " |",
+        "|---|" + "---|" * len(xs),
+    ]
     for variant in variants:
         lines.append(f"| {variant} | " + " | ".join(_mean_std(_values(rows, variant, v, metric)) for v in xs) + " |")
     return "\n".join(lines)
 
 
 def fairness_table(rows: list[dict], variants: list[str], xs: list, x: str | None) -> str:
-    lines = [f"| variant | {x or ''} | mean hospital AUROC | worst hospital AUROC | worst hospital (most often) | "
-             "spread (best - worst) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| variant | {x or ''} | mean hospital AUROC | worst hospital AUROC | worst hospital (most often) | "
+        "spread (best - worst) |",
+        "|---|---|---|---|---|---|",
+    ]
     for variant in variants:
         for v in xs:
             members = [row for row in rows if row["variant"] == variant and row["x"] == v]
-            worst = Counter(f"{int(row['worst_hospital'])} ({row['worst_hospital_group']})" for row in members
-                            if row["worst_hospital"] is not None).most_common(1)
-            lines.append(f"| {variant} | {_text(v) if x else ''} | "
-                         f"{_mean_std(_values(rows, variant, v, f'mean_{HOSPITAL_METRIC}'))} | "
-                         f"{_mean_std(_values(rows, variant, v, f'worst_{HOSPITAL_METRIC}'))} | "
-                         f"{worst[0][0] if worst else '–'} | "
-                         f"{_mean_std(_values(rows, variant, v, f'spread_{HOSPITAL_METRIC}'))} |")
+            worst = Counter(
+                f"{int(row['worst_hospital'])} ({row['worst_hospital_group']})"
+                for row in members
+                if row["worst_hospital"] is not None
+            ).most_common(1)
+            lines.append(
+                f"| {variant} | {_text(v) if x else ''} | "
+                f"{_mean_std(_values(rows, variant, v, f'mean_{HOSPITAL_METRIC}'))} | "
+                f"{_mean_std(_values(rows, variant, v, f'worst_{HOSPITAL_METRIC}'))} | "
+                f"{worst[0][0] if worst else '–'} | "
+                f"{_mean_std(_values(rows, variant, v, f'spread_{HOSPITAL_METRIC}'))} |"
+            )
     return "\n".join(lines)
 
 
@@ -187,17 +221,35 @@ def plot_hospital_heatmap(hospitals: list[dict], variants: list[str], xs: list, 
     for ax, v in zip(axes, xs):
         members = [row for row in hospitals if row["x"] == v]
         ids = sorted({int(row["hospital"]) for row in members})
-        group = {h: Counter(row["group"] for row in members if int(row["hospital"]) == h).most_common(1)[0][0]
-                 for h in ids}
-        grid = [[_mean_or_nan([row[HOSPITAL_METRIC] for row in members if int(row["hospital"]) == h
-                               and row["variant"] == variant and row[HOSPITAL_METRIC] is not None])
-                 for variant in variants] for h in ids]
+        group = {
+            h: Counter(row["group"] for row in members if int(row["hospital"]) == h).most_common(1)[0][0] for h in ids
+        }
+        grid = [
+            [
+                _mean_or_nan(
+                    [
+                        row[HOSPITAL_METRIC]
+                        for row in members
+                        if int(row["hospital"]) == h and row["variant"] == variant and row[HOSPITAL_METRIC] is not None
+                    ]
+                )
+                for variant in variants
+            ]
+            for h in ids
+        ]
         image = ax.imshow(grid, cmap="viridis", vmin=0.4, vmax=0.9, aspect="auto")
         for i, line in enumerate(grid):
             for j, value in enumerate(line):
                 if value == value:
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                            color="black" if value > 0.75 else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="black" if value > 0.75 else "white",
+                    )
         ax.set_yticks(range(len(ids)), [f"{h} ({group[h]})" for h in ids], fontsize=7)
         ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=6)
         ax.set_title(f"{x}={_text(v)}" if x else "", fontsize=8)
@@ -228,8 +280,9 @@ def _panels(plt, count: int, width: float, height: float) -> tuple[Any, list]:
     """One panel per x value, two per row."""
     columns = min(2, count)
     rows = -(-count // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False,
-                                layout="constrained")
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(width * columns, height * rows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.flat)
     for extra in flat[count:]:
         extra.set_visible(False)

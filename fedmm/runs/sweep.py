@@ -37,7 +37,11 @@ GLOBAL_METRICS = ("i2t_recall@1", "i2t_recall@10", "t2i_recall@10", "i2t_precisi
                   "report_zeroshot_auroc_macro")
 HOSPITAL_METRIC = "hospital_auroc"  # see `hospital_auroc`
 VARIANT_AXIS = "variant"
-RUN_ONLY_KEYS = ("run_dir", "resume", "cache_dir")  # may differ between a cell's saved config and now; no effect on results
+RUN_ONLY_KEYS = (
+    "run_dir",
+    "resume",
+    "cache_dir",
+)  # may differ between a cell's saved config and now; no effect on results
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,11 @@ def make_cells(fixed: Sequence[str], axes: dict[str, list[str]]) -> list[Cell]:
     for values in itertools.product(*axes.values()):
         chosen = dict(zip(axes, values))
         names = [value.replace(" ", "+") if key == VARIANT_AXIS else f"{key}={value}" for key, value in chosen.items()]
-        swept = [part for key, value in chosen.items()
-                 for part in (value.split() if key == VARIANT_AXIS else [f"{key}={value}"])]
+        swept = [
+            part
+            for key, value in chosen.items()
+            for part in (value.split() if key == VARIANT_AXIS else [f"{key}={value}"])
+        ]
         cells.append(Cell(",".join(names).replace("/", "-") or "single", chosen, [*fixed, *swept]))
     return cells
 
@@ -98,15 +105,17 @@ def compose_cells(cells: Sequence[Cell], out: Path) -> list[ExperimentConfig]:
     return configs
 
 
-def run_sweep(overrides: Sequence[str], out: Path, run: RunFn, log: Callable[[str], None] = print,
-              variants: Sequence[str] = ()) -> list[dict]:
+def run_sweep(
+    overrides: Sequence[str], out: Path, run: RunFn, log: Callable[[str], None] = print, variants: Sequence[str] = ()
+) -> list[dict]:
     """Run (or reuse) every cell under `out`; write sweep.json, results.csv and hospitals.csv."""
     fixed, axes = parse_sweep(overrides, variants)
     cells = make_cells(fixed, axes)
     configs = compose_cells(cells, out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(
-        {"fixed": fixed, "axes": axes, "cells": [cell.name for cell in cells]}, indent=2))
+    (out / "sweep.json").write_text(
+        json.dumps({"fixed": fixed, "axes": axes, "cells": [cell.name for cell in cells]}, indent=2)
+    )
     rows, hospital_rows = [], []
     for index, (cell, cfg) in enumerate(zip(cells, configs), start=1):
         log(f"[{index}/{len(cells)}] {cell.name}")
@@ -123,8 +132,10 @@ def run_or_reuse(cfg: ExperimentConfig, run: RunFn, log: Callable[[str], None]) 
     if (run_dir / "summary.json").exists():
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         if _comparable(saved) != _comparable(config_to_dict(cfg)):
-            raise ConfigError(f"{run_dir} holds a finished run of another configuration (the sweep's fixed "
-                              "overrides changed?); sweep into another --out, or remove that cell")
+            raise ConfigError(
+                f"{run_dir} holds a finished run of another configuration (the sweep's fixed "
+                "overrides changed?); sweep into another --out, or remove that cell"
+            )
         log(f"  reusing {run_dir / 'summary.json'}")
         return json.loads((run_dir / "summary.json").read_text())
     if (run_dir / "checkpoint.json").exists() and strategy_spec(cfg.strategy.name).resumable:
@@ -151,21 +162,44 @@ def hospital_auroc(metrics: dict[str, Any]) -> float | None:
     return None
 
 
-HOSPITAL_COLUMNS = ("hospital", "group", "num_paired", "num_image", "num_report", HOSPITAL_METRIC,
-                    "i2t_recall@10", "personal_i2t_recall@10")
+HOSPITAL_COLUMNS = (
+    "hospital",
+    "group",
+    "num_paired",
+    "num_image",
+    "num_report",
+    HOSPITAL_METRIC,
+    "i2t_recall@10",
+    "personal_i2t_recall@10",
+)
 
 
 def hospital_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"hospital": int(hospital), "group": metrics.get("group"),
-             **{name: metrics.get(name) for name in ("num_paired", "num_image", "num_report")},
-             HOSPITAL_METRIC: hospital_auroc(metrics), "i2t_recall@10": metrics.get("i2t_recall@10"),
-             "personal_i2t_recall@10": metrics.get("personal_i2t_recall@10")}
-            for hospital, metrics in summary.get("hospitals", {}).items()]
+    return [
+        {
+            "hospital": int(hospital),
+            "group": metrics.get("group"),
+            **{name: metrics.get(name) for name in ("num_paired", "num_image", "num_report")},
+            HOSPITAL_METRIC: hospital_auroc(metrics),
+            "i2t_recall@10": metrics.get("i2t_recall@10"),
+            "personal_i2t_recall@10": metrics.get("personal_i2t_recall@10"),
+        }
+        for hospital, metrics in summary.get("hospitals", {}).items()
+    ]
 
 
-RESULT_COLUMNS = (*GLOBAL_METRICS, *(f"{group}_{HOSPITAL_METRIC}" for group in GROUPS),
-                  f"mean_{HOSPITAL_METRIC}", f"worst_{HOSPITAL_METRIC}", "worst_hospital", "worst_hospital_group",
-                  f"spread_{HOSPITAL_METRIC}", "evaluated_round", "stopped", "wall_time_s")
+RESULT_COLUMNS = (
+    *GLOBAL_METRICS,
+    *(f"{group}_{HOSPITAL_METRIC}" for group in GROUPS),
+    f"mean_{HOSPITAL_METRIC}",
+    f"worst_{HOSPITAL_METRIC}",
+    "worst_hospital",
+    "worst_hospital_group",
+    f"spread_{HOSPITAL_METRIC}",
+    "evaluated_round",
+    "stopped",
+    "wall_time_s",
+)
 
 
 def cell_row(cell: Cell, summary: dict[str, Any]) -> dict[str, Any]:
@@ -178,11 +212,14 @@ def cell_row(cell: Cell, summary: dict[str, Any]) -> dict[str, Any]:
         row[f"{group}_{HOSPITAL_METRIC}"] = sum(values) / len(values) if values else None
     values = [h[HOSPITAL_METRIC] for h in hospitals]
     worst = min(hospitals, key=lambda h: h[HOSPITAL_METRIC]) if hospitals else None
-    row |= {f"mean_{HOSPITAL_METRIC}": sum(values) / len(values) if values else None,
-            f"worst_{HOSPITAL_METRIC}": worst[HOSPITAL_METRIC] if worst else None,
-            "worst_hospital": worst["hospital"] if worst else None,
-            "worst_hospital_group": worst["group"] if worst else None,
-            f"spread_{HOSPITAL_METRIC}": max(values) - min(values) if values else None,
-            "evaluated_round": summary.get("evaluated_round"), "stopped": summary.get("stopped"),
-            "wall_time_s": summary.get("wall_time_s")}
+    row |= {
+        f"mean_{HOSPITAL_METRIC}": sum(values) / len(values) if values else None,
+        f"worst_{HOSPITAL_METRIC}": worst[HOSPITAL_METRIC] if worst else None,
+        "worst_hospital": worst["hospital"] if worst else None,
+        "worst_hospital_group": worst["group"] if worst else None,
+        f"spread_{HOSPITAL_METRIC}": max(values) - min(values) if values else None,
+        "evaluated_round": summary.get("evaluated_round"),
+        "stopped": summary.get("stopped"),
+        "wall_time_s": summary.get("wall_time_s"),
+    }
     return {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in row.items()}

@@ -81,16 +81,22 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
         initial_arrays = strategy.initial_arrays(heads.state_dict())
     stopped: RunStopped | None = None
     try:
-        RoundOffset(strategy, done).start(grid=grid, initial_arrays=initial_arrays,
-                                          num_rounds=cfg.federation.rounds - done, timeout=cfg.federation.round_timeout_s,
-                                          train_config=ConfigRecord(), evaluate_fn=end_of_round)
+        RoundOffset(strategy, done).start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=cfg.federation.rounds - done,
+            timeout=cfg.federation.round_timeout_s,
+            train_config=ConfigRecord(),
+            evaluate_fn=end_of_round,
+        )
     except RunStopped as stop:  # a privacy budget, or too few hospitals left: the rounds recorded so far are kept
         stopped = stop
         log.warning("the run stops early: %s", stop)
     final_arrays = latest["arrays"] if latest["arrays"] is not None else initial_arrays
     final_state = {key: torch.as_tensor(value) for key, value in final_arrays.to_torch_state_dict().items()}
-    summary = recorder.finish(final_state, stopped=str(stopped) if stopped else None, retired=strategy.retired,
-                              lost=strategy.lost) | {"run_dir": str(run_dir)}
+    summary = recorder.finish(
+        final_state, stopped=str(stopped) if stopped else None, retired=strategy.retired, lost=strategy.lost
+    ) | {"run_dir": str(run_dir)}
     if isinstance(stopped, HospitalsLost):  # the summary is written; the run itself failed
         raise stopped
     return summary
@@ -103,16 +109,19 @@ class RoundOffset(Strategy):
         super().__init__()
         self.strategy, self.offset = strategy, offset
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         return self.strategy.aggregate_train(server_round + self.offset, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -69,6 +69,10 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
             optimizer.step()
             losses.append(objective.detach())  # reported loss: without the regularizer
     heads.eval()
-    counts = rows.counts(data.image_mask.to(rows.pair.device), data.report_mask.to(rows.pair.device)) if losses else (0, 0, 0)
+    counts = (
+        rows.counts(data.image_mask.to(rows.pair.device), data.report_mask.to(rows.pair.device))
+        if losses
+        else (0, 0, 0)
+    )
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
     return TrainResult(mean_loss, len(losses), *counts)

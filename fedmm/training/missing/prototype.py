@@ -103,5 +103,7 @@ class PrototypeAnchoring:
         reports = batch[self.rows.report_only[batch]]
         if len(reports):
             logits = heads.embed_reports(self.rows.report_features[reports]) @ self.image_prototypes.T  # (b, C)
-            terms.append(nn.functional.cross_entropy(logits / self.temperature, self.cluster[reports], reduction="none"))
+            terms.append(
+                nn.functional.cross_entropy(logits / self.temperature, self.cluster[reports], reduction="none")
+            )
         return self.weight * torch.cat(terms).mean() if terms else None

@@ -1,11 +1,21 @@
-"""What tests build configurations from: what a user gets (composed from configs/), changed where a test says."""
+"""What tests build from: what a user gets (composed from configs/), changed where a test says; tiny seeded
+heads and splits; hand-made training replies."""
 
 import dataclasses
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from fedmm import protocol as keys
 from fedmm.compose import compose_config
 from fedmm.config import ExperimentConfig
+from fedmm.data.modality import AVAILABILITY_CODES, Availability
+from fedmm.hospitals import SplitTensors
+from fedmm.models.heads import build_heads
+from fedmm.strategies.base import HospitalFedAvg
 
 
 @lru_cache
@@ -20,3 +30,56 @@ def configured(section: str, *overrides: str, **changes: Any) -> Any:
     for name in section.split("."):
         value = getattr(value, name)
     return dataclasses.replace(value, **changes)
+
+
+# Tiny seeded models and data (6-d image features, 5-d report features, 10 findings)
+
+HEADS = configured("heads", hidden_dim=8, embed_dim=4)
+
+
+def tiny_split(num: int = 24, paired: bool = True) -> SplitTensors:
+    generator = torch.Generator().manual_seed(0)
+    code = AVAILABILITY_CODES[Availability.PAIRED if paired else Availability.IMAGE_ONLY]
+    return SplitTensors(torch.randn(num, 6, generator=generator), torch.randn(num, 5, generator=generator),
+                        torch.full((num,), code, dtype=torch.int8), torch.zeros(num, 10, dtype=torch.int8))
+
+
+def heads(seed: int = 0):
+    return build_heads(6, 5, HEADS, seed)
+
+
+# Hand-made training replies and a strategy over a few hospitals (tests build Messages: flower_run_identity)
+
+def state(image: list[float], report: list[float], scale: float) -> dict[str, np.ndarray]:
+    return {"image_head.0.weight": np.array(image, dtype=np.float32),
+            "report_head.0.weight": np.array(report, dtype=np.float32),
+            "logit_scale": np.array(scale, dtype=np.float32)}
+
+
+def reply(
+    hospital: int, arrays: dict[str, np.ndarray], num_examples: int, paired: int, images: int, reports: int
+) -> Message:
+    metrics = MetricRecord(
+        {
+            keys.HOSPITAL_ID: hospital,
+            keys.NUM_EXAMPLES: num_examples,
+            keys.NUM_PAIRED_USED: paired,
+            keys.NUM_IMAGE_USED: images,
+            keys.NUM_REPORT_USED: reports,
+            keys.TRAIN_STEPS: 1 if paired else 0,
+            keys.TRAIN_LOSS: 1.0,
+        }
+    )
+    content = RecordDict({keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}), keys.METRICS: metrics})
+    return Message(content=content, dst_node_id=0, message_type="train")
+
+
+def strategy(cls=HospitalFedAvg, num_hospitals: int = 3, **kwargs):
+    return cls(
+        node_of_hospital={h: 100 + h for h in range(num_hospitals)},
+        clients_per_round=num_hospitals,
+        seed=0,
+        evaluate_every=1,
+        num_rounds=1,
+        **kwargs,
+    )

@@ -20,7 +20,6 @@ from safetensors.torch import load_file, save_file
 from fedmm.config import EncodersConfig, ImageEncoderConfig, TextEncoderConfig
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.data.findings import FINDINGS
-from fedmm.models.encoders import build_image_encoder, build_text_encoder, resolve_text_encoder_path
 
 FEATURE_FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
@@ -52,6 +51,8 @@ def image_cache_key(fingerprint: str, cfg: ImageEncoderConfig) -> str:
 
 
 def text_cache_key(fingerprint: str, cfg: TextEncoderConfig) -> str:
+    from fedmm.models.encoders import resolve_text_encoder_path  # torchvision/transformers: only when needed
+
     model_dir = resolve_text_encoder_path(cfg)
     weight_files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
     spec = {"dataset": fingerprint, "encoder": [_file_digest(path) for path in weight_files] or str(model_dir),
@@ -95,6 +96,8 @@ def _cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[
 @torch.inference_mode()
 def _extract_images(dataset: MultimodalDataset, cfg: ImageEncoderConfig, device: torch.device,
                     progress: bool) -> dict[str, torch.Tensor]:
+    from fedmm.models.encoders import build_image_encoder  # a warm cache never imports torchvision
+
     encoder = build_image_encoder(cfg).to(device)
     batches = range(0, len(dataset), cfg.batch_size)
     outputs = []
@@ -108,6 +111,8 @@ def _extract_images(dataset: MultimodalDataset, cfg: ImageEncoderConfig, device:
 @torch.inference_mode()
 def _extract_texts(dataset: MultimodalDataset, cfg: TextEncoderConfig, device: torch.device,
                    progress: bool) -> dict[str, torch.Tensor]:
+    from fedmm.models.encoders import build_text_encoder
+
     encoder = build_text_encoder(cfg).to(device)
 
     def encode(texts: Sequence[str], label: str | None) -> torch.Tensor:

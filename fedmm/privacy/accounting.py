@@ -8,9 +8,6 @@ whole ledger, so it is cumulative over every round the hospital took part in, ne
 
 from dataclasses import dataclass
 
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-
 EPSILON_TOLERANCE = 0.01  # the derived σ spends between target - 0.01 and target
 
 
@@ -31,6 +28,8 @@ def epsilon_spent(ledger: Ledger, delta: float) -> float:
     history = [(entry.noise_multiplier, entry.sample_rate, entry.steps) for entry in ledger if entry.steps > 0]
     if not history:
         return 0.0
+    from opacus.accountants import RDPAccountant  # opacus loads only where ε is computed (1 s per process)
+
     accountant = RDPAccountant()
     accountant.history = history
     return float(accountant.get_epsilon(delta=delta))
@@ -39,6 +38,8 @@ def epsilon_spent(ledger: Ledger, delta: float) -> float:
 def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The smallest σ (to `EPSILON_TOLERANCE`) whose `steps` sampled steps spend at most `target_epsilon`.
     Raises ValueError when no σ reaches it (RDP's conversion has a floor near log(1/δ)/63)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
                                       steps=steps, accountant="rdp", epsilon_tolerance=EPSILON_TOLERANCE))
 

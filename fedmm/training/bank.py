@@ -15,10 +15,9 @@ heads drifted away from the stale bank or collapsed (loss at log(K+1)) during de
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from fedmm.config import ExperimentConfig, TrainConfig
 from fedmm.hospitals import SplitTensors
@@ -26,6 +25,9 @@ from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import reference_bank_info_nce
 from fedmm.training.local import TrainResult
 from fedmm.training.updates import LocalUpdate, StateDict, snapshot
+
+if TYPE_CHECKING:  # opacus loads only when DP-SGD runs (about 1 s of every process start otherwise)
+    from opacus.optimizers import DPOptimizer
 
 OBJECTIVES = ("auto", "in_batch", "reference_bank")
 REFERENCE_BANK = "reference_bank"
@@ -130,10 +132,12 @@ def embed_in_chunks(embed, features: torch.Tensor, chunk: int = 1024) -> torch.T
     return torch.cat([embed(features[start:start + chunk]) for start in range(0, len(features), chunk)])
 
 
-def make_private(optimizer: torch.optim.Optimizer, dp: DPSGD, expected_batch_size: int, seed: int) -> DPOptimizer:
+def make_private(optimizer: torch.optim.Optimizer, dp: DPSGD, expected_batch_size: int, seed: int) -> "DPOptimizer":
     """Opacus' DP-SGD step around `optimizer`: each step clips every parameter's `grad_sample` rows (one per
     pair, set by the caller) to joint L2 norm `dp.max_grad_norm`, sums them, adds seeded N(0, σ²C²) and
     divides by `expected_batch_size` (q·n, fixed, as the analysis of Poisson sampling assumes)."""
+    from opacus.optimizers import DPOptimizer
+
     device = optimizer.param_groups[0]["params"][0].device
     return DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                        expected_batch_size=expected_batch_size, loss_reduction="mean",
@@ -145,6 +149,8 @@ def _batches(num_samples: int, batch_size: int, dp: DPSGD | None, seed: int, epo
     """Index batches of one epoch: Poisson samples under DP (what the accountant assumes), else shuffled
     minibatches of `batch_size`."""
     if dp is not None:
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
         sampler = UniformWithReplacementSampler(num_samples=num_samples, sample_rate=dp.sample_rate,
                                                 generator=_derived_generator(seed, 2 + epoch, "cpu"))
         for indices in sampler:

@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import configured
-from test_personalized import heads, tiny_split
+from helpers import configured, heads, tiny_split
 
 from fedmm.aggregation.ensemble import (
     ensemble_targets,

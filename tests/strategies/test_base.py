@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from helpers import reply, state, strategy
 
 from fedmm import protocol as keys
 from fedmm.aggregation.modality import modality_weighted_average, weighted_average
@@ -12,12 +13,6 @@ from fedmm.models.heads import HeadGroup
 from fedmm.strategies.base import HospitalFedAvg, HospitalsLost, RoundLog, sample_hospitals
 
 pytestmark = pytest.mark.usefixtures("flower_run_identity")  # the tests build Flower Messages
-
-
-def state(image: list[float], report: list[float], scale: float) -> dict[str, np.ndarray]:
-    return {"image_head.0.weight": np.array(image, dtype=np.float32),
-            "report_head.0.weight": np.array(report, dtype=np.float32),
-            "logit_scale": np.array(scale, dtype=np.float32)}
 
 
 def test_weighted_average_is_fedavg():
@@ -49,35 +44,6 @@ def test_head_that_no_sampled_hospital_trained_keeps_its_global_value():
     np.testing.assert_array_equal(averaged["image_head.0.weight"], [7.0, 3.0])  # (5*4 + 15*8)/20, (0 + 60)/20
     np.testing.assert_array_equal(averaged["report_head.0.weight"], [10.0])
     assert averaged["logit_scale"] == 2.0
-
-
-def reply(
-    hospital: int, arrays: dict[str, np.ndarray], num_examples: int, paired: int, images: int, reports: int
-) -> Message:
-    metrics = MetricRecord(
-        {
-            keys.HOSPITAL_ID: hospital,
-            keys.NUM_EXAMPLES: num_examples,
-            keys.NUM_PAIRED_USED: paired,
-            keys.NUM_IMAGE_USED: images,
-            keys.NUM_REPORT_USED: reports,
-            keys.TRAIN_STEPS: 1 if paired else 0,
-            keys.TRAIN_LOSS: 1.0,
-        }
-    )
-    content = RecordDict({keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}), keys.METRICS: metrics})
-    return Message(content=content, dst_node_id=0, message_type="train")
-
-
-def strategy(cls=HospitalFedAvg, num_hospitals: int = 3, **kwargs):
-    return cls(
-        node_of_hospital={h: 100 + h for h in range(num_hospitals)},
-        clients_per_round=num_hospitals,
-        seed=0,
-        evaluate_every=1,
-        num_rounds=1,
-        **kwargs,
-    )
 
 
 @pytest.mark.parametrize("modality_aware", [False, True])

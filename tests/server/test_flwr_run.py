@@ -13,7 +13,7 @@ import pytest
 from fedmm.compose import compose_config
 from fedmm.experiment import run_experiment
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (its pyproject.toml names the app)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -29,6 +29,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_flwr_run_matches_fedmm_run(tmp_path, cache_dir):
     flwr = Path(sys.executable).parent / "flwr"
     if not flwr.exists():

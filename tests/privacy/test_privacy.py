@@ -7,9 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import configured, user_config
+from helpers import configured, heads, tiny_split, user_config
 from opacus.accountants.analysis import rdp as opacus_rdp
-from test_personalized import heads, tiny_split
 
 from fedmm.compose import compose_config
 from fedmm.config import ClientDPConfig, ConfigError, SampleDPConfig

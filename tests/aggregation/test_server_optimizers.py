@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvgM, FedYogi
-from test_aggregation import reply, state, strategy
+from helpers import reply, state, strategy
 
 from fedmm import protocol as keys
 from fedmm.aggregation.server_optimizers import AdaptiveConfig, MomentumConfig, ServerAdam, ServerMomentum, ServerYogi

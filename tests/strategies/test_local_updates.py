@@ -3,13 +3,10 @@
 from functools import lru_cache
 
 import torch
-from helpers import configured
+from helpers import heads, tiny_split
 from torch import nn
 
 from fedmm.compose import compose_config
-from fedmm.data.modality import AVAILABILITY_CODES, Availability
-from fedmm.hospitals import SplitTensors
-from fedmm.models.heads import build_heads
 from fedmm.strategies import strategy_spec
 from fedmm.strategies.ditto import ditto_update
 from fedmm.strategies.fedper import SharedBaseFedAvg, fedper_update
@@ -17,15 +14,6 @@ from fedmm.strategies.fedrep import fedrep_update
 from fedmm.training.local import train_heads
 from fedmm.training.regularizers import proximal_term
 from fedmm.training.updates import LocalStep, global_update, snapshot, split_personal
-
-HEADS = configured("heads", hidden_dim=8, embed_dim=4)
-
-
-def tiny_split(num: int = 24, paired: bool = True) -> SplitTensors:
-    generator = torch.Generator().manual_seed(0)
-    code = AVAILABILITY_CODES[Availability.PAIRED if paired else Availability.IMAGE_ONLY]
-    return SplitTensors(torch.randn(num, 6, generator=generator), torch.randn(num, 5, generator=generator),
-                        torch.full((num,), code, dtype=torch.int8), torch.zeros(num, 10, dtype=torch.int8))
 
 
 @lru_cache
@@ -39,10 +27,6 @@ def tiny_step(model, data, seed: int, strategy: str = "fedavg", *options: str, p
     cfg = tiny_cfg(strategy, *options)
     return LocalStep(cfg, strategy_spec(strategy).parse_options(cfg), model, personal_model or heads(9),
                      snapshot(heads()), data, seed, torch.device("cpu"), missing=None)
-
-
-def heads(seed: int = 0):
-    return build_heads(6, 5, HEADS, seed)
 
 
 def distance(a: dict, b: dict) -> float:

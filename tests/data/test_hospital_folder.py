@@ -19,7 +19,7 @@ from fedmm.data.hospital_folder import (
 )
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 
-IU_REPORTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "iu-xray-reports" / "NLMCXR_reports.tgz"
+IU_REPORTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "iu-xray-reports" / "NLMCXR_reports.tgz"
 
 
 def image(value: int = 100) -> np.ndarray:

@@ -6,7 +6,7 @@ from helpers import configured
 
 from fedmm.config import ConfigError, EncodersConfig
 from fedmm.data.synthetic import generate_synthetic_cxr
-from fedmm.models import features as features_module
+from fedmm.models import encoders as encoders_module
 from fedmm.models.encoders import build_image_encoder, check_image_encoder
 from fedmm.models.features import load_features
 
@@ -24,8 +24,9 @@ def test_second_load_reads_the_cache(tiny, tmp_path, monkeypatch):
     first = load_features(tiny, encoders(), tmp_path)
     assert first.image_features.shape == (12, 512 * 4) and first.report_features.shape == (12, 384)
     assert len(first.prompt_features) == len(first.prompt_finding) > 10
-    monkeypatch.setattr(features_module, "build_image_encoder", lambda cfg: pytest.fail("image features recomputed"))
-    monkeypatch.setattr(features_module, "build_text_encoder", lambda cfg: pytest.fail("text features recomputed"))
+    # features.py imports the encoders where it extracts: patch them where they live
+    monkeypatch.setattr(encoders_module, "build_image_encoder", lambda cfg: pytest.fail("image features recomputed"))
+    monkeypatch.setattr(encoders_module, "build_text_encoder", lambda cfg: pytest.fail("text features recomputed"))
     second = load_features(tiny, encoders(), tmp_path)
     assert torch.equal(first.image_features, second.image_features)
     assert torch.equal(first.report_features, second.report_features)

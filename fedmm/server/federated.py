@@ -1,10 +1,9 @@
 """A federated run on a Grid: discover hospitals, run the strategy's rounds, record everything."""
 
 import logging
-from collections.abc import Iterable
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -18,7 +17,7 @@ from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals, group_of
 from fedmm.strategies import strategy_spec
-from fedmm.strategies.base import HospitalsLost, RunStopped, sample_size
+from fedmm.strategies.base import Delegating, HospitalsLost, RunStopped, sample_size
 from fedmm.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -102,30 +101,12 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     return summary
 
 
-class RoundOffset(Strategy):
+class RoundOffset(Delegating):
     """Runs `strategy` with Flower's round numbers shifted by `offset` (a resumed run's finished rounds)."""
 
     def __init__(self, strategy: Strategy, offset: int) -> None:
-        super().__init__()
-        self.strategy, self.offset = strategy, offset
+        super().__init__(strategy)
+        self.offset = offset
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round + self.offset, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
+    def round_of(self, server_round: int) -> int:
+        return server_round + self.offset

@@ -32,7 +32,7 @@ from logging import INFO, WARNING
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
@@ -271,6 +271,36 @@ class HospitalFedAvg(FedAvg):
             raise stop
         self.stop, self.stop_round = stop, server_round
         return ordered
+
+
+class Delegating(Strategy):
+    """A Flower strategy that hands every round hook to `inner` (at round `round_of(server_round)`);
+    a wrapper overrides only the hooks it changes."""
+
+    def __init__(self, inner: Strategy) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def round_of(self, server_round: int) -> int:
+        return server_round
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_train(self.round_of(server_round), arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(self.round_of(server_round), replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(self.round_of(server_round), arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(self.round_of(server_round), replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
 
 
 def hospital_of(reply: Message) -> int:

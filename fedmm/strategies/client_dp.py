@@ -42,7 +42,7 @@ from fedmm.config import ClientDPConfig, ConfigError
 from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import DP_NOISE_STREAM, derive_seed
-from fedmm.strategies.base import HospitalFedAvg, RunStopped, hospital_of
+from fedmm.strategies.base import Delegating, HospitalFedAvg, RunStopped, hospital_of
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,16 @@ def new_accountant(dp: ClientDPConfig, num_hospitals: int) -> RdpAccountant:
                                        sampling_method=SamplingMethod.NO_AMPLIFICATION))
 
 
-class ClientLevelDP(Strategy):
+class ClientLevelDP(Delegating):
     """A Flower DP wrapper around a uniformly weighted `HospitalFedAvg`, the server optimizer after the
     noise, and each hospital's cumulative ε (reported as `client-dp-epsilon` in its training metrics)."""
 
     def __init__(self, inner: HospitalFedAvg, dp: ClientDPConfig, server_optimizer: ServerOptimizer | None,
                  stop_run_at_budget: bool, seed: int) -> None:
-        super().__init__()
+        super().__init__(build_wrapper(FixedDenominatorAverage(inner), dp, inner.clients_per_round))
         assert inner.uniform_weights and inner.server_optimizer is None, "the noise is calibrated to a plain mean"
-        self.inner, self.dp, self.server_optimizer = inner, dp, server_optimizer
+        self.averaging, self.dp, self.server_optimizer = inner, dp, server_optimizer  # averaging: the hospital strategy
         self.stop_run_at_budget = stop_run_at_budget
-        self.wrapper = build_wrapper(FixedDenominatorAverage(inner), dp, inner.clients_per_round)
         num_hospitals = len(inner.node_of_hospital)
         self.accountants = {hospital: new_accountant(dp, num_hospitals) for hospital in inner.node_of_hospital}
         self.event = GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=inner.clients_per_round,
@@ -101,23 +100,23 @@ class ClientLevelDP(Strategy):
         self.seed = seed
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
-        checkpoint = self.inner.checkpoint(server_round, arrays)
+        checkpoint = self.averaging.checkpoint(server_round, arrays)
         if self.server_optimizer is not None:
             checkpoint.optimizer_moments, checkpoint.optimizer_steps = self.server_optimizer.state()
         checkpoint.accountants = {h: accountant.state_dict() for h, accountant in self.accountants.items()}
         return checkpoint
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        self.inner.restore(checkpoint)
+        self.averaging.restore(checkpoint)
         if self.server_optimizer is not None:
             self.server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
         for hospital, state in checkpoint.accountants.items():
             self.accountants[hospital].load_state_dict(state)
 
     def __getattr__(self, name: str):  # logs, has_global_model, is_evaluation_round, ... are the inner strategy's
-        if name in ("inner", "wrapper"):
+        if name in ("inner", "averaging"):
             raise AttributeError(name)
-        return getattr(self.inner, name)
+        return getattr(self.averaging, name)
 
     def epsilon(self, hospital: int) -> float:
         accountant = self.accountants[hospital]
@@ -127,13 +126,13 @@ class ClientLevelDP(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.current_arrays = arrays
         self.retire_over_budget(server_round)
-        return self.wrapper.configure_train(server_round, arrays, config, grid)
+        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def retire_over_budget(self, server_round: int) -> None:
         """Before sending: drop every sampled hospital whose ε would pass `max_epsilon` this round (or stop)."""
         if self.dp.max_epsilon is None:
             return
-        over = [h for h in self.inner.draw(server_round)
+        over = [h for h in self.averaging.draw(server_round)
                 if self.accountants[h].would_exceed(self.event, max_epsilon=self.dp.max_epsilon)]
         if not over:
             return
@@ -143,15 +142,15 @@ class ClientLevelDP(Strategy):
             raise RunStopped(reason)
         log.warning("%s; they train no more", reason)
         for hospital in over:
-            self.inner.retire(hospital, "client-level privacy budget")
+            self.averaging.retire(hospital, "client-level privacy budget")
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         # Failed hospitals are handled as in the inner strategy (Flower's wrappers would skip the round silently).
-        ordered = self.inner.answered(server_round, replies, "training", self.inner.logs[server_round].sampled)
-        self.inner.log_train(server_round, ordered)
-        self.inner.retire_exhausted(server_round, ordered)
-        contributors = self.inner.contributors(server_round)
+        ordered = self.averaging.answered(server_round, replies, "training", self.averaging.logs[server_round].sampled)
+        self.averaging.log_train(server_round, ordered)
+        self.averaging.retire_exhausted(server_round, ordered)
+        contributors = self.averaging.contributors(server_round)
         if not contributors:
             return None, None
         assert self.current_arrays is not None
@@ -162,13 +161,13 @@ class ClientLevelDP(Strategy):
         # Flower's wrappers draw their noise from numpy's global generator: seed it per round from the run's
         # seed, so a resumed run adds the same noise as one that never stopped.
         np.random.seed(derive_seed(self.seed, DP_NOISE_STREAM, server_round) % 2**32)
-        noised, _ = self.wrapper.aggregate_train(server_round, moved)
+        noised, _ = self.inner.aggregate_train(server_round, moved)
         for hospital in contributors:  # every sampled hospital's data could have moved this release
             self.accountants[hospital].compose(self.event)
-        for hospital, train_metrics in self.inner.logs[server_round].train.items():
+        for hospital, train_metrics in self.averaging.logs[server_round].train.items():
             train_metrics[keys.CLIENT_DP_EPSILON] = self.epsilon(hospital)
-        metrics = self.inner.train_metrics_aggr_fn(
-            [reply.content for reply in ordered if hospital_of(reply) in contributors], self.inner.weighted_by_key)
+        metrics = self.averaging.train_metrics_aggr_fn(
+            [reply.content for reply in ordered if hospital_of(reply) in contributors], self.averaging.weighted_by_key)
         if noised is None or self.server_optimizer is None:
             return noised, metrics
         current = {key: array.numpy() for key, array in self.current_arrays.items()}
@@ -176,42 +175,14 @@ class ClientLevelDP(Strategy):
                                              set(HeadGroup))
         return ArrayRecord({key: Array(value) for key, value in stepped.items()}), metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.wrapper.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.wrapper.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.wrapper.summary()
-
-
-class FixedDenominatorAverage(Strategy):
+class FixedDenominatorAverage(Delegating):
     """What Flower's DP wrapper wraps: the hospital strategy's messages, and the average of the (clipped)
     updates it is handed, current + Σ updates / m for the planned m, even when fewer are handed in."""
-
-    def __init__(self, inner: HospitalFedAvg) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         return self.inner.aggregate_arrays(list(replies)), None
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.inner.summary()
 
 
 def unchanged(sent_back: ArrayRecord, current: ArrayRecord) -> bool:

@@ -9,7 +9,13 @@ import numpy as np
 import torch
 
 from fedmm.config import ConfigError, DatasetConfig, ExperimentConfig
-from fedmm.data.hospital_folder import FolderIndex, folder_dataset, folder_fingerprint, index_hospital_folder
+from fedmm.data.hospital_folder import (
+    FOLDER_FINDINGS,
+    FolderIndex,
+    folder_dataset,
+    folder_fingerprint,
+    index_hospital_folder,
+)
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.data.partition import Federation, partition_dataset
 from fedmm.data.registry import load_dataset
@@ -174,6 +180,7 @@ def load_folder_features(cfg: ExperimentConfig, folder: Path) -> tuple[FeatureSe
     fingerprint = folder_fingerprint(folder, cfg.dataset.image_size)
     features = cached_features(
         fingerprint,
+        FOLDER_FINDINGS,
         lambda: folder_dataset(folder, cfg.dataset.image_size, fingerprint),
         cfg.encoders,
         folder / FOLDER_CACHE,

@@ -1,8 +1,11 @@
-"""The contract every dataset offers: aligned images, reports and finding labels, plus a fingerprint."""
+"""The contract every dataset offers: aligned images, reports and finding labels, the label vocabulary
+with its zero-shot prompts, and a fingerprint."""
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedmm.data.findings import Finding
 
 
 @dataclass(frozen=True)
@@ -13,7 +16,8 @@ class MultimodalDataset:
     fingerprint: str  # changes whenever the content could change; keys the feature cache
     images: np.ndarray  # (N, S, S) uint8 grayscale
     reports: tuple[str, ...]  # (N,)
-    labels: np.ndarray  # (N, F) int8 multi-hot, in FINDING_NAMES order
+    labels: np.ndarray  # (N, F) int8 multi-hot (-1: unknown), in `findings` order
+    findings: tuple[Finding, ...]  # (F,) the label vocabulary and the prompts zero-shot evaluation uses
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -22,6 +26,9 @@ class MultimodalDataset:
                 f"dataset {self.name!r}: {n} images, {len(self.reports)} reports and {len(self.labels)} label rows;"
                 " every study needs one of each"
             )
+        if self.labels.ndim != 2 or self.labels.shape[1] != len(self.findings):
+            raise ValueError(f"dataset {self.name!r}: labels of shape {self.labels.shape} for {len(self.findings)} "
+                             "findings; give one label column per finding of the vocabulary")
 
     def __len__(self) -> int:
         return len(self.images)

@@ -1,6 +1,8 @@
-"""The fixed set of chest X-ray findings, and the text prompts used to classify them zero-shot.
+"""The chest X-ray finding vocabulary, with the text prompts that classify each finding zero-shot.
 
-Findings are labels for evaluation only: no training objective reads them.
+A vocabulary is part of a dataset's contract (`MultimodalDataset.findings`): this one labels the built-in
+synthetic dataset and hospital folders (their manifest's label columns). Findings are for evaluation
+only: no training objective reads them.
 Laterality follows the patient: a *left* finding is drawn on the image's right side (PA view).
 """
 

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from fedmm.data.dataset import MultimodalDataset
-from fedmm.data.findings import FINDING_NAMES
+from fedmm.data.findings import FINDING_NAMES, FINDINGS
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 
+FOLDER_FINDINGS = FINDINGS  # the vocabulary of a folder's label columns (and their zero-shot prompts)
 MANIFEST = "manifest.csv"
 REQUIRED_COLUMNS = ("study_id", "patient_id", "image", "report", "report_file", "split")
 SPLITS = ("train", "test")
@@ -359,4 +360,5 @@ def folder_dataset(folder: Path, image_size: int, fingerprint: str) -> Multimoda
         images,
         tuple(report or "" for report in studies.reports),
         studies.labels,
+        FOLDER_FINDINGS,
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmm.data.dataset import MultimodalDataset
+from fedmm.data.findings import FINDINGS
 from fedmm.data.render import render_study
 from fedmm.data.reports import write_report
 from fedmm.data.studies import sample_study
@@ -38,7 +39,8 @@ def generate_synthetic_cxr(num_samples: int, image_size: int, seed: int) -> Mult
         fingerprint=_fingerprint(num_samples, image_size, seed),
         images=np.stack(images) if images else np.zeros((0, image_size, image_size), np.uint8),
         reports=tuple(reports),
-        labels=np.stack(labels) if labels else np.zeros((0, 10), np.int8),
+        labels=np.stack(labels) if labels else np.zeros((0, len(FINDINGS)), np.int8),
+        findings=FINDINGS,
     )
 
 
@@ -49,7 +51,7 @@ def load_synthetic_cxr(num_samples: int, image_size: int, seed: int, cache_dir: 
     if path.exists():
         with np.load(path, allow_pickle=False) as stored:
             return MultimodalDataset("synthetic_cxr", fingerprint, stored["images"],
-                                     tuple(stored["reports"].tolist()), stored["labels"])
+                                     tuple(stored["reports"].tolist()), stored["labels"], FINDINGS)
     log.info("generating %d synthetic studies at %d px (seed %d)", num_samples, image_size, seed)
     dataset = generate_synthetic_cxr(num_samples, image_size, seed)
     path.parent.mkdir(parents=True, exist_ok=True)

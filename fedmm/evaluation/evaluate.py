@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fedmm.data.findings import FINDING_NAMES
 from fedmm.evaluation.metrics import KS
 from fedmm.evaluation.retrieval import finding_precision_at_k, recall_at_k
 from fedmm.evaluation.zeroshot import auroc, prompt_embeddings, zero_shot_scores
@@ -19,10 +18,12 @@ class Prompts:
     features: torch.Tensor  # (P, D_text)
     finding: torch.Tensor  # (P,)
     is_positive: torch.Tensor  # (P,)
+    finding_names: tuple[str, ...]  # (F,) the dataset's vocabulary, in label-column order
 
     @classmethod
     def from_features(cls, features: FeatureSet) -> "Prompts":
-        return cls(features.prompt_features, features.prompt_finding, features.prompt_is_positive)
+        return cls(features.prompt_features, features.prompt_finding, features.prompt_is_positive,
+                   features.finding_names)
 
 
 @torch.inference_mode()
@@ -53,19 +54,21 @@ def evaluate_split(heads: ContrastiveHeads, split: SplitTensors, prompts: Prompt
                     metrics[f"{direction}_precision@{k}"] = value
 
     positive, negative = prompt_embeddings(embed_reports(prompts.features), prompts.finding,
-                                           prompts.is_positive, len(FINDING_NAMES))
+                                           prompts.is_positive, len(prompts.finding_names))
     if has_image.any():
         scores = zero_shot_scores(embed_images(split.image_features[has_image]), positive, negative)
-        metrics.update(_auroc_metrics("zeroshot_auroc", scores, split.labels[has_image]))
+        metrics.update(_auroc_metrics("zeroshot_auroc", scores, split.labels[has_image], prompts.finding_names))
     if has_report.any():
         # The report side of the same question: do report embeddings sit near the right prompts?
         scores = zero_shot_scores(embed_reports(split.report_features[has_report]), positive, negative)
-        metrics.update(_auroc_metrics("report_zeroshot_auroc", scores, split.labels[has_report]))
+        metrics.update(_auroc_metrics("report_zeroshot_auroc", scores, split.labels[has_report],
+                                       prompts.finding_names))
     return metrics
 
 
-def _auroc_metrics(prefix: str, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    per_finding = {name: auroc(scores[:, index], labels[:, index]) for index, name in enumerate(FINDING_NAMES)}
+def _auroc_metrics(prefix: str, scores: torch.Tensor, labels: torch.Tensor,
+                   finding_names: tuple[str, ...]) -> dict[str, float]:
+    per_finding = {name: auroc(scores[:, index], labels[:, index]) for index, name in enumerate(finding_names)}
     defined = [value for value in per_finding.values() if not math.isnan(value)]
     metrics = {f"{prefix}_{name}": value for name, value in per_finding.items() if not math.isnan(value)}
     if defined:  # macro over findings present and absent in this split

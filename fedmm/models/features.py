@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from fedmm.config import EncodersConfig, ImageEncoderConfig, TextEncoderConfig
 from fedmm.data.dataset import MultimodalDataset
-from fedmm.data.findings import FINDINGS
+from fedmm.data.findings import Finding
 
 FEATURE_FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class FeatureSet:
     prompt_features: torch.Tensor  # (P, D_text): every finding's positive and negative prompts
     prompt_finding: torch.Tensor  # (P,) int64 finding index of each prompt
     prompt_is_positive: torch.Tensor  # (P,) bool
+    finding_names: tuple[str, ...]  # (F,) the dataset's label vocabulary, in label-column order
 
 
 def resolve_device(device: str) -> torch.device:
@@ -50,13 +51,13 @@ def image_cache_key(fingerprint: str, cfg: ImageEncoderConfig) -> str:
     return _digest(spec)
 
 
-def text_cache_key(fingerprint: str, cfg: TextEncoderConfig) -> str:
+def text_cache_key(fingerprint: str, cfg: TextEncoderConfig, findings: tuple[Finding, ...]) -> str:
     from fedmm.models.encoders import resolve_text_encoder_path  # torchvision/transformers: only when needed
 
     model_dir = resolve_text_encoder_path(cfg)
     weight_files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
     spec = {"dataset": fingerprint, "encoder": [_file_digest(path) for path in weight_files] or str(model_dir),
-            "max_tokens": cfg.max_tokens, "pooling": "mean-normalized", "prompts": [asdict(f) for f in FINDINGS]}
+            "max_tokens": cfg.max_tokens, "pooling": "mean-normalized", "prompts": [asdict(f) for f in findings]}
     return _digest(spec)
 
 
@@ -64,21 +65,22 @@ def load_features(
     dataset: MultimodalDataset, cfg: EncodersConfig, cache_dir: Path, device: str = "auto", progress: bool = False
 ) -> FeatureSet:
     """Features for `dataset`, from the cache or extracted (batched, on the GPU when present) and cached."""
-    return cached_features(dataset.fingerprint, lambda: dataset, cfg, cache_dir, device, progress)
+    return cached_features(dataset.fingerprint, dataset.findings, lambda: dataset, cfg, cache_dir, device, progress)
 
 
-def cached_features(fingerprint: str, dataset: Callable[[], MultimodalDataset], cfg: EncodersConfig, cache_dir: Path,
+def cached_features(fingerprint: str, findings: tuple[Finding, ...], dataset: Callable[[], MultimodalDataset],
+                    cfg: EncodersConfig, cache_dir: Path,
                     device: str = "auto", progress: bool = False) -> FeatureSet:
     """`load_features` for a dataset known by its `fingerprint`, built by `dataset()` only when a feature
     file is missing (a hospital folder is decoded and validated only then)."""
     image_path = Path(cache_dir) / "features" / f"image-{image_cache_key(fingerprint, cfg.image)}.safetensors"
-    text_path = Path(cache_dir) / "features" / f"text-{text_cache_key(fingerprint, cfg.text)}.safetensors"
+    text_path = Path(cache_dir) / "features" / f"text-{text_cache_key(fingerprint, cfg.text, findings)}.safetensors"
     torch_device = resolve_device(device)
     dataset = functools.cache(dataset)  # built at most once, for either missing file
     image = _cached(image_path, lambda: _extract_images(dataset(), cfg.image, torch_device, progress))
     text = _cached(text_path, lambda: _extract_texts(dataset(), cfg.text, torch_device, progress))
     return FeatureSet(image["features"], text["features"], text["prompt_features"], text["prompt_finding"],
-                      text["prompt_is_positive"].bool())
+                      text["prompt_is_positive"].bool(), tuple(finding.name for finding in findings))
 
 
 def _cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -128,7 +130,7 @@ def _extract_texts(dataset: MultimodalDataset, cfg: TextEncoderConfig, device: t
         return features
 
     prompts, prompt_finding, prompt_is_positive = [], [], []
-    for index, finding in enumerate(FINDINGS):
+    for index, finding in enumerate(dataset.findings):
         for is_positive, texts in ((True, finding.positive_prompts), (False, finding.negative_prompts)):
             prompts += texts
             prompt_finding += [index] * len(texts)

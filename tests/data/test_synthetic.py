@@ -78,3 +78,16 @@ def test_cache_is_written_once_and_reused(tmp_path, monkeypatch):
     second = load_synthetic_cxr(20, 64, 1, tmp_path)
     assert np.array_equal(first.images, second.images) and first.reports == second.reports
     assert len(list((tmp_path / "datasets").glob("*.npz"))) == 1
+
+
+def test_the_label_vocabulary_is_part_of_the_dataset_and_must_match_its_labels():
+    import numpy as np
+
+    from fedmm.data.dataset import MultimodalDataset
+    from fedmm.data.findings import FINDINGS
+
+    images, reports = np.zeros((2, 64, 64), np.uint8), ("a", "b")
+    two = MultimodalDataset("two", "f", images, reports, np.zeros((2, 2), np.int8), FINDINGS[:2])
+    assert [finding.name for finding in two.findings] == ["cardiomegaly", "effusion_left"]
+    with pytest.raises(ValueError, match=r"labels of shape \(2, 3\) for 2 findings"):
+        MultimodalDataset("bad", "f", images, reports, np.zeros((2, 3), np.int8), FINDINGS[:2])

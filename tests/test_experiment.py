@@ -22,7 +22,7 @@ def comparable(summary: dict) -> dict:
     return {key: value for key, value in summary.items() if key not in ("wall_time_s", "run_dir")}
 
 
-@pytest.fixture(scope="session")  # session: the tests using it may be run apart (xdist group "ray")
+@pytest.fixture(scope="module")
 def two_federated_runs(smoke_overrides, tmp_path_factory):
     """The same config twice through Flower's Simulation Engine (2 of 3 hospitals sampled per round)."""
     root = tmp_path_factory.mktemp("runs")
@@ -35,7 +35,6 @@ def two_federated_runs(smoke_overrides, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
 def test_simulation_writes_every_output(two_federated_runs):
     run_dir, _, (summary, _) = two_federated_runs
     lines = read_lines(run_dir)
@@ -62,7 +61,6 @@ def test_simulation_writes_every_output(two_federated_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
 def test_same_seed_and_config_give_identical_metrics(two_federated_runs):
     first, second, (summary_a, summary_b) = two_federated_runs
     assert (first / "metrics.jsonl").read_text() == (second / "metrics.jsonl").read_text()
@@ -72,7 +70,6 @@ def test_same_seed_and_config_give_identical_metrics(two_federated_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
 def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_runs, smoke_overrides, tmp_path):
     ray_run, _, (ray_summary, _) = two_federated_runs
     summary = run_experiment(
@@ -85,7 +82,6 @@ def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_r
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
 def test_training_changes_the_heads_it_should(two_federated_runs, smoke_overrides):
     from fedmm.hospitals import load_federated_data
     from fedmm.models.heads import build_heads

@@ -236,52 +236,55 @@ def read_rounds(run_dir):
 
 
 @pytest.mark.slow
-def test_loopback_deployment_completes_with_the_simulation_s_metrics_and_leaves_no_process(
-    folders, cache_dir, tmp_path
-):
-    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}"]
-    status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides)
-    assert status == COMPLETED, details
-    assert not alive_in_groups(groups)
-    deployed = read_rounds(run_dir)
-    assert [line["round"] for line in deployed] == [1, 2]
-    assert all(sorted(line["hospitals"]) == ["0", "1", "2"] for line in deployed)
-    # The same federation in simulation: the same evaluation, number for number (training losses may differ
-    # in the last float bits: a node uses all cores, a simulated hospital one thread).
-    reference = tmp_path / "simulated"
-    run_experiment(compose_config([*overrides, "simulation.engine=inprocess", f"run_dir={reference}"]))
-    simulated = read_rounds(reference)
-    assert [line["global"] for line in deployed] == [line["global"] for line in simulated]
-    assert [line["hospitals"] for line in deployed] == [line["hospitals"] for line in simulated]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["evaluated_round"] == 2 and "stopped" not in summary
+class TestInsecureLoopback:  # its own class: xdist (--dist loadscope) may run it beside the others
+    def test_loopback_deployment_completes_with_the_simulation_s_metrics_and_leaves_no_process(self, folders, cache_dir,
+                                                                                          tmp_path):
+        overrides = ["+experiment=smoke", f"cache_dir={cache_dir}"]
+        status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides)
+        assert status == COMPLETED, details
+        assert not alive_in_groups(groups)
+        deployed = read_rounds(run_dir)
+        assert [line["round"] for line in deployed] == [1, 2]
+        assert all(sorted(line["hospitals"]) == ["0", "1", "2"] for line in deployed)
+        # The same federation in simulation: the same evaluation, number for number (training losses may differ
+        # in the last float bits: a node uses all cores, a simulated hospital one thread).
+        reference = tmp_path / "simulated"
+        run_experiment(compose_config([*overrides, "simulation.engine=inprocess", f"run_dir={reference}"]))
+        simulated = read_rounds(reference)
+        assert [line["global"] for line in deployed] == [line["global"] for line in simulated]
+        assert [line["hospitals"] for line in deployed] == [line["hospitals"] for line in simulated]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["evaluated_round"] == 2 and "stopped" not in summary
 
 
 @pytest.mark.slow
-def test_over_tls_with_node_authentication_the_run_goes_on_without_a_dead_node(folders, cache_dir, tmp_path):
-    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=3", "federation.min_hospitals=2"]
-    out = tmp_path / "deploy"
-    status, details, run_dir, groups = run_on_loopback(
-        folders, out, overrides, tls=True, node_auth=True, kill_after_round=1
-    )
-    assert status == COMPLETED, details
-    assert not alive_in_groups(groups)
-    assert "https://127.0.0.1" in (out / "logs" / "superlink.log").read_text()  # TLS, not a silent fallback
-    rounds = read_rounds(run_dir)
-    assert [line["round"] for line in rounds] == [1, 2, 3]
-    assert sorted(rounds[0]["hospitals"]) == ["0", "1", "2"] and sorted(rounds[-1]["hospitals"]) == ["0", "1"]
-    assert sorted(rounds[-1]["train"]) == ["0", "1"]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert list(summary["lost_hospitals"]) == ["2"] and "Node Unavailable" in summary["lost_hospitals"]["2"]
+class TestTlsLoopbackWithADeadNode:  # its own class, as above
+    def test_over_tls_with_node_authentication_the_run_goes_on_without_a_dead_node(self, folders, cache_dir, tmp_path):
+        overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=3", "federation.min_hospitals=2"]
+        out = tmp_path / "deploy"
+        status, details, run_dir, groups = run_on_loopback(
+            folders, out, overrides, tls=True, node_auth=True, kill_after_round=1
+        )
+        assert status == COMPLETED, details
+        assert not alive_in_groups(groups)
+        assert "https://127.0.0.1" in (out / "logs" / "superlink.log").read_text()  # TLS, not a silent fallback
+        rounds = read_rounds(run_dir)
+        assert [line["round"] for line in rounds] == [1, 2, 3]
+        assert sorted(rounds[0]["hospitals"]) == ["0", "1", "2"] and sorted(rounds[-1]["hospitals"]) == ["0", "1"]
+        assert sorted(rounds[-1]["train"]) == ["0", "1"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert list(summary["lost_hospitals"]) == ["2"] and "Node Unavailable" in summary["lost_hospitals"]["2"]
 
 
 @pytest.mark.slow
-def test_a_dead_node_stops_the_run_when_too_few_remain_and_finished_rounds_are_kept(folders, cache_dir, tmp_path):
-    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=3"]  # min_hospitals: all
-    status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides, kill_after_round=1)
-    assert status == "finished:failed"
-    assert re.search(r"hospital\(s\) \[2\] failed .*2 of 3 remain, fewer than federation.min_hospitals=3", details)
-    assert not alive_in_groups(groups)
-    assert [line["round"] for line in read_rounds(run_dir)] == [1]  # round 1 finished and is kept
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert "fewer than federation.min_hospitals=3" in summary["stopped"] and summary["evaluated_round"] == 1
+class TestLoopbackStopsBelowTheMinimum:  # its own class, as above
+    def test_a_dead_node_stops_the_run_when_too_few_remain_and_finished_rounds_are_kept(self, folders, cache_dir,
+                                                                                      tmp_path):
+        overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=3"]  # min_hospitals: all
+        status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides, kill_after_round=1)
+        assert status == "finished:failed"
+        assert re.search(r"hospital\(s\) \[2\] failed .*2 of 3 remain, fewer than federation.min_hospitals=3", details)
+        assert not alive_in_groups(groups)
+        assert [line["round"] for line in read_rounds(run_dir)] == [1]  # round 1 finished and is kept
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert "fewer than federation.min_hospitals=3" in summary["stopped"] and summary["evaluated_round"] == 1

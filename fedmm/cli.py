@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return sweep_knobs(args.overrides, args.out, args.variant)
         if args.command == "report":
-            from fedmm.runs.report import DEFAULT_METRICS, write_report
+            from fedmm.studies.report import DEFAULT_METRICS, write_report
 
             console.print(f"written: {write_report(args.sweep_dir, args.metric or DEFAULT_METRICS, args.x)}")
             return 0
@@ -296,8 +296,8 @@ class RoundPrinter:
 
 
 def compare_strategies(strategies: list[str], scenarios: list[str], overrides: list[str], out: Path | None) -> int:
-    from fedmm.runs.compare import run_comparison
     from fedmm.strategies import strategy_names, strategy_spec
+    from fedmm.studies.compare import run_comparison
 
     base = compose_config(overrides)  # fails early on a bad override
     strategies = strategy_names() if strategies == ["all"] else strategies
@@ -347,7 +347,7 @@ def data_command(args: argparse.Namespace) -> int:
 
 
 def sweep_knobs(overrides: list[str], out: Path, variants: list[str]) -> int:
-    from fedmm.runs.sweep import run_sweep
+    from fedmm.studies.sweep import run_sweep
 
     rows = run_sweep(overrides, out, run_with_progress, log=console.print, variants=variants)
     console.print(
@@ -357,7 +357,7 @@ def sweep_knobs(overrides: list[str], out: Path, variants: list[str]) -> int:
 
 
 def sweep_privacy(epsilons: str, overrides: list[str], out: Path | None) -> int:
-    from fedmm.runs.privacy_sweep import cell_overrides, run_privacy_sweep
+    from fedmm.studies.privacy_sweep import cell_overrides, run_privacy_sweep
     from fedmm.validation import validate_config
 
     try:

@@ -3,7 +3,7 @@
 import dataclasses
 
 from fedmm.config import ExperimentConfig
-from fedmm.hospitals import load_federated_data, load_reference
+from fedmm.federation import load_federated_data, load_reference
 from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir, default_run_dir
 from fedmm.strategies import strategy_spec

@@ -3,7 +3,7 @@
 from fedmm.config import ConfigError, ExperimentConfig
 from fedmm.data.partition import check_scenario
 from fedmm.data.registry import DATASETS, check_dataset
-from fedmm.hospitals import reference_dataset_config
+from fedmm.federation import reference_dataset_config
 from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
 from fedmm.privacy.sample_level import ON_BUDGET, check_sample_privacy
 from fedmm.simulation import check_engine

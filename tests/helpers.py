@@ -13,7 +13,7 @@ from fedmm import protocol as keys
 from fedmm.compose import compose_config
 from fedmm.config import ExperimentConfig
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import build_heads
 from fedmm.strategies.base import HospitalFedAvg
 

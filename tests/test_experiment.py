@@ -83,7 +83,7 @@ def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_r
 
 @pytest.mark.slow
 def test_training_changes_the_heads_it_should(two_federated_runs, smoke_overrides):
-    from fedmm.hospitals import load_federated_data
+    from fedmm.federation import load_federated_data
     from fedmm.models.heads import build_heads
     from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 

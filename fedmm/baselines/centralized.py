@@ -9,7 +9,7 @@ import torch
 
 from fedmm.config import ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
-from fedmm.hospitals import FederatedData, SplitTensors, load_reference
+from fedmm.federation import FederatedData, SplitTensors, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed

@@ -10,7 +10,7 @@ import torch
 from fedmm.baselines.centralized import is_evaluation_round
 from fedmm.config import ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
-from fedmm.hospitals import FederatedData, load_reference
+from fedmm.federation import FederatedData, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder, summarize_hospitals
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed

@@ -16,7 +16,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedmm import protocol as keys
-from fedmm.clients.hospital import describe, distill_round, evaluate_round, hospital_runtime, train_round
+from fedmm.clients.runtime import describe, distill_round, evaluate_round, hospital_runtime, train_round
 from fedmm.config import ExperimentConfig
 from fedmm.privacy.accounting import Ledger, ledger_from_lists, ledger_to_lists
 from fedmm.run_config import config_from_run_config

@@ -8,7 +8,7 @@ import torch
 from fedmm.evaluation.metrics import KS
 from fedmm.evaluation.retrieval import finding_precision_at_k, recall_at_k
 from fedmm.evaluation.zeroshot import auroc, prompt_embeddings, zero_shot_scores
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.features import FeatureSet
 from fedmm.models.heads import ContrastiveHeads
 

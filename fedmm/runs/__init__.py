@@ -1,0 +1,1 @@
+"""A run directory's writers: the recorder (config, metrics.jsonl, summary, heads), checkpoints, the plot."""

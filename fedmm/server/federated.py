@@ -9,7 +9,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmm.config import ConfigError, ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
-from fedmm.hospitals import load_server_data
+from fedmm.federation import load_server_data
 from fedmm.models.heads import build_heads
 from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -17,7 +17,7 @@ from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals, group_of
 from fedmm.strategies import strategy_spec
-from fedmm.strategies.base import Delegating, HospitalsLost, RunStopped, sample_size
+from fedmm.strategies.base import Delegating, FederatedStrategy, HospitalsLost, RunStopped, sample_size
 from fedmm.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     recorder = RunRecorder(cfg, groups, data.global_test.labels, run_dir, on_round, resume_round=done)
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
-    strategy = spec.build_server(
+    strategy: FederatedStrategy = spec.build_server(
         cfg, spec.parse_options(cfg), data, dict(node_of_hospital=node_of_hospital, seed=cfg.seed,
         clients_per_round=sample_size(data.num_hospitals, cfg.federation.clients_per_round,
                                       cfg.federation.fraction_train),

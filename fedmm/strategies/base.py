@@ -28,6 +28,7 @@ more (`privacy.on_budget: stop_hospital`), or the run stops after that round (`s
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -271,6 +272,28 @@ class HospitalFedAvg(FedAvg):
             raise stop
         self.stop, self.stop_round = stop, server_round
         return ordered
+
+
+class FederatedStrategy(Protocol):
+    """What `run_federated` needs of a strategy's server side (`StrategySpec.build_server`): Flower's round
+    loop (`start`), the per-round logs it records, and the state it checkpoints. `HospitalFedAvg` and the
+    wrappers around it provide it."""
+
+    has_global_model: bool  # False: the server holds only a shared part, so there is no global evaluation
+    logs: dict[int, RoundLog]  # per round: sampled hospitals, their training and evaluation metrics
+    retired: dict[int, str]  # hospital -> why it trains no more (a privacy budget)
+    lost: dict[int, str]  # hospital -> how its node failed
+
+    def initial_arrays(self, heads_state: Mapping) -> ArrayRecord: ...
+
+    def is_evaluation_round(self, server_round: int) -> bool: ...
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint: ...
+
+    def restore(self, checkpoint: Checkpoint) -> None: ...
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int, timeout: float,
+              train_config: ConfigRecord, evaluate_fn) -> object: ...
 
 
 class Delegating(Strategy):

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from fedmm import protocol as keys
 from fedmm.aggregation.ensemble import ensemble_targets, ensemble_weights, quality_score
 from fedmm.config import ConfigError, TrainConfig
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads, build_heads
 from fedmm.seeding import DISTILL_STREAM, derive_seed
 from fedmm.strategies.base import HospitalFedAvg, hospital_of
@@ -107,7 +107,7 @@ class FedDistill(HospitalFedAvg):
 
 
 def build_server(cfg, options: FedDistillOptions, data, common) -> FedDistill:
-    from fedmm.hospitals import load_reference
+    from fedmm.federation import load_reference
     from fedmm.models.features import resolve_device
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, seed=0).to(resolve_device(cfg.device))

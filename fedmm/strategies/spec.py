@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from fedmm.config import ConfigError, ExperimentConfig, parse_section
+from fedmm.strategies.base import FederatedStrategy
 from fedmm.training.updates import LocalStep, LocalUpdate, StateDict
 
 
@@ -35,7 +36,7 @@ class NoOptions:
 
 
 # (cfg, its typed options, server data, round settings) -> the Flower strategy that runs the rounds
-ServerBuilder = Callable[[ExperimentConfig, Any, Any, dict[str, Any]], Any]
+ServerBuilder = Callable[[ExperimentConfig, Any, Any, dict[str, Any]], "FederatedStrategy"]
 # (the hospital's step, the received arrays, its private state or None) -> what it sends and keeps
 LocalUpdateFn = Callable[[LocalStep, StateDict, StateDict | None], LocalUpdate]
 # (step, received arrays, private state) -> the heads the hospital itself would use, for evaluation

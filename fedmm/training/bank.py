@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fedmm.config import ExperimentConfig, TrainConfig
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import reference_bank_info_nce
 from fedmm.training.local import TrainResult

@@ -13,7 +13,7 @@ import torch
 
 from fedmm.aggregation.ensemble import match_loss
 from fedmm.config import TrainConfig
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import symmetric_info_nce
 from fedmm.training.local import TrainResult

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from fedmm.config import TrainConfig
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import symmetric_info_nce
 from fedmm.training.missing import HandlerFactory, paired_rows

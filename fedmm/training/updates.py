@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from fedmm.config import ExperimentConfig
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads, is_personal_layer
 from fedmm.training.local import Regularizer, TrainResult, train_heads
 from fedmm.training.missing import HandlerFactory

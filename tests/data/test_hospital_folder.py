@@ -123,7 +123,7 @@ def test_dicom_written_with_pydicom_loads(tmp_path, good_folder):
 
 def test_export_synthetic_writes_what_each_hospital_holds(smoke_overrides, tmp_path):
     from fedmm.compose import compose_config
-    from fedmm.hospitals import load_federated_data
+    from fedmm.federation import load_federated_data
 
     out = tmp_path / "export"
     assert cli_main(["data", "export-synthetic", "--out", str(out), *smoke_overrides]) == 0

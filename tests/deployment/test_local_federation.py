@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 
 from fedmm import protocol as keys
 from fedmm.clients.app import make_client_app
-from fedmm.clients.hospital import hospital_runtime
+from fedmm.clients.runtime import hospital_runtime
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError
 from fedmm.data import hospital_folder
@@ -24,7 +24,7 @@ from fedmm.data.findings import FINDING_NAMES
 from fedmm.data.hospital_folder import MANIFEST, HospitalFolderError
 from fedmm.deployment.local import COMPLETED, LocalFederation, alive_in_groups, find_folders
 from fedmm.experiment import run_experiment
-from fedmm.hospitals import load_hospital_folder, load_server_data
+from fedmm.federation import load_hospital_folder, load_server_data
 from fedmm.models.heads import build_heads
 
 # Every metric name a hospital may publish: counts, losses, privacy accounting and aggregate evaluation
@@ -92,7 +92,7 @@ def test_the_folder_feature_cache_is_reused_and_rebuilt_when_a_file_changes(fold
 
     built = []
     original = hospital_folder.folder_dataset
-    monkeypatch.setattr("fedmm.hospitals.folder_dataset", lambda *a: built.append(a) or original(*a))
+    monkeypatch.setattr("fedmm.federation.folder_dataset", lambda *a: built.append(a) or original(*a))
     again, _ = load_hospital_folder(cfg, folder, 0)  # unchanged: from the cache, no file decoded
     assert built == [] and torch.equal(again.train.image_features, first.train.image_features)
 

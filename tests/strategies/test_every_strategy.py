@@ -11,7 +11,7 @@ from flwr.app import Array
 from fedmm import protocol as keys
 from fedmm.compose import compose_config
 from fedmm.experiment import run_experiment
-from fedmm.hospitals import load_federated_data
+from fedmm.federation import load_federated_data
 from fedmm.models.heads import is_personal_layer
 from fedmm.strategies import Exchange, all_strategies, strategy_spec
 

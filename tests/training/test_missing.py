@@ -11,7 +11,7 @@ from torch import nn
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import build_heads
 from fedmm.training.local import train_heads
 from fedmm.training.missing import build_handler, handler_factory

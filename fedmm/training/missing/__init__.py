@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from fedmm.config import ConfigError, MissingModalityConfig
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.training.missing.base import (
     IgnoreUnimodal,

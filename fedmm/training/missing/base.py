@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from fedmm.config import MissingModalityConfig
 from fedmm.data.modality import Availability
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.training.missing.base import TrainingRows, embed_rows, heads_device
 

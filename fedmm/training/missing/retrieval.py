@@ -17,7 +17,7 @@ import torch
 
 from fedmm.config import MissingModalityConfig
 from fedmm.data.modality import Availability
-from fedmm.hospitals import SplitTensors
+from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.training.missing.base import TrainingRows, embed_rows, heads_device
 

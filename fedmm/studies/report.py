@@ -20,8 +20,8 @@ from typing import Any
 
 from fedmm.config import ConfigError
 from fedmm.evaluation.metrics import REPORT_DEFAULT
-from fedmm.runs.compare import GROUPS
-from fedmm.runs.sweep import HOSPITAL_METRIC, VARIANT_AXIS
+from fedmm.studies.compare import GROUPS
+from fedmm.studies.sweep import HOSPITAL_METRIC, VARIANT_AXIS
 
 SEED_AXIS = "seed"
 

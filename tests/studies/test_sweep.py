@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedmm.config import ConfigError
-from fedmm.runs.sweep import Cell, cell_row, hospital_auroc, make_cells, parse_sweep
+from fedmm.studies.sweep import Cell, cell_row, hospital_auroc, make_cells, parse_sweep
 
 
 def test_sweep_axes_cells_and_variants():
@@ -77,8 +77,8 @@ def test_cell_row_groups_worst_and_spread_by_hand():
 @pytest.mark.slow
 def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overrides, tmp_path):
     from fedmm.cli import main as cli_main
-    from fedmm.runs.report import write_report
-    from fedmm.runs.sweep import run_sweep
+    from fedmm.studies.report import write_report
+    from fedmm.studies.sweep import run_sweep
 
     out = tmp_path / "sweep"
     overrides = [

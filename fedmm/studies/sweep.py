@@ -29,8 +29,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
-from fedmm.runs.compare import GROUPS, RunFn, write_csv
 from fedmm.strategies import strategy_spec
+from fedmm.studies.compare import GROUPS, RunFn, write_csv
 from fedmm.validation import validate_config
 
 GLOBAL_METRICS = ("i2t_recall@1", "i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro",

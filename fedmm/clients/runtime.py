@@ -20,7 +20,7 @@ from fedmm.config import ExperimentConfig, config_to_dict
 from fedmm.data.modality import AVAILABILITY_CODES
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.evaluation.metrics import PERSONAL_PREFIX
-from fedmm.hospitals import (
+from fedmm.federation import (
     FOLDER_CACHE,
     FederatedData,
     HospitalData,

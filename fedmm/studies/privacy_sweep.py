@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmm.compose import compose_config
-from fedmm.runs.compare import COLUMNS, RunFn, format_cell, write_csv
+from fedmm.studies.compare import COLUMNS, RunFn, format_cell, write_csv
 
 NO_DP_IN_BATCH = "no-dp-in-batch"
 SWEEP_COLUMNS = ("i2t_recall@10", "t2i_recall@10", "zeroshot_auroc_macro", "paired_auroc", "image_only_auroc",

@@ -99,3 +99,21 @@ def test_flower_run_config_composes_the_same_experiment():
     cfg = config_from_run_config({"experiment": "smoke", "overrides": "seed=3 federation.rounds=4"})
     assert cfg == compose_config(["+experiment=smoke", "seed=3", "federation.rounds=4"])
     assert Path(CONFIG_DIR).is_dir()
+
+
+def test_an_option_missing_from_the_yaml_is_named_with_where_defaults_live():
+    from fedmm.config import parse_config
+
+    data = config_to_dict(compose_config([]))
+    del data["train"]["lr"]
+    with pytest.raises(ConfigError, match=r"option train.lr is not set; .*defaults live in configs/"):
+        parse_config(data)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["simulation.engine=threads"], r"simulation.engine='threads' is unknown; valid: \['ray', 'inprocess'\]"),
+    (["simulation.engine=inprocess", "simulation.client_gpus=0.5"], "needs simulation.engine=ray"),
+])
+def test_bad_engine_settings_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_config(overrides))

@@ -208,7 +208,7 @@ class DeploymentConfig:
 @dataclass(frozen=True)
 class SimulationConfig:
     engine: str  # ray: Flower's Simulation Engine | inprocess: every hospital in this process, one at a time
-    client_cpus: float  # Ray CPUs per simulated hospital; also its torch thread count
+    client_cpus: int  # Ray CPUs per simulated hospital (whole CPUs, as Flower takes them); also its torch threads
     client_gpus: float  # fraction of a GPU per simulated hospital (0.25 = 4 hospitals per GPU)
 
 

@@ -116,7 +116,7 @@ def hospital_runtime(cfg: ExperimentConfig, hospital_id: int, data_dir: str | No
     if key not in _RUNTIMES:
         if data_dir is None:
             # One simulated hospital gets `client_cpus` cores; more torch threads would oversubscribe them.
-            torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
+            torch.set_num_threads(cfg.simulation.client_cpus)
             hospital, features = simulated_hospital(cfg, hospital_id)
         else:  # a node of its own: torch's default threads
             hospital, features = load_hospital_folder(cfg, Path(data_dir), hospital_id)

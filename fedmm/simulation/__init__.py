@@ -1,5 +1,6 @@
 """Run a federated strategy on one machine, one simulated hospital per node, on the engine
-`simulation.engine` names: `ray` (Flower's Simulation Engine) or `inprocess` (`inprocess.py`)."""
+`simulation.engine` names: `ray` (Flower's Simulation Engine through a private SuperLink and `flwr run`,
+`ray.py`) or `inprocess` (`inprocess.py`)."""
 
 import torch
 
@@ -26,9 +27,12 @@ def run_in_simulation(cfg: ExperimentConfig, on_round: RoundCallback | None = No
     if cfg.simulation.client_gpus > 0 and not torch.cuda.is_available():
         raise ConfigError(f"simulation.client_gpus={cfg.simulation.client_gpus} but no GPU is visible; set it to 0")
     if cfg.simulation.engine == "ray":
+        if client_mods:
+            raise ConfigError("client mods are Python objects and reach hospitals only on simulation.engine=inprocess; "
+                              "under simulation.engine=ray the ClientApp runs in Flower's own processes")
         from fedmm.simulation.ray import run_on_ray
 
-        return run_on_ray(cfg, on_round, verbose, client_mods)
+        return run_on_ray(cfg, on_round, verbose)
     from fedmm.clients.app import make_client_app
     from fedmm.server.federated import run_federated
     from fedmm.simulation.inprocess import run_in_process

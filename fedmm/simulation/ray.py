@@ -1,47 +1,220 @@
-"""The Ray engine: Flower's Simulation Engine, one virtual node (a Ray actor) per hospital."""
+"""The Ray engine: Flower's Simulation Engine, reached the way `flwr run` reaches it.
 
-import logging
+Flower 1.41 deprecates its in-Python entry point (`flwr.simulation.run_simulation`); the supported path
+is a SuperLink in simulation mode and `flwr run`. For each run, fedmm:
+
+1. writes the resolved config and a one-file Flower App (`pyproject.toml` naming fedmm's ServerApp and
+   ClientApp) to a private work folder, with a private `FLWR_HOME` that names one connection;
+2. starts its own `flower-superlink --simulation` on a free loopback port (state in memory), so runs
+   beside each other do not share one, and nothing outlives the run;
+3. submits the run with `flwr run APP --federation-config "num-supernodes=N ..." --run-config
+   'config-file="..."'`: Flower starts the simulation process, Ray, and one actor per hospital slot;
+4. follows the run through the run directory's `metrics.jsonl` (the progress callback) and, when
+   `flwr run` returns, asks the SuperLink how the run ended (`flwr ls`: `--stream` exits 0 on failure);
+5. stops the SuperLink's process group, which takes the simulation process and Ray with it.
+
+The summary is the run directory's `summary.json`, the same file the in-process engine writes. Flower's
+logs are copied into the run directory (`flower.log`) when the run fails.
+"""
+
+import json
 import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 import torch
-from flwr.clientapp.typing import Mod
+import yaml
 
-from fedmm.clients.app import make_client_app
-from fedmm.config import ExperimentConfig
+from fedmm.config import ExperimentConfig, config_to_dict
 from fedmm.runs.recorder import RoundCallback
-from fedmm.server.app import make_server_app
+
+CONNECTION = "fedmm"
+STARTUP_TIMEOUT_S = 60.0
+POLL_S = 0.5
+APP_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedmm-run"
+version = "1.0.0"
+
+[tool.flwr.app]
+publisher = "fedmm"
+
+[tool.flwr.app.components]
+serverapp = "fedmm.server.app:app"
+clientapp = "fedmm.clients.app:app"
+
+[tool.flwr.app.config]
+experiment = ""
+overrides = ""
+config-file = ""
+"""
 
 
-def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict:
-    """Ray resources: each hospital gets `client_cpus` CPUs and `client_gpus` of a GPU (fractions share one)."""
+def federation_config(cfg: ExperimentConfig, verbose: bool = False) -> dict[str, object]:
+    """Flower's simulation settings: one node per hospital; each gets `client_cpus` CPUs and
+    `client_gpus` of a GPU (fractions share one); Ray may use every core and visible GPU."""
     num_gpus = torch.cuda.device_count() if cfg.simulation.client_gpus > 0 else 0
     return {
-        "client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": num_gpus, "log_to_driver": verbose,
-                      "logging_level": logging.INFO if verbose else logging.ERROR},
+        "num-supernodes": cfg.scenario.num_hospitals,
+        "client-resources-num-cpus": cfg.simulation.client_cpus,
+        "client-resources-num-gpus": float(cfg.simulation.client_gpus),
+        "init-args-num-cpus": os.cpu_count() or 1,
+        "init-args-num-gpus": num_gpus,
+        "init-args-log-to-driver": verbose,
+        "verbose": verbose,
     }
 
 
-def run_on_ray(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False,
-                      client_mods: list[Mod] | None = None) -> dict:
-    """Run `cfg` with the same ServerApp and ClientApp that `flwr run` uses; returns the run's summary.
-    `client_mods` are Flower mods wrapped around every hospital's handlers."""
-    from flwr.simulation import run_simulation
+def run_on_ray(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False) -> dict:
+    """Run `cfg` (its `run_dir` set) on Flower's Simulation Engine; returns the run's summary."""
+    run_dir = Path(cfg.run_dir)
+    with tempfile.TemporaryDirectory(prefix="fedmm-flower-") as work_dir:
+        work = Path(work_dir)
+        (work / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        (work / "app").mkdir()
+        (work / "app" / "pyproject.toml").write_text(APP_PYPROJECT)
+        port = free_port()
+        (work / "home").mkdir()
+        (work / "home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+        env = os.environ | {"FLWR_HOME": str(work / "home"), "FLWR_TELEMETRY_ENABLED": "0",
+                            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                            # the SuperLink starts Flower's other commands (flower-superexec, flwr-simulation) by name
+                            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        superlink = start_superlink(port, work, env)
+        try:
+            status = submit_and_follow(cfg, work, env, run_dir, on_round, verbose)
+        finally:
+            stop_process_group(superlink)
+        if status != "finished:completed":
+            log_path = keep_logs(work, run_dir)
+            raise RuntimeError(f"the simulation ended as {status!r}: {last_error(work / 'flwr-run.log')}; "
+                               f"Flower's log: {log_path}")
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the simulation ended without writing {summary_path}")
+    return json.loads(summary_path.read_text()) | {"run_dir": str(run_dir)}
 
-    results: list[dict] = []
-    flwr_logger = logging.getLogger("flwr")
-    previous_level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.ERROR)  # the progress bar says what Flower's INFO lines would
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def flower_command(name: str) -> str:
+    """A Flower console script installed next to this Python (the virtual environment's bin/)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise RuntimeError(f"{path} not found: the Ray engine needs Flower's `{name}` command in this environment "
+                           "(pip install 'flwr[simulation]'), or use simulation.engine=inprocess")
+    return str(path)
+
+
+def start_superlink(port: int, work: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A SuperLink in simulation mode on 127.0.0.1:`port`, in its own process group; returns once healthy."""
+    command = [flower_command("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+               "--port", str(port), "--disable-runtime-dependency-installation"]
+    with open(work / "superlink.log", "w") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {process.returncode}: "
+                               f"{(work / 'superlink.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return process
+        except OSError:
+            time.sleep(0.2)
+    stop_process_group(process)
+    raise RuntimeError(f"flower-superlink did not answer on 127.0.0.1:{port} within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def submit_and_follow(cfg: ExperimentConfig, work: Path, env: dict[str, str], run_dir: Path,
+                      on_round: RoundCallback | None, verbose: bool) -> str:
+    """`flwr run` the app; report each round as it lands in metrics.jsonl; returns the run's final status."""
+    settings = " ".join(f"{key}={json.dumps(value)}" for key, value in federation_config(cfg, verbose).items())
+    command = [flower_command("flwr"), "run", str(work / "app"), CONNECTION, "--stream",
+               "--federation-config", settings, "--run-config", f"config-file={json.dumps(str(work / 'config.yaml'))}"]
+    reported = 0
+    with open(work / "flwr-run.log", "w") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=None if verbose else log_file,
+                                   stderr=None if verbose else subprocess.STDOUT)
+        try:
+            while True:
+                finished = process.poll() is not None
+                reported = report_new_rounds(run_dir / "metrics.jsonl", reported, on_round)
+                if finished:
+                    break
+                time.sleep(POLL_S)
+        except BaseException:  # Ctrl-C: stop `flwr run`; the SuperLink is stopped by the caller
+            process.terminate()
+            raise
+    listing = subprocess.run([flower_command("flwr"), "ls", CONNECTION, "--format", "json"], env=env,
+                             capture_output=True, text=True, timeout=120)
     try:
-        run_simulation(
-            server_app=make_server_app(cfg, on_round, results),
-            client_app=make_client_app(cfg, client_mods),
-            num_supernodes=cfg.scenario.num_hospitals,
-            backend_config=backend_config(cfg, verbose),
-        )
-    finally:
-        flwr_logger.setLevel(previous_level)
-    if not results:
-        raise RuntimeError("the simulation ended without a result; rerun with --verbose to see Flower's log")
-    return results[0]
+        runs = json.loads(listing.stdout)["runs"]
+    except (json.JSONDecodeError, KeyError):
+        return f"unknown (flwr ls: {shlex.quote(listing.stdout[-500:] + listing.stderr[-500:])})"
+    return runs[0]["status"] if len(runs) == 1 else f"unknown ({len(runs)} runs on the SuperLink)"
+
+
+def report_new_rounds(metrics_path: Path, reported: int, on_round: RoundCallback | None) -> int:
+    """Call `on_round` for each complete line of metrics.jsonl after the first `reported`; returns the count."""
+    if on_round is None or not metrics_path.exists():
+        return reported
+    lines = metrics_path.read_text().splitlines(keepends=True)
+    complete = [line for line in lines if line.endswith("\n")]
+    for line in complete[reported:]:
+        record = json.loads(line)
+        on_round(record["round"], record)
+    return max(reported, len(complete))
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process's group (the SuperLink, its simulation process, Ray), SIGKILL what remains."""
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def keep_logs(work: Path, run_dir: Path) -> Path:
+    """Flower's logs of a failed run, kept in the run directory (the temporary folder goes)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "flower.log"
+    parts = [f"==> {name} <==\n{(work / name).read_text()}" for name in ("flwr-run.log", "superlink.log")
+             if (work / name).exists()]
+    target.write_text("\n".join(parts))
+    return target
+
+
+def last_error(log_path: Path) -> str:
+    """The last line of the log that names an exception, or its last line."""
+    if not log_path.exists():
+        return "no log"
+    lines = [line.strip() for line in log_path.read_text().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line or "Lost" in line:
+            return line
+    return lines[-1] if lines else "empty log"

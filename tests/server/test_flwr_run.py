@@ -36,9 +36,7 @@ def test_flwr_run_matches_fedmm_run(tmp_path, cache_dir):
     home = tmp_path / "flwr-home"
     home.mkdir()
     (home / "config.toml").write_text(
-        '[superlink]\ndefault = "fedmm-smoke"\n\n[superlink.fedmm-smoke]\naddress = ":local:"\n'
-        "options.num-supernodes = 3\noptions.backend.client-resources.num-cpus = 1\n"
-    )
+        '[superlink]\ndefault = "fedmm-smoke"\n\n[superlink.fedmm-smoke]\naddress = ":local:"\n')
     env = os.environ | {"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                         "PATH": f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -47,6 +45,7 @@ def test_flwr_run_matches_fedmm_run(tmp_path, cache_dir):
     try:
         completed = subprocess.run(
             [str(flwr), "run", str(ROOT), "fedmm-smoke", "--stream",
+             "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
              "--run-config", f'experiment="smoke" overrides="{overrides}"'],
             env=env, capture_output=True, text=True, timeout=400)
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

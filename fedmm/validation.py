@@ -8,8 +8,8 @@ from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
 from fedmm.privacy.sample_level import ON_BUDGET, check_sample_privacy
 from fedmm.simulation import check_engine
 from fedmm.strategies import PrivacyMode, strategy_spec
-from fedmm.strategies.base import sample_size
 from fedmm.strategies.client_dp import check_client_privacy
+from fedmm.strategies.roster import sample_size
 from fedmm.strategies.spec import supporting
 from fedmm.training.bank import OBJECTIVES, uses_reference_bank
 from fedmm.training.missing import check_missing, needs_reference

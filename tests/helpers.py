@@ -16,6 +16,7 @@ from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import build_heads
 from fedmm.strategies.base import HospitalFedAvg
+from fedmm.strategies.roster import Roster
 
 
 @lru_cache
@@ -74,12 +75,17 @@ def reply(
     return Message(content=content, dst_node_id=0, message_type="train")
 
 
+def roster(num_hospitals: int = 3, **settings) -> Roster:
+    """Hospitals 0..n-1 on nodes 100.., all sampled every round, one round evaluated; `settings` change that."""
+    return Roster(**{"node_of_hospital": {h: 100 + h for h in range(num_hospitals)}, "clients_per_round": num_hospitals,
+                     "seed": 0, "evaluate_every": 1, "num_rounds": 1} | settings)
+
+
+ROSTER_SETTINGS = {"clients_per_round", "evaluate_every", "num_rounds", "stop_run_at_budget", "min_hospitals",
+                   "round_timeout_s"}
+
+
 def strategy(cls=HospitalFedAvg, num_hospitals: int = 3, **kwargs):
-    return cls(
-        node_of_hospital={h: 100 + h for h in range(num_hospitals)},
-        clients_per_round=num_hospitals,
-        seed=0,
-        evaluate_every=1,
-        num_rounds=1,
-        **kwargs,
-    )
+    """`cls` over `roster(num_hospitals)`; keyword arguments go to the roster or to the strategy by name."""
+    settings = {key: kwargs.pop(key) for key in ROSTER_SETTINGS & set(kwargs)}
+    return cls(roster(num_hospitals, **settings), **kwargs)

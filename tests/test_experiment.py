@@ -22,16 +22,19 @@ def comparable(summary: dict) -> dict:
     return {key: value for key, value in summary.items() if key not in ("wall_time_s", "run_dir")}
 
 
+def fedavg_two_of_three(smoke_overrides, run_dir, engine="inprocess"):
+    return compose_config([*smoke_overrides, f"simulation.engine={engine}", "strategy=fedavg",
+                           "federation.clients_per_round=2", f"run_dir={run_dir}"])
+
+
 @pytest.fixture(scope="module")
 def two_federated_runs(smoke_overrides, tmp_path_factory):
-    """The same config twice through Flower's Simulation Engine (2 of 3 hospitals sampled per round)."""
+    """One config (2 of 3 hospitals sampled per round) through Flower's Simulation Engine (`ray`, via a
+    SuperLink and `flwr run`) and through the in-process engine: (ray dir, in-process dir, summaries)."""
     root = tmp_path_factory.mktemp("runs")
-    summaries = []
-    for name in ("first", "second"):
-        cfg = compose_config([*smoke_overrides, "simulation.engine=ray", "strategy=fedavg",
-                              "federation.clients_per_round=2", f"run_dir={root / name}"])
-        summaries.append(run_experiment(cfg))
-    return root / "first", root / "second", summaries
+    summaries = [run_experiment(fedavg_two_of_three(smoke_overrides, root / engine, engine))
+                 for engine in ("ray", "inprocess")]
+    return root / "ray", root / "inprocess", summaries
 
 
 @pytest.mark.slow
@@ -60,9 +63,7 @@ def test_simulation_writes_every_output(two_federated_runs):
     assert (run_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow
-def test_same_seed_and_config_give_identical_metrics(two_federated_runs):
-    first, second, (summary_a, summary_b) = two_federated_runs
+def assert_same_run(first, second, summary_a, summary_b):
     assert (first / "metrics.jsonl").read_text() == (second / "metrics.jsonl").read_text()
     assert comparable(summary_a) == comparable(summary_b)
     heads_a, heads_b = load_file(first / "heads.safetensors"), load_file(second / "heads.safetensors")
@@ -70,15 +71,18 @@ def test_same_seed_and_config_give_identical_metrics(two_federated_runs):
 
 
 @pytest.mark.slow
-def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_runs, smoke_overrides, tmp_path):
-    ray_run, _, (ray_summary, _) = two_federated_runs
-    summary = run_experiment(
-        compose_config([*smoke_overrides, "strategy=fedavg", "federation.clients_per_round=2", f"run_dir={tmp_path}"])
-    )
-    assert (tmp_path / "metrics.jsonl").read_text() == (ray_run / "metrics.jsonl").read_text()
-    assert comparable(summary) == comparable(ray_summary)
-    heads_ray, heads_here = load_file(ray_run / "heads.safetensors"), load_file(tmp_path / "heads.safetensors")
-    assert all(torch.equal(heads_ray[key], heads_here[key]) for key in heads_ray)
+def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_runs):
+    ray_run, in_process_run, (ray_summary, in_process_summary) = two_federated_runs
+    assert_same_run(ray_run, in_process_run, ray_summary, in_process_summary)
+
+
+@pytest.mark.slow
+def test_same_seed_and_config_give_identical_metrics(two_federated_runs, smoke_overrides, tmp_path):
+    # Run again: the same bytes. (With the test above, and tests/server/test_flwr_run.py's second Ray run,
+    # which also equals the in-process run, this holds for the Ray engine too.)
+    _, in_process_run, (_, in_process_summary) = two_federated_runs
+    summary = run_experiment(fedavg_two_of_three(smoke_overrides, tmp_path))
+    assert_same_run(in_process_run, tmp_path, in_process_summary, summary)
 
 
 @pytest.mark.slow

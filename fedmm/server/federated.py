@@ -17,7 +17,8 @@ from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals, group_of
 from fedmm.strategies import strategy_spec
-from fedmm.strategies.base import Delegating, FederatedStrategy, HospitalsLost, RunStopped, sample_size
+from fedmm.strategies.base import Delegating, FederatedStrategy
+from fedmm.strategies.roster import HospitalsLost, Roster, RunStopped, sample_size
 from fedmm.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,13 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     recorder = RunRecorder(cfg, groups, data.global_test.labels, run_dir, on_round, resume_round=done)
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
-    strategy: FederatedStrategy = spec.build_server(
-        cfg, spec.parse_options(cfg), data, dict(node_of_hospital=node_of_hospital, seed=cfg.seed,
-        clients_per_round=sample_size(data.num_hospitals, cfg.federation.clients_per_round,
-                                      cfg.federation.fraction_train),
-        evaluate_every=cfg.federation.evaluate_every, num_rounds=cfg.federation.rounds,
-        stop_run_at_budget=cfg.privacy.on_budget == "stop_run",
-        min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s),
-    )
+    roster = Roster(node_of_hospital, seed=cfg.seed,
+                    clients_per_round=sample_size(data.num_hospitals, cfg.federation.clients_per_round,
+                                                  cfg.federation.fraction_train),
+                    evaluate_every=cfg.federation.evaluate_every, num_rounds=cfg.federation.rounds,
+                    stop_run_at_budget=cfg.privacy.on_budget == "stop_run",
+                    min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s)
+    strategy: FederatedStrategy = spec.build_server(cfg, spec.parse_options(cfg), data, roster)
     global_test, prompts = data.global_test, Prompts.from_features(data.features)
 
     latest = {"arrays": None}
@@ -60,8 +60,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
         if server_round == 0:
             return None
         server_round += done  # Flower counts the rounds of this call; a resumed run goes on from `done`
-        round_log = strategy.logs[server_round]
-        evaluating = strategy.is_evaluation_round(server_round)
+        round_log = roster.logs[server_round]
+        evaluating = roster.is_evaluation_round(server_round)
         global_metrics = None
         if evaluating and strategy.has_global_model:  # FedPer/FedRep: the server holds no complete model
             heads.load_state_dict(arrays.to_torch_state_dict())
@@ -94,7 +94,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     final_arrays = latest["arrays"] if latest["arrays"] is not None else initial_arrays
     final_state = {key: torch.as_tensor(value) for key, value in final_arrays.to_torch_state_dict().items()}
     summary = recorder.finish(
-        final_state, stopped=str(stopped) if stopped else None, retired=strategy.retired, lost=strategy.lost
+        final_state, stopped=str(stopped) if stopped else None, retired=roster.retired, lost=roster.lost
     ) | {"run_dir": str(run_dir)}
     if isinstance(stopped, HospitalsLost):  # the summary is written; the run itself failed
         raise stopped

@@ -42,7 +42,8 @@ from fedmm.config import ClientDPConfig, ConfigError
 from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import DP_NOISE_STREAM, derive_seed
-from fedmm.strategies.base import Delegating, HospitalFedAvg, RunStopped, hospital_of
+from fedmm.strategies.base import Delegating, HospitalFedAvg
+from fedmm.strategies.roster import RunStopped, hospital_of
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,15 @@ class ClientLevelDP(Delegating):
     noise, and each hospital's cumulative ε (reported as `client-dp-epsilon` in its training metrics)."""
 
     def __init__(self, inner: HospitalFedAvg, dp: ClientDPConfig, server_optimizer: ServerOptimizer | None,
-                 stop_run_at_budget: bool, seed: int) -> None:
-        super().__init__(build_wrapper(FixedDenominatorAverage(inner), dp, inner.clients_per_round))
+                 seed: int) -> None:
+        roster = inner.roster
+        super().__init__(build_wrapper(FixedDenominatorAverage(inner), dp, roster.clients_per_round))
         assert inner.uniform_weights and inner.server_optimizer is None, "the noise is calibrated to a plain mean"
         self.averaging, self.dp, self.server_optimizer = inner, dp, server_optimizer  # averaging: the hospital strategy
-        self.stop_run_at_budget = stop_run_at_budget
-        num_hospitals = len(inner.node_of_hospital)
-        self.accountants = {hospital: new_accountant(dp, num_hospitals) for hospital in inner.node_of_hospital}
-        self.event = GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=inner.clients_per_round,
-                                          population_size=num_hospitals)
+        self.roster = roster
+        self.accountants = {hospital: new_accountant(dp, roster.num_hospitals) for hospital in roster.node_of_hospital}
+        self.event = GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=roster.clients_per_round,
+                                          population_size=roster.num_hospitals)
         self.current_arrays: ArrayRecord | None = None
         self.seed = seed
 
@@ -113,10 +114,12 @@ class ClientLevelDP(Delegating):
         for hospital, state in checkpoint.accountants.items():
             self.accountants[hospital].load_state_dict(state)
 
-    def __getattr__(self, name: str):  # logs, has_global_model, is_evaluation_round, ... are the inner strategy's
-        if name in ("inner", "averaging"):
-            raise AttributeError(name)
-        return getattr(self.averaging, name)
+    @property
+    def has_global_model(self) -> bool:
+        return self.averaging.has_global_model
+
+    def initial_arrays(self, heads_state) -> ArrayRecord:
+        return self.averaging.initial_arrays(heads_state)
 
     def epsilon(self, hospital: int) -> float:
         accountant = self.accountants[hospital]
@@ -132,25 +135,25 @@ class ClientLevelDP(Delegating):
         """Before sending: drop every sampled hospital whose ε would pass `max_epsilon` this round (or stop)."""
         if self.dp.max_epsilon is None:
             return
-        over = [h for h in self.averaging.draw(server_round)
+        over = [h for h in self.roster.draw(server_round)
                 if self.accountants[h].would_exceed(self.event, max_epsilon=self.dp.max_epsilon)]
         if not over:
             return
         reason = (f"round {server_round}: hospital(s) {over} would pass privacy.client.max_epsilon="
                   f"{self.dp.max_epsilon} (spent: {[round(self.epsilon(h), 4) for h in over]})")
-        if self.stop_run_at_budget:
+        if self.roster.stop_run_at_budget:
             raise RunStopped(reason)
         log.warning("%s; they train no more", reason)
         for hospital in over:
-            self.averaging.retire(hospital, "client-level privacy budget")
+            self.roster.retire(hospital, "client-level privacy budget")
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         # Failed hospitals are handled as in the inner strategy (Flower's wrappers would skip the round silently).
-        ordered = self.averaging.answered(server_round, replies, "training", self.averaging.logs[server_round].sampled)
-        self.averaging.log_train(server_round, ordered)
-        self.averaging.retire_exhausted(server_round, ordered)
-        contributors = self.averaging.contributors(server_round)
+        ordered = self.roster.answered(server_round, replies, "training")
+        self.roster.log_train(server_round, ordered, self.averaging.download_bytes)
+        self.roster.retire_exhausted(server_round, ordered)
+        contributors = self.roster.contributors(server_round)
         if not contributors:
             return None, None
         assert self.current_arrays is not None
@@ -164,7 +167,7 @@ class ClientLevelDP(Delegating):
         noised, _ = self.inner.aggregate_train(server_round, moved)
         for hospital in contributors:  # every sampled hospital's data could have moved this release
             self.accountants[hospital].compose(self.event)
-        for hospital, train_metrics in self.averaging.logs[server_round].train.items():
+        for hospital, train_metrics in self.roster.logs[server_round].train.items():
             train_metrics[keys.CLIENT_DP_EPSILON] = self.epsilon(hospital)
         metrics = self.averaging.train_metrics_aggr_fn(
             [reply.content for reply in ordered if hospital_of(reply) in contributors], self.averaging.weighted_by_key)

@@ -42,7 +42,7 @@ def check(cfg, options: DittoOptions) -> None:
 SPEC = register(StrategySpec(
     name="ditto",
     description="Ditto (Li et al., 2021): FedAvg plus a private model per hospital, pulled toward the global one",
-    build_server=lambda cfg, options, data, common: build_averaging(cfg, common),
+    build_server=lambda cfg, options, data, roster: build_averaging(cfg, roster),
     local_update=ditto_update,
     keeps_private_state=True,
     personal_model=private_model,

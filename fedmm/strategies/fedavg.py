@@ -10,24 +10,24 @@ from typing import Any
 
 from fedmm.config import ExperimentConfig
 from fedmm.strategies.base import HospitalFedAvg
+from fedmm.strategies.roster import Roster
 from fedmm.strategies.spec import NoOptions, PrivacyMode, StrategySpec, register
 from fedmm.training.bank import bank_update, uses_reference_bank
 from fedmm.training.updates import LocalStep, LocalUpdate, StateDict, global_update
 
 
-def build_averaging(cfg: ExperimentConfig, common: dict[str, Any], server_optimizer: Any = None,
+def build_averaging(cfg: ExperimentConfig, roster: Roster, server_optimizer: Any = None,
                     strategy_class: type[HospitalFedAvg] = HospitalFedAvg, **extra: Any) -> Any:
-    """An averaging `strategy_class` (`server_optimizer` after the average); under client-level DP the
-    inner average is uniform and the optimizer steps after Flower's noise (`ClientLevelDP`)."""
+    """An averaging `strategy_class` over `roster`'s hospitals (`server_optimizer` after the average); under
+    client-level DP the inner average is uniform and the optimizer steps after Flower's noise (`ClientLevelDP`)."""
     client_dp = cfg.privacy.client.clipping != "none"
-    strategy = strategy_class(**common, **extra, modality_aware=bool(cfg.strategy.modality_aware),
+    strategy = strategy_class(roster, **extra, modality_aware=bool(cfg.strategy.modality_aware),
                               uniform_weights=client_dp, server_optimizer=None if client_dp else server_optimizer)
     if not client_dp:
         return strategy
     from fedmm.strategies.client_dp import ClientLevelDP
 
-    return ClientLevelDP(strategy, cfg.privacy.client, server_optimizer,
-                         stop_run_at_budget=cfg.privacy.on_budget == "stop_run", seed=cfg.seed)
+    return ClientLevelDP(strategy, cfg.privacy.client, server_optimizer, seed=cfg.seed)
 
 
 def averaging_update(step: LocalStep, received: StateDict, personal: StateDict | None) -> LocalUpdate:
@@ -41,7 +41,7 @@ def averaging_update(step: LocalStep, received: StateDict, personal: StateDict |
 SPEC = register(StrategySpec(
     name="fedavg",
     description="FedAvg (McMahan et al., 2017): heads averaged by training-set size, or per modality",
-    build_server=lambda cfg, options, data, common: build_averaging(cfg, common),
+    build_server=lambda cfg, options, data, roster: build_averaging(cfg, roster),
     local_update=averaging_update,
     privacy=frozenset(PrivacyMode),
     averages_weights=True,

@@ -27,7 +27,7 @@ def check(cfg, options: FedAvgMOptions) -> None:
 SPEC = register(StrategySpec(
     name="fedavgm",
     description="FedAvgM (Hsu et al., 2019): server momentum on the averaged update",
-    build_server=lambda cfg, options, data, common: build_averaging(cfg, common, ServerMomentum(options.server)),
+    build_server=lambda cfg, options, data, roster: build_averaging(cfg, roster, ServerMomentum(options.server)),
     local_update=averaging_update,
     privacy=frozenset(PrivacyMode),
     averages_weights=True,

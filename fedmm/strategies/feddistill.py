@@ -26,7 +26,8 @@ from fedmm.config import ConfigError, TrainConfig
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads, build_heads
 from fedmm.seeding import DISTILL_STREAM, derive_seed
-from fedmm.strategies.base import HospitalFedAvg, hospital_of
+from fedmm.strategies.base import HospitalFedAvg
+from fedmm.strategies.roster import hospital_of
 from fedmm.strategies.spec import Exchange, StrategySpec, register
 from fedmm.training.distill import ReferenceEmbeddings, distill_heads, embed_reference
 from fedmm.training.updates import LocalStep, StateDict
@@ -70,7 +71,7 @@ class FedDistill(HospitalFedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ordered = self.answered(server_round, replies, "training", self.logs[server_round].sampled)
+        ordered = self.roster.answered(server_round, replies, "training")
         qualities: dict[int, dict[str, float]] = {}
         targets = {}
         for modality, key, count_key, other in (
@@ -89,12 +90,12 @@ class FedDistill(HospitalFedAvg):
             for reply, weight in zip(holders, weights.tolist()):
                 qualities[hospital_of(reply)][f"weight-{modality}"] = weight
             targets[modality] = ensemble_targets(embeddings, weights)
-        self.log_train(server_round, ordered, extra=qualities)
+        self.roster.log_train(server_round, ordered, self.download_bytes, extra=qualities)
         self.heads.load_state_dict(self.current_arrays.to_torch_state_dict())
         distill_loss = distill_heads(
             self.heads, self.reference, ReferenceEmbeddings(targets["image"], targets["report"]),
             self.distill.server_epochs, self.distill.server_lr, self.train.batch_size,
-            derive_seed(self.seed, DISTILL_STREAM, server_round), next(self.heads.parameters()).device)
+            derive_seed(self.roster.seed, DISTILL_STREAM, server_round), next(self.heads.parameters()).device)
         metrics = self.train_metrics_aggr_fn([reply.content for reply in ordered], self.weighted_by_key)
         metrics["distill-loss"] = distill_loss
         state = {key: Array(value.detach().cpu().numpy()) for key, value in self.heads.state_dict().items()}
@@ -106,12 +107,12 @@ class FedDistill(HospitalFedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
 
-def build_server(cfg, options: FedDistillOptions, data, common) -> FedDistill:
+def build_server(cfg, options: FedDistillOptions, data, roster) -> FedDistill:
     from fedmm.federation import load_reference
     from fedmm.models.features import resolve_device
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, seed=0).to(resolve_device(cfg.device))
-    return FedDistill(**common, heads=heads, reference=load_reference(cfg), distill=options.distill, train=cfg.train)
+    return FedDistill(roster, heads=heads, reference=load_reference(cfg), distill=options.distill, train=cfg.train)
 
 
 def private_model(step: LocalStep, received: StateDict, personal: StateDict | None) -> ContrastiveHeads:

@@ -31,7 +31,7 @@ def _adaptive(name: str, description: str, optimizer: type[ServerAdam]) -> Strat
     return register(StrategySpec(
         name=name,
         description=description,
-        build_server=lambda cfg, options, data, common: build_averaging(cfg, common, optimizer(options.server)),
+        build_server=lambda cfg, options, data, roster: build_averaging(cfg, roster, optimizer(options.server)),
         local_update=averaging_update,
         privacy=frozenset(PrivacyMode),
         averages_weights=True,

@@ -45,8 +45,8 @@ def shared_base_model(step: LocalStep, received: StateDict, personal: StateDict 
     return step.personal_heads
 
 
-def build_shared_base(cfg, options, data, common):
-    return build_averaging(cfg, common, strategy_class=SharedBaseFedAvg)
+def build_shared_base(cfg, options, data, roster):
+    return build_averaging(cfg, roster, strategy_class=SharedBaseFedAvg)
 
 
 SPEC = register(StrategySpec(

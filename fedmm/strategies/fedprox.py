@@ -49,8 +49,8 @@ def check(cfg, options: FedProxOptions) -> None:
 SPEC = register(StrategySpec(
     name="fedprox",
     description="FedProx (Li et al., 2020): FedAvg plus a proximal term in each hospital's objective",
-    build_server=lambda cfg, options, data, common: build_averaging(
-        cfg, common, strategy_class=FedProx, proximal_mu=options.proximal_mu),
+    build_server=lambda cfg, options, data, roster: build_averaging(
+        cfg, roster, strategy_class=FedProx, proximal_mu=options.proximal_mu),
     local_update=proximal_update,
     privacy=frozenset({PrivacyMode.CLIENT}),
     averages_weights=True,

@@ -33,7 +33,7 @@ def check(cfg, options: FinetuneOptions) -> None:
 SPEC = register(StrategySpec(
     name="finetune",
     description="Local fine-tuning (Wang et al., 2019): FedAvg, then each hospital fine-tunes before evaluating",
-    build_server=lambda cfg, options, data, common: build_averaging(cfg, common),
+    build_server=lambda cfg, options, data, roster: build_averaging(cfg, roster),
     local_update=averaging_update,
     personal_model=finetuned_model,
     averages_weights=True,

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedmm.config import ConfigError, ExperimentConfig, parse_section
 from fedmm.strategies.base import FederatedStrategy
+from fedmm.strategies.roster import Roster
 from fedmm.training.updates import LocalStep, LocalUpdate, StateDict
 
 
@@ -35,8 +36,8 @@ class NoOptions:
     """A strategy without options of its own."""
 
 
-# (cfg, its typed options, server data, round settings) -> the Flower strategy that runs the rounds
-ServerBuilder = Callable[[ExperimentConfig, Any, Any, dict[str, Any]], "FederatedStrategy"]
+# (cfg, its typed options, server data, the run's Roster) -> the Flower strategy that runs the rounds
+ServerBuilder = Callable[[ExperimentConfig, Any, Any, "Roster"], "FederatedStrategy"]
 # (the hospital's step, the received arrays, its private state or None) -> what it sends and keeps
 LocalUpdateFn = Callable[[LocalStep, StateDict, StateDict | None], LocalUpdate]
 # (step, received arrays, private state) -> the heads the hospital itself would use, for evaluation

@@ -11,8 +11,8 @@ from helpers import reply, state, strategy
 from fedmm import protocol as keys
 from fedmm.aggregation.server_optimizers import AdaptiveConfig, MomentumConfig, ServerAdam, ServerMomentum, ServerYogi
 from fedmm.models.heads import HeadGroup
-from fedmm.strategies.base import RoundLog
 from fedmm.strategies.fedprox import FedProx
+from fedmm.strategies.roster import RoundLog
 
 pytestmark = pytest.mark.usefixtures("flower_run_identity")
 ALL_GROUPS = set(HeadGroup)
@@ -50,7 +50,7 @@ def test_plain_server_optimizers_equal_flowers_strategies_over_two_rounds(ours, 
     flower.current_arrays = ArrayRecord({k: Array(v) for k, v in current.items()})
     for server_round, targets in ((1, ([2, 2], [4], 3.0)), (2, ([-1, 3], [0], 2.0))):
         replies = [reply(0, state(*targets), 10, 2, 2, 2), reply(1, state([1, 1], [1], 1.0), 30, 0, 6, 0)]
-        mine.logs[server_round] = RoundLog(sampled=[0, 1])
+        mine.roster.logs[server_round] = RoundLog(sampled=[0, 1])
         mine.current_arrays = ArrayRecord({k: Array(v) for k, v in current.items()})
         ours_next = {k: v.numpy() for k, v in mine.aggregate_train(server_round, replies)[0].items()}
         if isinstance(flower, (FedAdam, FedYogi)):
@@ -64,7 +64,7 @@ def test_plain_server_optimizers_equal_flowers_strategies_over_two_rounds(ours, 
 def test_modality_aware_optimizer_freezes_untrained_heads_and_their_state():
     built = strategy(modality_aware=True, server_optimizer=ServerAdam(ADAM))
     start = state([0, 0], [10], 1.0)
-    built.logs[1] = RoundLog(sampled=[0, 1])
+    built.roster.logs[1] = RoundLog(sampled=[0, 1])
     built.current_arrays = ArrayRecord({k: Array(v) for k, v in start.items()})
     # nobody trained the report head this round (no reports, no pairs)
     replies = [reply(0, state([2, 2], [999], 999.0), 10, 0, 2, 0), reply(1, state([4, 4], [999], 999.0), 30, 0, 6, 0)]

@@ -300,15 +300,14 @@ def test_client_level_average_divides_by_the_planned_sample_and_skips_zero_updat
     from flwr.app import ArrayRecord, ConfigRecord
 
     from fedmm.strategies.base import HospitalFedAvg
+    from fedmm.strategies.roster import Roster
 
-    inner = HospitalFedAvg(
-        {0: 10, 1: 11, 2: 12}, clients_per_round=3, seed=0, evaluate_every=1, num_rounds=2, uniform_weights=True
-    )
+    inner = HospitalFedAvg(Roster({0: 10, 1: 11, 2: 12}, clients_per_round=3, seed=0, evaluate_every=1, num_rounds=2),
+                           uniform_weights=True)
     strategy = ClientLevelDP(
         inner,
         configured("privacy.client", clipping="server_fixed", noise_multiplier=1e-9, clipping_norm=100.0),
         None,
-        stop_run_at_budget=False,
         seed=0,
     )
     current = {"w": np.array([1.0, 1.0])}
@@ -319,18 +318,19 @@ def test_client_level_average_divides_by_the_planned_sample_and_skips_zero_updat
     np.testing.assert_allclose(arrays["w"].numpy(), [1 + 2 / 3, 1 + 3 / 3], atol=1e-6)
     # every sampled hospital is accounted (its data could have moved the release)
     assert strategy.epsilon(0) == strategy.epsilon(2) > 0
-    assert inner.logs[1].train[2]["client-dp-epsilon"] == strategy.epsilon(2)
+    assert inner.roster.logs[1].train[2]["client-dp-epsilon"] == strategy.epsilon(2)
 
 
 def test_client_level_budget_retires_a_hospital_before_it_passes_max_epsilon():
     from flwr.app import ArrayRecord, ConfigRecord
 
-    from fedmm.strategies.base import HospitalFedAvg, RunStopped
+    from fedmm.strategies.base import HospitalFedAvg
+    from fedmm.strategies.roster import Roster, RunStopped
 
     def run(stop_run: bool):
-        inner = HospitalFedAvg(
-            {0: 10, 1: 11}, clients_per_round=2, seed=0, evaluate_every=1, num_rounds=5, uniform_weights=True
-        )
+        roster = Roster({0: 10, 1: 11}, clients_per_round=2, seed=0, evaluate_every=1, num_rounds=5,
+                        stop_run_at_budget=stop_run)
+        inner = HospitalFedAvg(roster, uniform_weights=True)
         dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=2.0, clipping_norm=1.0, delta=1e-5)
         one_round = _epsilon_after(dp, 1)
         dp = configured(
@@ -341,18 +341,18 @@ def test_client_level_budget_retires_a_hospital_before_it_passes_max_epsilon():
             delta=1e-5,
             max_epsilon=(one_round + _epsilon_after(dp, 2)) / 2,
         )  # room for one release only
-        strategy = ClientLevelDP(inner, dp, None, stop_run_at_budget=stop_run, seed=0)
+        strategy = ClientLevelDP(inner, dp, None, seed=0)
         arrays = ArrayRecord({"w": _array(np.zeros(2))})
         for server_round in (1, 2):
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid=None))
             strategy.aggregate_train(
-                server_round, [_reply(h, {"w": [0.5, 0.5]}) for h in inner.logs[server_round].sampled]
+                server_round, [_reply(h, {"w": [0.5, 0.5]}) for h in inner.roster.logs[server_round].sampled]
             )
             assert all(strategy.epsilon(h) <= dp.max_epsilon for h in (0, 1))
         return inner, messages
 
     inner, messages = run(stop_run=False)
-    assert messages == [] and set(inner.retired) == {0, 1}
+    assert messages == [] and set(inner.roster.retired) == {0, 1}
     with pytest.raises(RunStopped, match="would pass privacy.client.max_epsilon"):
         run(stop_run=True)
 

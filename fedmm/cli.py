@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_config_file(args.config_file, args.overrides)
             else:
                 cfg = compose_config(args.overrides)
-            summary = run_with_progress(cfg, args.verbose)
+            from fedmm.federation import resolve_hospitals
+
+            summary = run_with_progress(resolve_hospitals(cfg), args.verbose)  # natural: one hospital per site
             print_summary(summary)
             return 0
         if args.command == "data":

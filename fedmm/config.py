@@ -23,10 +23,13 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str
-    num_samples: int
-    image_size: int  # px; the generator draws 64-256
+    num_samples: int | None  # synthetic: studies to generate; folder: null = every study of the manifest
+    image_size: int  # px; the generator draws 64-256; folder images are fitted to it before encoding
     seed: int  # the content's seed, separate from the run's seed: runs with other seeds share one dataset
-    global_test_fraction: float  # held by the server; no hospital trains on it
+    global_test_fraction: float  # held by the server; no hospital trains on it (folder: its `test` rows instead)
+    path: str | None  # folder: the dataset's directory (manifest.csv); null for generated datasets
+    prompts: str | None  # folder: a YAML of zero-shot prompts per label; null: <path>/prompts.yaml if present
+    labels: tuple[str, ...] | None  # folder: the label columns to use; null: every column beyond the known ones
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,17 @@ class MissingRateConfig:
 
 
 @dataclass(frozen=True)
+class SitesConfig:
+    """`scenario=natural`: one hospital per value of the dataset's `site` column (FLamby's natural splits)."""
+
+    min_studies: int  # sites with fewer studies are merged into one hospital ("small sites")
+    groups: tuple[tuple[str, ...], ...]  # sites that become one hospital each, e.g. [[a, b], [c]]; others alone
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str
-    num_hospitals: int
+    num_hospitals: int | None  # natural: null, one per site (filled in from the dataset before the run)
     sample_skew: float  # hospital sizes ∝ rank^-skew; 0 = equal sizes
     dirichlet_alpha: float | None  # finding mix per hospital ~ Dir(alpha * global mix); null = IID
     local_test_fraction: float
@@ -74,6 +85,7 @@ class ScenarioConfig:
     profiles: tuple[ModalityProfile, ...]
     hospital_mix: HospitalMixConfig | None  # null when `profiles` decide
     missing_rate: MissingRateConfig | None  # null when `profiles` decide
+    sites: SitesConfig | None  # natural: hospitals are the dataset's sites (no sizes, mixes or profiles drawn)
 
 
 @dataclass(frozen=True)

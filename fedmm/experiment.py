@@ -3,7 +3,7 @@
 import dataclasses
 
 from fedmm.config import ExperimentConfig
-from fedmm.federation import load_federated_data, load_reference
+from fedmm.federation import load_federated_data, load_reference, resolve_hospitals
 from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir, default_run_dir
 from fedmm.strategies import strategy_spec
@@ -16,6 +16,7 @@ def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None,
                    verbose: bool = False, client_mods: list | None = None) -> dict:
     """Validate, prepare the caches, run; returns the summary (also in `<run_dir>/summary.json`).
     `client_mods`: Flower mods around every hospital's handlers (federated strategies only)."""
+    cfg = resolve_hospitals(cfg)  # scenario=natural: one hospital per site of the dataset
     validate_config(cfg)  # fails before any work
     if cfg.run_dir is None:  # named now, so hospitals know where their state folder is
         cfg = dataclasses.replace(cfg, run_dir=str(default_run_dir(cfg)))

@@ -2,6 +2,7 @@
 (simulation), or read from a hospital folder on disk (deployment: one folder per node, see
 `fedmm.data.hospital_folder`)."""
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from fedmm.data.hospital_folder import (
     index_hospital_folder,
 )
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
-from fedmm.data.partition import Federation, partition_dataset
+from fedmm.data.partition import Federation, StudyFacts, partition_dataset, partition_studies, site_hospitals
 from fedmm.data.registry import load_dataset
 from fedmm.models.features import FeatureSet, cached_features, load_features
 
@@ -111,8 +112,29 @@ def load_federated_data(cfg: ExperimentConfig, progress: bool = False) -> Federa
     """Dataset (cached), features (cached) and the seeded partition for `cfg`."""
     dataset = load_dataset(cfg.dataset, cfg.cache_path)
     features = load_features(dataset, cfg.encoders, cfg.cache_path, cfg.device, progress)
-    federation = partition_dataset(dataset.labels, cfg.scenario, cfg.dataset.global_test_fraction, cfg.seed)
+    if dataset.patients is None:  # generated: every study its own patient, both modalities, no own split
+        federation = partition_dataset(dataset.labels, cfg.scenario, cfg.dataset.global_test_fraction, cfg.seed)
+    else:
+        facts = StudyFacts(dataset.availability, dataset.patients, dataset.sites, dataset.splits)
+        federation = partition_studies(dataset.labels, facts, cfg.scenario, cfg.dataset.global_test_fraction, cfg.seed)
     return FederatedData(features, torch.from_numpy(dataset.labels), federation)
+
+
+def resolve_hospitals(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`scenario=natural`: `cfg` with `scenario.num_hospitals` set to the dataset's number of site hospitals
+    (read from its manifest; no image is decoded). Other scenarios: `cfg` itself."""
+    if cfg.scenario.sites is None:
+        return cfg
+    dataset = load_dataset(cfg.dataset, cfg.cache_path)
+    if dataset.sites is None:
+        raise ConfigError(f"scenario=natural needs a dataset with sites: dataset.name={cfg.dataset.name!r} has none "
+                          "(dataset=folder with a `site` column in its manifest)")
+    train = [site for site, split in zip(dataset.sites, dataset.splits) if split == "train"]
+    hospitals = len(site_hospitals(train, cfg.scenario.sites))
+    if cfg.scenario.num_hospitals not in (None, hospitals):
+        raise ConfigError(f"scenario.num_hospitals={cfg.scenario.num_hospitals}, but the dataset's sites make "
+                          f"{hospitals} hospitals; leave it null for scenario=natural")
+    return dataclasses.replace(cfg, scenario=dataclasses.replace(cfg.scenario, num_hospitals=hospitals))
 
 
 def reference_dataset_config(cfg: ExperimentConfig) -> DatasetConfig:
@@ -122,7 +144,7 @@ def reference_dataset_config(cfg: ExperimentConfig) -> DatasetConfig:
         raise ConfigError(f"reference.seed={reference.seed} equals dataset.seed: the reference set would repeat "
                           "hospital studies and stop being non-private; choose another reference.seed")
     return DatasetConfig(name=reference.name, num_samples=reference.num_samples, image_size=cfg.dataset.image_size,
-                         seed=reference.seed, global_test_fraction=0.0)
+                         seed=reference.seed, global_test_fraction=0.0, path=None, prompts=None, labels=None)
 
 
 def load_reference(cfg: ExperimentConfig, progress: bool = False) -> SplitTensors:

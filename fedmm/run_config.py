@@ -15,7 +15,9 @@ from fedmm.config import ExperimentConfig
 
 @lru_cache(maxsize=8)
 def _compose(experiment: str, overrides: str) -> ExperimentConfig:
-    return compose_config(shlex.split(overrides), experiment or None)
+    from fedmm.federation import resolve_hospitals  # scenario=natural: one hospital per site
+
+    return resolve_hospitals(compose_config(shlex.split(overrides), experiment or None))
 
 
 @lru_cache(maxsize=8)

@@ -20,7 +20,14 @@ def validate_config(cfg: ExperimentConfig) -> None:
     spec = strategy_spec(cfg.strategy.name)
     spec.validate(cfg)  # its options, and the privacy modes, resume and aggregation it supports
     check_dataset(cfg.dataset)
-    check_scenario(cfg.scenario, cfg.dataset.num_samples, cfg.dataset.global_test_fraction)
+    if cfg.scenario.num_hospitals is None:
+        if cfg.scenario.sites is not None:
+            raise ConfigError(f"scenario=natural makes one hospital per site of the dataset, and dataset.name="
+                              f"{cfg.dataset.name!r} has no sites: use dataset=folder with a `site` column")
+        raise ConfigError("scenario.num_hospitals is null: only scenario=natural leaves it open (one hospital per "
+                          "site of the dataset); set scenario.num_hospitals")
+    if cfg.scenario.sites is None and cfg.dataset.num_samples is not None:  # else: checked on the data itself
+        check_scenario(cfg.scenario, cfg.dataset.num_samples, cfg.dataset.global_test_fraction)
     check_image_encoder(cfg.encoders.image)
     resolve_text_encoder_path(cfg.encoders.text)
     _check_positive("federation.rounds", cfg.federation.rounds)

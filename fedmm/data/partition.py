@@ -11,13 +11,18 @@ A scenario gives its hospitals' modality profiles explicitly (`profiles`), or th
 sweeps: the share of unimodal hospitals and how they split between images and reports (`hospital_mix`),
 and per-study missing rates in the paired hospitals, fixed or drawn per hospital from a Beta
 distribution (`missing_rate`).
+
+A dataset read from disk (`StudyFacts`) adds what it knows: its own split (its `test` studies with both
+modalities are the global test set), its patients (every split and hospital is by patient: a patient's
+studies are never in two holders), the modalities on disk (a study lacks on disk what it lacks everywhere)
+and its sites (`scenario=natural`: one hospital per site, `site_hospitals`).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedmm.config import ConfigError, HospitalMixConfig, MissingRateConfig, ModalityProfile, ScenarioConfig
+from fedmm.config import ConfigError, HospitalMixConfig, MissingRateConfig, ModalityProfile, ScenarioConfig, SitesConfig
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 
 MIN_TRAIN_PER_HOSPITAL = 4
@@ -261,3 +266,148 @@ def partition_dataset(labels: np.ndarray, scenario: ScenarioConfig, global_test_
             )
         )
     return Federation(tuple(hospitals), global_test)
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What a dataset on disk says about its studies (`MultimodalDataset` fields of the same names)."""
+
+    availability: np.ndarray  # (N,) int8 codes: the modalities on disk
+    patients: tuple[str, ...]  # (N,)
+    sites: tuple[str, ...] | None  # (N,)
+    splits: np.ndarray | None  # (N,) train | test
+
+
+SMALL_SITES = "small sites"
+
+
+def site_hospitals(sites: list[str], sites_cfg: SitesConfig) -> list[tuple[str, tuple[str, ...]]]:
+    """The hospitals of `scenario=natural`, as (name, its sites), from the site of every training study:
+    `groups` first, then each site with at least `min_studies` studies alone, then the rest merged."""
+    counts: dict[str, int] = {}
+    for site in sites:
+        counts[site] = counts.get(site, 0) + 1
+    if "" in counts:
+        raise ConfigError(f"scenario=natural: {counts['']} training studies have an empty `site` cell; "
+                          "give every study its site, or use a scenario that draws hospitals (e.g. scenario=balanced)")
+    grouped = [tuple(group) for group in sites_cfg.groups]
+    named = [site for group in grouped for site in group]
+    unknown = sorted(set(named) - set(counts))
+    if unknown or len(set(named)) != len(named):
+        problem = f"sites {unknown} have no training study" if unknown else "a site is in two groups"
+        raise ConfigError(f"scenario.sites.groups: {problem}; the sites are {dict(sorted(counts.items()))}")
+    hospitals = [(" + ".join(group), group) for group in grouped]
+    rest = sorted(site for site in counts if site not in named)
+    hospitals += [(site, (site,)) for site in rest if counts[site] >= sites_cfg.min_studies]
+    small = tuple(site for site in rest if counts[site] < sites_cfg.min_studies)
+    if small:
+        hospitals.append((SMALL_SITES, small))
+    too_small = [(name, sum(counts[s] for s in members)) for name, members in hospitals
+                 if sum(counts[s] for s in members) < max(sites_cfg.min_studies, MIN_TRAIN_PER_HOSPITAL + 1)]
+    if too_small:
+        raise ConfigError(
+            f"scenario=natural: {too_small} have too few training studies to be a hospital (at least "
+            f"{max(sites_cfg.min_studies, MIN_TRAIN_PER_HOSPITAL + 1)}; every site: {dict(sorted(counts.items()))}). "
+            "Group them with larger sites (scenario.sites.groups=[[a, b]]) or lower scenario.sites.min_studies"
+        )
+    return hospitals
+
+
+def patient_split(rows: np.ndarray, patients: tuple[str, ...], fraction: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) rows of one holder: whole patients, in a seeded order, until `fraction` of the studies
+    are in test (at least one patient in each when there are two)."""
+    members: dict[str, list[int]] = {}
+    for row in rows:
+        members.setdefault(patients[row], []).append(int(row))
+    order = [members[name] for name in sorted(members)]
+    order = [order[i] for i in rng.permutation(len(order))]
+    wanted = max(1, round(len(rows) * fraction))
+    test: list[int] = []
+    for index, studies in enumerate(order):
+        if len(test) >= wanted or index == len(order) - 1 and test:
+            break
+        test += studies
+    train = sorted(set(map(int, rows)) - set(test))
+    return np.array(train, np.int64), np.array(sorted(test), np.int64)
+
+
+def combine_availability(drawn: np.ndarray, on_disk: np.ndarray) -> np.ndarray:
+    """A study holds a modality only if both the scenario and the disk give it; -1 where nothing is left."""
+    image_codes = [AVAILABILITY_CODES[Availability.PAIRED], AVAILABILITY_CODES[Availability.IMAGE_ONLY]]
+    report_codes = [AVAILABILITY_CODES[Availability.PAIRED], AVAILABILITY_CODES[Availability.REPORT_ONLY]]
+    image = np.isin(drawn, image_codes) & np.isin(on_disk, image_codes)
+    report = np.isin(drawn, report_codes) & np.isin(on_disk, report_codes)
+    return np.select([image & report, image, report],
+                     [AVAILABILITY_CODES[Availability.PAIRED], AVAILABILITY_CODES[Availability.IMAGE_ONLY],
+                      AVAILABILITY_CODES[Availability.REPORT_ONLY]], -1).astype(np.int8)
+
+
+def dominant_group(availability: np.ndarray) -> Availability:
+    counts = [int((availability == AVAILABILITY_CODES[a]).sum()) for a in Availability]
+    return list(Availability)[int(np.argmax(counts))]
+
+
+def partition_studies(labels: np.ndarray, facts: StudyFacts, scenario: ScenarioConfig, global_test_fraction: float,
+                      seed: int) -> Federation:
+    """The seeded federation of a dataset on disk, by patient; natural sites when `scenario.sites` is set."""
+    rng = np.random.default_rng([seed, PARTITION_STREAM])
+    paired = AVAILABILITY_CODES[Availability.PAIRED]
+    everyone = np.arange(len(labels))
+    if facts.splits is not None:  # the dataset's own split
+        test_rows, pool = everyone[facts.splits == "test"], everyone[facts.splits == "train"]
+    else:
+        pool, test_rows = patient_split(everyone, facts.patients, global_test_fraction, rng)
+    global_test = np.sort(test_rows[facts.availability[test_rows] == paired])
+    if not len(global_test):
+        raise ConfigError("the dataset has no test study with both an image and a report: the server's global test "
+                          "set needs pairs (the manifest's split column: mark some paired studies `test`)")
+    if scenario.sites is not None:
+        if facts.sites is None:
+            raise ConfigError("scenario=natural needs a `site` column in the dataset's manifest")
+        hospitals_of = site_hospitals([facts.sites[row] for row in pool], scenario.sites)
+        site_to_hospital = {site: h for h, (_, members) in enumerate(hospitals_of) for site in members}
+        members_of = [pool[[site_to_hospital[facts.sites[row]] == h for row in pool]] for h in range(len(hospitals_of))]
+        profiles = None
+    else:
+        members_of = patient_members(pool, labels, facts.patients, scenario, rng)
+        profiles = expand_profiles(scenario, seed)
+    hospitals = []
+    for hospital_id, members in enumerate(members_of):
+        train, test = patient_split(members, facts.patients, scenario.local_test_fraction, rng)
+        if profiles is None:
+            train_codes, test_codes = facts.availability[train], facts.availability[test]
+        else:
+            train_codes = combine_availability(draw_availability(profiles[hospital_id], len(train), rng),
+                                               facts.availability[train])
+            test_codes = combine_availability(draw_availability(profiles[hospital_id], len(test), rng),
+                                              facts.availability[test])
+            train, train_codes = train[train_codes >= 0], train_codes[train_codes >= 0]
+            test, test_codes = test[test_codes >= 0], test_codes[test_codes >= 0]
+        if len(train) < MIN_TRAIN_PER_HOSPITAL or not len(test):
+            raise ConfigError(f"hospital {hospital_id} would hold {len(train)} training and {len(test)} test studies "
+                              f"(at least {MIN_TRAIN_PER_HOSPITAL} and 1); use fewer hospitals or more studies")
+        hospitals.append(HospitalPartition(hospital_id, dominant_group(train_codes), train, test, train_codes,
+                                           test_codes))
+    return Federation(tuple(hospitals), global_test)
+
+
+def patient_members(pool: np.ndarray, labels: np.ndarray, patients: tuple[str, ...], scenario: ScenarioConfig,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Hospitals' rows for the knob scenarios on a dataset with patients: whole patients, sized and (with
+    `dirichlet_alpha`) skewed by the primary finding of each patient's first study."""
+    members: dict[str, list[int]] = {}
+    for row in pool:
+        members.setdefault(patients[row], []).append(int(row))
+    names = sorted(members)
+    sizes = hospital_sizes(len(names), scenario.num_hospitals, scenario.sample_skew, rng)
+    if min(sizes) < 1:
+        raise ConfigError(f"{scenario.num_hospitals} hospitals cannot share {len(names)} training patients; "
+                          "lower scenario.num_hospitals")
+    if scenario.dirichlet_alpha is None:
+        order = rng.permutation(len(names))
+        groups = np.split(order, np.cumsum(sizes)[:-1])
+    else:
+        first = np.array([members[name][0] for name in names])
+        groups = dirichlet_split(primary_finding(np.maximum(labels[first], 0)), sizes, scenario.dirichlet_alpha, rng)
+    return [np.array(sorted(row for i in group for row in members[names[i]]), np.int64) for group in groups]

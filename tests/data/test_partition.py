@@ -25,7 +25,8 @@ def labels():
 
 def scenario(**changes) -> ScenarioConfig:
     base = dict(name="t", num_hospitals=4, sample_skew=0.0, dirichlet_alpha=None, local_test_fraction=0.2,
-                profiles=(ModalityProfile(count=4, paired=1.0),), hospital_mix=None, missing_rate=None)
+                profiles=(ModalityProfile(count=4, paired=1.0),), hospital_mix=None, missing_rate=None,
+                sites=None)
     return ScenarioConfig(**(base | changes))
 
 

@@ -1,0 +1,105 @@
+"""dataset=folder: a manifest with sites, its own labels and prompts, simulated as one hospital per site."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fedmm.compose import compose_config
+from fedmm.config import ConfigError
+from fedmm.data.hospital_folder import MANIFEST, write_hospital_folder
+from fedmm.data.synthetic import generate_synthetic_cxr
+from fedmm.experiment import run_experiment
+from fedmm.federation import load_federated_data, resolve_hospitals
+
+SITES = {"north": 90, "south": 70, "east": 60, "tiny-a": 12, "tiny-b": 16}  # studies per site
+LABELS = ("cardiomegaly", "effusion")  # the dataset's own vocabulary: two columns of its manifest
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    """240 synthetic studies as a dataset folder: 2 studies per patient, 5 sites, some studies missing a
+    modality on disk, one rectangular JPEG, a test split by patient, two label columns (some unknown)."""
+    root = tmp_path_factory.mktemp("folder-dataset")
+    total = sum(SITES.values())
+    studies = generate_synthetic_cxr(total, 64, seed=5)
+    patients = [f"p{index // 2}" for index in range(total)]
+    splits = ["test" if int(patient[1:]) % 5 == 0 else "train" for patient in patients]
+    images = [None if index % 17 == 3 else studies.images[index] for index in range(total)]
+    reports = [None if index % 13 == 5 and images[index] is not None else studies.reports[index]
+               for index in range(total)]
+    write_hospital_folder(root, [f"s{i}" for i in range(total)], patients, images, reports, splits)
+    Image.fromarray(np.full((40, 90), 128, np.uint8)).convert("RGB").save(root / "images" / "wide.jpg")
+    sites = [site for site, count in SITES.items() for _ in range(count)]
+    with open(root / MANIFEST, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for index, row in enumerate(rows):
+        row["site"] = sites[index]
+        row["cardiomegaly"] = str(int(studies.labels[index, 0]))
+        row["effusion"] = "" if index % 7 == 0 else str(int(studies.labels[index, 1] or studies.labels[index, 2]))
+    rows[1]["image"] = "images/wide.jpg"  # any size and aspect: fitted, padded
+    with open(root / MANIFEST, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "prompts.yaml").write_text(yaml.safe_dump({
+        "cardiomegaly": {"positive": ["The heart is enlarged."], "negative": ["Heart size is normal."]}}))
+    return root
+
+
+def folder_overrides(dataset_dir, cache_dir, *more):
+    return ["dataset=folder", f"dataset.path={dataset_dir}", "dataset.image_size=64", "encoders.image.input_size=64",
+            "scenario=natural", "heads.hidden_dim=64", "heads.embed_dim=32", "federation.rounds=2",
+            "federation.evaluate_every=1", "reference.num_samples=120", "simulation.engine=inprocess",
+            f"cache_dir={cache_dir}", *more]
+
+
+def test_natural_sites_become_hospitals_split_by_patient(dataset_dir, cache_dir):
+    cfg = resolve_hospitals(compose_config(folder_overrides(dataset_dir, cache_dir)))
+    assert cfg.scenario.num_hospitals == 4  # north, south, east, and the two tiny sites merged ("small sites")
+    data = load_federated_data(cfg)
+    patients = [f"p{index // 2}" for index in range(sum(SITES.values()))]
+    holders = [set(data.federation.global_test_indices)] + [
+        set(part.train_indices) | set(part.test_indices) for part in data.federation.hospitals]
+    owners: dict[str, int] = {}
+    for holder, rows in enumerate(holders):
+        for row in rows:
+            assert owners.setdefault(patients[row], holder) == holder, f"patient {patients[row]} in two holders"
+    for part in data.federation.hospitals:  # local test split by patient too
+        assert not {patients[r] for r in part.train_indices} & {patients[r] for r in part.test_indices}
+    global_patients = {patients[row] for row in data.federation.global_test_indices}
+    assert global_patients and all(int(patient[1:]) % 5 == 0 for patient in global_patients)  # the manifest's test
+    assert data.features.finding_names == LABELS
+
+
+def test_a_site_too_small_is_named_with_every_site_and_the_fix(dataset_dir, cache_dir):
+    cfg = compose_config(folder_overrides(dataset_dir, cache_dir, "scenario.sites.min_studies=12"))
+    with pytest.raises(ConfigError, match=r"\[\('small sites', 8\)\] have too few training studies .*"
+                                          r"'tiny-a': 8, 'tiny-b': 14\}.*scenario.sites.groups"):
+        resolve_hospitals(cfg)  # tiny-b alone (14 training studies), tiny-a (8) left as the only small site
+    grouped = compose_config(folder_overrides(dataset_dir, cache_dir, "scenario.sites.min_studies=12",
+                                              "scenario.sites.groups=[[tiny-a,east]]"))
+    assert resolve_hospitals(grouped).scenario.num_hospitals == 4  # tiny-a + east, north, south, tiny-b
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fedavg", "ditto", "feddistill"])  # averaging, personalized, distillation
+def test_fedmm_run_on_a_folder_dataset_by_site(strategy, dataset_dir, cache_dir, tmp_path):
+    summary = run_experiment(compose_config(folder_overrides(dataset_dir, cache_dir, f"strategy={strategy}",
+                                                             f"run_dir={tmp_path}")))
+    assert set(summary["hospitals"]) == {"0", "1", "2", "3"}
+    assert 0.0 <= summary["i2t_recall@10"] <= 1.0
+    assert "zeroshot_auroc_cardiomegaly" in summary and "zeroshot_auroc_effusion" in summary
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2]
+
+
+def test_prompts_for_a_label_the_manifest_lacks_are_named(dataset_dir, cache_dir, tmp_path):
+    bad = tmp_path / "prompts.yaml"
+    bad.write_text(yaml.safe_dump({"pneumonia": {"positive": ["Pneumonia."], "negative": ["No pneumonia."]}}))
+    cfg = compose_config(folder_overrides(dataset_dir, cache_dir, f"dataset.prompts={bad}"))
+    with pytest.raises(ConfigError, match=rf"{bad}: prompts for \['pneumonia'\], which are not label columns"):
+        load_federated_data(resolve_hospitals(cfg))

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "validate", help="check a hospital folder; every problem with its row and column"
     )
     validate.add_argument("folders", type=Path, nargs="+")
+    validate.add_argument("--dataset", action="store_true",
+                          help="a dataset folder (dataset=folder): an optional site column, every other column a label")
     export = data_commands.add_parser("export-synthetic", help="write the synthetic federation as hospital folders")
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("overrides", nargs="*", help="the federation to export, e.g. scenario=balanced seed=1")
@@ -106,6 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     iu.add_argument("--out", type=Path, required=True)
     iu.add_argument("--test-fraction", type=float, default=0.2, help="share of patients in the test split")
     iu.add_argument("--seed", type=int, default=0)
+    mimic = data_commands.add_parser("import-mimic", help="MIMIC-CXR-JPG (its published layout) -> a dataset folder")
+    mimic.add_argument("root", type=Path, help="the folder with files/ and the mimic-cxr-2.0.0-*.csv tables")
+    mimic.add_argument("--out", type=Path, required=True)
+    mimic.add_argument("--views", default="PA,AP", help="view positions to take, in order of preference")
+    mimic.add_argument("--reports", type=Path, default=None, help="where files/pNN/.../sNNN.txt are (default: root)")
+    mimic.add_argument("--test-fraction", type=float, default=0.2, help="without the official split: share of patients")
+    mimic.add_argument("--seed", type=int, default=0)
+    table = data_commands.add_parser("import-csv", help="a CSV with one row per study -> a dataset folder")
+    table.add_argument("csv", type=Path)
+    table.add_argument("--out", type=Path, required=True)
+    table.add_argument("--patient-col", required=True)
+    table.add_argument("--image-col", default=None, help="image paths, relative to the CSV's folder or absolute")
+    table.add_argument("--report-col", default=None, help="report text, or paths to .txt files")
+    table.add_argument("--site-col", default=None)
+    table.add_argument("--label-cols", default="", help="comma-separated label columns (1, 0, empty, -1 = unknown)")
+    table.add_argument("--split-col", default=None, help="train | test (val counts as train); default: by patient")
+    table.add_argument("--study-col", default=None)
+    table.add_argument("--test-fraction", type=float, default=0.2)
+    table.add_argument("--seed", type=int, default=0)
     deploy = commands.add_parser(
         "deploy",
         help="run the app on Flower's Deployment Engine on this machine: a SuperLink "
@@ -320,7 +341,12 @@ def data_command(args: argparse.Namespace) -> int:
 
         failed = 0
         for folder in args.folders:
-            problems = validate_hospital_folder(folder)
+            if args.dataset:
+                from fedmm.data.folder_dataset import SITE_COLUMN
+
+                problems = validate_hospital_folder(folder, labels=None, optional=(SITE_COLUMN,))
+            else:
+                problems = validate_hospital_folder(folder)
             failed += bool(problems)
             for problem in problems:
                 console.print(f"{folder}: {problem}", markup=False)
@@ -331,6 +357,23 @@ def data_command(args: argparse.Namespace) -> int:
 
         folders = export_synthetic(compose_config(args.overrides), args.out)
         console.print(f"written {len(folders)} folders under {args.out}: {', '.join(f.name for f in folders)}")
+        return 0
+    if args.data_command in ("import-mimic", "import-csv"):
+        from fedmm.data import importers
+
+        try:
+            if args.data_command == "import-mimic":
+                manifest = importers.import_mimic_cxr(args.root, args.out, tuple(args.views.split(",")), args.reports,
+                                                      args.test_fraction, args.seed)
+            else:
+                labels = [name for name in args.label_cols.split(",") if name]
+                manifest = importers.import_csv(args.csv, args.out, args.image_col, args.report_col, args.patient_col,
+                                                args.site_col, labels, args.split_col, args.study_col,
+                                                args.test_fraction, args.seed)
+        except importers.SourceError as error:
+            raise ConfigError(str(error)) from error
+        console.print(f"written {manifest}; check it with `fedmm data validate --dataset {args.out}`, "
+                      f"run it with `fedmm run dataset=folder dataset.path={args.out}`")
         return 0
     from fedmm.data.iu_xray import read_iu_reports, write_iu_hospital
 

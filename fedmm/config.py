@@ -157,11 +157,13 @@ class StrategyConfig:
 class ReferenceConfig:
     """A non-private dataset the server and every hospital may read (distillation targets).
 
-    Generated like `dataset` but from its own content seed, so no study is any hospital's."""
+    Generated like `dataset` but from its own content seed, so no study is any hospital's; or a public
+    folder dataset (`name: folder`, `path`), whose paired studies it uses."""
 
     name: str
-    num_samples: int
+    num_samples: int | None  # synthetic: studies to generate; folder: null = all of them
     seed: int  # content seed; must differ from dataset.seed so no hospital study is in it
+    path: str | None  # name=folder: a dataset folder (not the federation's own)
 
 
 @dataclass(frozen=True)

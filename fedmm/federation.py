@@ -140,6 +140,14 @@ def resolve_hospitals(cfg: ExperimentConfig) -> ExperimentConfig:
 def reference_dataset_config(cfg: ExperimentConfig) -> DatasetConfig:
     """The reference set as a dataset: `cfg.reference`'s content, drawn at the federation's image size."""
     reference = cfg.reference
+    if reference.name == "folder":
+        if reference.path is None:
+            raise ConfigError("reference.name=folder needs reference.path=DIR (a public dataset folder)")
+        if cfg.dataset.path is not None and Path(reference.path).resolve() == Path(cfg.dataset.path).resolve():
+            raise ConfigError(f"reference.path={reference.path!r} is the federation's own dataset: the reference set "
+                              "must hold no hospital's study; give a public dataset folder")
+        return DatasetConfig(name="folder", num_samples=reference.num_samples, image_size=cfg.dataset.image_size,
+                             seed=0, global_test_fraction=0.0, path=reference.path, prompts=None, labels=None)
     if reference.name == cfg.dataset.name and reference.seed == cfg.dataset.seed:
         raise ConfigError(f"reference.seed={reference.seed} equals dataset.seed: the reference set would repeat "
                           "hospital studies and stop being non-private; choose another reference.seed")
@@ -151,8 +159,12 @@ def load_reference(cfg: ExperimentConfig, progress: bool = False) -> SplitTensor
     """Features of the non-private reference set (every item paired), with the federation's encoders."""
     dataset = load_dataset(reference_dataset_config(cfg), cfg.cache_path)
     features = load_features(dataset, cfg.encoders, cfg.cache_path, cfg.device, progress)
-    paired = torch.full((len(dataset.labels),), AVAILABILITY_CODES[Availability.PAIRED], dtype=torch.int8)
-    return SplitTensors(features.image_features, features.report_features, paired, torch.from_numpy(dataset.labels))
+    rows = torch.arange(len(dataset.labels))
+    if dataset.availability is not None:  # a folder: its studies with both modalities
+        rows = rows[torch.from_numpy(dataset.availability == AVAILABILITY_CODES[Availability.PAIRED])]
+    paired = torch.full((len(rows),), AVAILABILITY_CODES[Availability.PAIRED], dtype=torch.int8)
+    return SplitTensors(features.image_features[rows], features.report_features[rows], paired,
+                        torch.from_numpy(dataset.labels)[rows])
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def _check_reference(cfg: ExperimentConfig) -> None:
     if cfg.reference.name not in DATASETS:
         raise ConfigError(f"reference.name={cfg.reference.name!r} is unknown; valid: {sorted(DATASETS)}")
     reference_dataset_config(cfg)  # refuses a reference set that would repeat hospital studies
-    if cfg.reference.num_samples < 2:
+    if cfg.reference.num_samples is not None and cfg.reference.num_samples < 2:
         raise ConfigError(f"reference.num_samples={cfg.reference.num_samples} must be at least 2")
 
 

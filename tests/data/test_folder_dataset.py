@@ -1,6 +1,7 @@
 """dataset=folder: a manifest with sites, its own labels and prompts, simulated as one hospital per site."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from fedmm.config import ConfigError
 from fedmm.data.hospital_folder import MANIFEST, write_hospital_folder
 from fedmm.data.synthetic import generate_synthetic_cxr
 from fedmm.experiment import run_experiment
-from fedmm.federation import load_federated_data, resolve_hospitals
+from fedmm.federation import load_federated_data, load_reference, resolve_hospitals
 
 SITES = {"north": 90, "south": 70, "east": 60, "tiny-a": 12, "tiny-b": 16}  # studies per site
 LABELS = ("cardiomegaly", "effusion")  # the dataset's own vocabulary: two columns of its manifest
@@ -103,3 +104,21 @@ def test_prompts_for_a_label_the_manifest_lacks_are_named(dataset_dir, cache_dir
     cfg = compose_config(folder_overrides(dataset_dir, cache_dir, f"dataset.prompts={bad}"))
     with pytest.raises(ConfigError, match=rf"{bad}: prompts for \['pneumonia'\], which are not label columns"):
         load_federated_data(resolve_hospitals(cfg))
+
+
+@pytest.mark.slow
+def test_a_public_folder_can_be_the_reference_set_but_not_the_federation_s_own(dataset_dir, cache_dir, tmp_path):
+    public = tmp_path / "public"
+    studies = generate_synthetic_cxr(60, 64, seed=9)
+    write_hospital_folder(public, [f"r{i}" for i in range(60)], [f"q{i}" for i in range(60)], list(studies.images),
+                          [None if i % 10 == 0 else report for i, report in enumerate(studies.reports)], ["train"] * 60)
+    own = compose_config(folder_overrides(dataset_dir, cache_dir, "strategy=feddistill", "reference.name=folder",
+                                          f"reference.path={dataset_dir}", "reference.num_samples=null"))
+    with pytest.raises(ConfigError, match="is the federation's own dataset"):
+        run_experiment(own)
+    summary = run_experiment(compose_config(folder_overrides(
+        dataset_dir, cache_dir, "strategy=feddistill", "reference.name=folder", f"reference.path={public}",
+        "reference.num_samples=null", f"run_dir={tmp_path / 'run'}")))
+    assert summary["evaluated_round"] == 2
+    public_cfg = dataclasses.replace(own, reference=dataclasses.replace(own.reference, path=str(public)))
+    assert len(load_reference(public_cfg)) == 54  # its paired studies: 54 of 60

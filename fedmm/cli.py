@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     iu.add_argument("--out", type=Path, required=True)
     iu.add_argument("--test-fraction", type=float, default=0.2, help="share of patients in the test split")
     iu.add_argument("--seed", type=int, default=0)
+    iu.add_argument("--images", type=Path, default=None,
+                    help="a folder of the IU X-ray PNGs: pair each report with its image (a dataset folder)")
     mimic = data_commands.add_parser("import-mimic", help="MIMIC-CXR-JPG (its published layout) -> a dataset folder")
     mimic.add_argument("root", type=Path, help="the folder with files/ and the mimic-cxr-2.0.0-*.csv tables")
     mimic.add_argument("--out", type=Path, required=True)
@@ -375,7 +377,7 @@ def data_command(args: argparse.Namespace) -> int:
         console.print(f"written {manifest}; check it with `fedmm data validate --dataset {args.out}`, "
                       f"run it with `fedmm run dataset=folder dataset.path={args.out}`")
         return 0
-    from fedmm.data.iu_xray import read_iu_reports, write_iu_hospital
+    from fedmm.data.iu_xray import read_iu_reports, write_iu_dataset, write_iu_hospital
 
     if not 0 < args.test_fraction < 1:
         raise ConfigError(f"--test-fraction={args.test_fraction} must lie in (0, 1)")
@@ -383,6 +385,14 @@ def data_command(args: argparse.Namespace) -> int:
         reports = read_iu_reports(args.source)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(str(error)) from error
+    if args.images is not None:
+        try:
+            manifest, paired = write_iu_dataset(reports, args.out, args.images, args.test_fraction, args.seed)
+        except FileNotFoundError as error:
+            raise ConfigError(str(error)) from error
+        console.print(f"written {manifest}: {paired} studies paired with an image, "
+                      f"{sum(1 for r in reports if r.text) - paired} report-only")
+        return 0
     folder = write_iu_hospital(reports, args.out, args.test_fraction, args.seed)
     console.print(
         f"written {folder / 'manifest.csv'}: {sum(1 for r in reports if r.text)} report-only studies "

@@ -3,8 +3,10 @@
 Demner-Fushman et al., 2016, "Preparing a collection of radiology examinations for distribution and
 retrieval" (JAMIA). Each `ecgen-radiology/<n>.xml` holds `<AbstractText Label="FINDINGS|IMPRESSION|...">`
 sections and `<parentImage id="CXR<n>_<k>_IM-...">` entries naming its images (not shipped with the
-reports). A report is one patient's examination, so the patient is the report's id (`CXR<n>`), and the
-split is drawn per patient: all images and the report of one examination land in one split.
+reports; `NLMCXR_png.tgz` holds them as `<id>.png`). A report is one patient's examination, so the patient
+is the report's id (`CXR<n>`), and the split is drawn per patient: all images and the report of one
+examination land in one split. With a folder of the images, `write_iu_dataset` pairs each report with its
+examination's first image found there (a dataset folder, `dataset=folder`).
 """
 
 import tarfile
@@ -80,3 +82,24 @@ def write_iu_hospital(reports: list[IUReport], folder: Path, test_fraction: floa
     ids = [r.report_id for r in usable]
     return write_hospital_folder(folder, ids, ids, [None] * len(usable), [r.text for r in usable],
                                  [splits[r.report_id] for r in usable])
+
+
+def write_iu_dataset(reports: list[IUReport], folder: Path, images: Path, test_fraction: float = 0.2,
+                     seed: int = 0) -> tuple[Path, int]:
+    """A dataset folder pairing each report with the first of its images found under `images` (by file name,
+    `<image id>.png`, anywhere below it); a report whose images are all absent stays report-only. The image
+    files stay where they are. Returns the manifest and the number of paired studies."""
+    from fedmm.data.importers import ManifestRow, relative_to, write_manifest
+
+    images = Path(images)
+    if not images.is_dir():
+        raise FileNotFoundError(f"--images {images}: no such folder (the IU X-ray PNGs, e.g. NLMCXR_png.tgz unpacked)")
+    found = {path.stem: path for path in images.rglob("*.png")}
+    usable = [r for r in reports if r.text]
+    splits = patient_splits([r.report_id for r in usable], test_fraction, seed)
+    rows = []
+    for report in usable:
+        image = next((found[i] for i in report.image_ids if i in found), None)
+        rows.append(ManifestRow(report.report_id, report.report_id, relative_to(image, folder) if image else "",
+                                report.text, "", splits[report.report_id]))
+    return write_manifest(Path(folder), rows, (), with_site=False), sum(1 for row in rows if row.image)

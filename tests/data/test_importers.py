@@ -101,3 +101,25 @@ def test_generic_csv_import_with_sites_labels_and_report_files(tmp_path, capsys)
     write_csv(bad, ["pid", "file"], [["1", "img/missing.png"]])
     with pytest.raises(SourceError, match=r"bad.csv: row 1, column file: .*missing.png not found"):
         import_csv(bad, tmp_path / "x", "file", None, "pid")
+
+
+IU_XML = """<eCitation><uId id="{id}"/><MedlineCitation><Article><Abstract>
+<AbstractText Label="FINDINGS">{findings}</AbstractText><AbstractText Label="IMPRESSION">Normal.</AbstractText>
+</Abstract></Article></MedlineCitation>{images}</eCitation>"""
+
+
+def test_iu_import_pairs_reports_with_their_images(tmp_path, capsys):
+    xml = tmp_path / "ecgen-radiology"
+    xml.mkdir()
+    for n, images in ((1, ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"]), (2, ["CXR2_1_IM-0652-1001"]), (3, [])):
+        tags = "".join(f'<parentImage id="{image}"/>' for image in images)
+        (xml / f"{n}.xml").write_text(IU_XML.format(id=f"CXR{n}", findings=f"Exam {n}.", images=tags))
+    jpeg(tmp_path / "png" / "CXR1_1_IM-0001-4001.png")  # the first listed image is absent: the second is taken
+    out = tmp_path / "iu"
+    assert main(["data", "import-iu", str(xml), "--out", str(out), "--images", str(tmp_path / "png")]) == 0
+    assert "1 studies paired with an image, 2 report-only" in " ".join(capsys.readouterr().out.split())
+    assert main(["data", "validate", "--dataset", str(out)]) == 0
+    dataset = load_folder_dataset(compose_config(["dataset=folder", f"dataset.path={out}"]).dataset)
+    assert dataset.patients == ("CXR1", "CXR2", "CXR3") and dataset.findings == ()  # no label columns
+    assert dataset.availability[0] == AVAILABILITY_CODES[Availability.PAIRED]
+    assert dataset.reports[0] == "FINDINGS: Exam 1. IMPRESSION: Normal."

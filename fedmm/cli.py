@@ -249,6 +249,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     for key in sorted(k for k in summary if k.startswith("group/")) + ["hospital_mean", "hospital_worst"]:
         hospitals.add_row(key, "", *(_fmt(summary.get(key, {}).get(m)) for m in registry.GROUP_TABLE))
     console.print(hospitals)
+    if not any(key.startswith("zeroshot_auroc") for key in summary):
+        console.print("the dataset has no label columns: retrieval only (no zero-shot AUROC, no finding-aware "
+                      "precision); add 1/0 label columns to its manifest to have them")
     console.print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']} s)")
 
 

@@ -6,6 +6,7 @@
         image        path relative to the folder (PNG, JPEG or DICOM); empty: the study has no image
         report       the report text; or
         report_file  a text file relative to the folder; both empty: the study has no report
+                     (either column alone is enough)
         split        train | test
         <finding>    optional label columns, one per name in `FINDING_NAMES`: 1, 0 or empty (unknown);
                      evaluation only
@@ -31,7 +32,8 @@ from fedmm.data.modality import AVAILABILITY_CODES, Availability
 
 FOLDER_FINDINGS = FINDINGS  # the vocabulary of a folder's label columns (and their zero-shot prompts)
 MANIFEST = "manifest.csv"
-REQUIRED_COLUMNS = ("study_id", "patient_id", "image", "report", "report_file", "split")
+REQUIRED_COLUMNS = ("study_id", "patient_id", "image", "report", "report_file", "split")  # what writers write
+REPORT_COLUMNS = ("report", "report_file")  # a manifest needs one of the two, not both
 SPLITS = ("train", "test")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
@@ -101,9 +103,14 @@ def _read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]]] | Pro
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            return list(reader.fieldnames or []), list(reader)
+            columns, rows = list(reader.fieldnames or []), list(reader)
     except (UnicodeDecodeError, csv.Error) as error:
         return Problem(None, None, f"{path} is not a UTF-8 CSV file: {error}")
+    for column in REPORT_COLUMNS:  # either report column alone is enough: the other reads as empty
+        if column not in columns:
+            for row in rows:
+                row[column] = ""
+    return columns, rows
 
 
 ImageKeeper = Callable[[int, np.ndarray], None]  # (row, decoded pixels): what a reader keeps of each image
@@ -132,7 +139,9 @@ def validate_hospital_folder(folder: Path, keep: ImageKeeper | None = None,
     columns, rows = manifest
     vocabulary = label_columns(columns, labels, optional)
     known = (*REQUIRED_COLUMNS, *optional, *vocabulary)
-    missing = [column for column in REQUIRED_COLUMNS if column not in columns]
+    missing = [column for column in REQUIRED_COLUMNS if column not in columns and column not in REPORT_COLUMNS]
+    if not any(column in columns for column in REPORT_COLUMNS):
+        missing.append("report")  # (or report_file)
     unknown = [column for column in columns if column not in known]
     problems = [Problem(None, column, "required column is missing") for column in missing]
     problems += [Problem(None, column, f"unknown column; valid: {list(known)}") for column in unknown]
@@ -305,7 +314,9 @@ def index_hospital_folder(folder: Path, labels: tuple[str, ...] | None = FINDING
     read raises HospitalFolderError with every problem of the folder."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
-    if isinstance(manifest, Problem) or any(column not in manifest[0] for column in REQUIRED_COLUMNS):
+    if isinstance(manifest, Problem) or any(column not in manifest[0] for column in REQUIRED_COLUMNS
+                                            if column not in REPORT_COLUMNS) or not any(
+                                                column in manifest[0] for column in REPORT_COLUMNS):
         _raise_problems(folder, validate_hospital_folder(folder, labels=labels, optional=optional))
     columns, rows = manifest
     vocabulary = label_columns(columns, labels, optional)

@@ -49,10 +49,12 @@ def evaluate_split(heads: ContrastiveHeads, split: SplitTensors, prompts: Prompt
         for direction, queries, gallery in (("i2t", images, reports), ("t2i", reports, images)):
             for k, value in recall_at_k(queries, gallery, KS).items():
                 metrics[f"{direction}_recall@{k}"] = value
-            if bool((labels >= 0).all()):  # finding-aware precision needs every study's labels
+            if labels.shape[1] and bool((labels >= 0).all()):  # finding-aware precision needs every label
                 for k, value in finding_precision_at_k(queries, gallery, labels, labels, KS).items():
                     metrics[f"{direction}_precision@{k}"] = value
 
+    if not prompts.finding_names:  # a dataset without label columns: retrieval only
+        return metrics
     positive, negative = prompt_embeddings(embed_reports(prompts.features), prompts.finding,
                                            prompts.is_positive, len(prompts.finding_names))
     if has_image.any():

@@ -58,6 +58,9 @@ def chance_finding_precision(labels: torch.Tensor) -> float:
 
 
 def finding_group_sizes(labels: torch.Tensor) -> torch.Tensor:
-    """(N,) float64: how many items (itself included) share each item's exact finding set."""
+    """(N,) float64: how many items (itself included) share each item's exact finding set. Without label
+    columns nothing makes two studies alike: every group is the study alone."""
+    if labels.shape[1] == 0:
+        return torch.ones(len(labels), dtype=torch.float64)
     _, group, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
     return counts[group].double()

@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -122,3 +123,21 @@ def test_a_public_folder_can_be_the_reference_set_but_not_the_federation_s_own(d
     assert summary["evaluated_round"] == 2
     public_cfg = dataclasses.replace(own, reference=dataclasses.replace(own.reference, path=str(public)))
     assert len(load_reference(public_cfg)) == 54  # its paired studies: 54 of 60
+
+
+@pytest.mark.slow
+def test_a_dataset_without_labels_reports_retrieval_only_and_says_so(dataset_dir, cache_dir, tmp_path, capsys):
+    from fedmm.cli import main
+
+    unlabeled = tmp_path / "unlabeled"
+    shutil.copytree(dataset_dir, unlabeled, ignore=shutil.ignore_patterns("prompts.yaml"))
+    with open(unlabeled / MANIFEST, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(unlabeled / MANIFEST, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[c for c in rows[0] if c not in LABELS])
+        writer.writeheader()
+        writer.writerows({k: v for k, v in row.items() if k not in LABELS} for row in rows)
+    assert main(["run", *folder_overrides(unlabeled, cache_dir, f"run_dir={tmp_path / 'run'}")]) == 0
+    assert "no label columns: retrieval only" in " ".join(capsys.readouterr().out.split())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "i2t_recall@10" in summary and not any("auroc" in key or "precision" in key for key in summary)

@@ -123,3 +123,19 @@ def test_iu_import_pairs_reports_with_their_images(tmp_path, capsys):
     assert dataset.patients == ("CXR1", "CXR2", "CXR3") and dataset.findings == ()  # no label columns
     assert dataset.availability[0] == AVAILABILITY_CODES[Availability.PAIRED]
     assert dataset.reports[0] == "FINDINGS: Exam 1. IMPRESSION: Normal."
+
+
+def test_a_manifest_with_only_report_files_or_only_report_text_is_enough(tmp_path):
+    from fedmm.data.hospital_folder import validate_hospital_folder
+
+    jpeg(tmp_path / "a" / "x.png")
+    (tmp_path / "a" / "r.txt").write_text("Clear.")
+    write_csv(tmp_path / "a" / "manifest.csv", ["study_id", "patient_id", "image", "report_file", "split"],
+              [["s1", "p1", "x.png", "r.txt", "train"], ["s2", "p2", "", "r.txt", "test"]])
+    assert validate_hospital_folder(tmp_path / "a", labels=None) == []
+    dataset = load_folder_dataset(compose_config(["dataset=folder", f"dataset.path={tmp_path / 'a'}"]).dataset)
+    assert dataset.reports == ("Clear.", "Clear.")
+    write_csv(tmp_path / "b" / "manifest.csv", ["study_id", "patient_id", "image", "split"],
+              [["s1", "p1", "", "train"]])
+    problems = [str(p) for p in validate_hospital_folder(tmp_path / "b", labels=None)]
+    assert problems == ["manifest, column report: required column is missing"]

@@ -40,7 +40,7 @@ PROMPTS_FILE = "prompts.yaml"
 
 
 def check_folder_dataset(cfg: DatasetConfig) -> None:
-    if cfg.path is None:
+    if cfg.path in (None, "???"):  # ???: Hydra's "must be given", as configs/dataset/folder.yaml leaves it
         raise ConfigError("dataset=folder needs dataset.path=DIR (a directory with a manifest.csv)")
     if not (Path(cfg.path) / MANIFEST).is_file():
         raise ConfigError(f"dataset.path={cfg.path!r}: no {MANIFEST} there; see docs/data.md for the format "

@@ -141,3 +141,12 @@ def test_a_dataset_without_labels_reports_retrieval_only_and_says_so(dataset_dir
     assert "no label columns: retrieval only" in " ".join(capsys.readouterr().out.split())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "i2t_recall@10" in summary and not any("auroc" in key or "precision" in key for key in summary)
+
+
+def test_a_folder_dataset_needs_its_path_and_a_manifest_there(tmp_path):
+    from fedmm.validation import validate_config
+
+    with pytest.raises(ConfigError, match=r"dataset=folder needs dataset.path=DIR"):
+        validate_config(compose_config(["dataset=folder"]))
+    with pytest.raises(ConfigError, match=rf"dataset.path='{tmp_path}': no manifest.csv there"):
+        validate_config(compose_config(["dataset=folder", f"dataset.path={tmp_path}"]))

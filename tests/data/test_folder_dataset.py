@@ -53,7 +53,9 @@ def dataset_dir(tmp_path_factory):
 
 
 def folder_overrides(dataset_dir, cache_dir, *more):
-    return ["dataset=folder", f"dataset.path={dataset_dir}", "dataset.image_size=64", "encoders.image.input_size=64",
+    # resnet18: the cheapest encoder for whole runs (the folder default, EfficientNet-Lite0: tests/models)
+    return ["dataset=folder", f"dataset.path={dataset_dir}", "dataset.image_size=64", "encoders/image=resnet18",
+            "encoders.image.input_size=64",
             "scenario=natural", "heads.hidden_dim=64", "heads.embed_dim=32", "federation.rounds=2",
             "federation.evaluate_every=1", "reference.num_samples=120", "simulation.engine=inprocess",
             f"cache_dir={cache_dir}", *more]
@@ -143,8 +145,12 @@ def test_a_dataset_without_labels_reports_retrieval_only_and_says_so(dataset_dir
     assert "i2t_recall@10" in summary and not any("auroc" in key or "precision" in key for key in summary)
 
 
-def test_a_folder_dataset_needs_its_path_and_a_manifest_there(tmp_path):
+def test_a_folder_dataset_needs_its_path_and_a_manifest_there_and_defaults_to_imagenet_features(tmp_path):
     from fedmm.validation import validate_config
+
+    chosen = compose_config(["dataset=folder", f"dataset.path={tmp_path}"]).encoders.image
+    assert (chosen.name, chosen.weights, chosen.input_size) == ("efficientnet_lite0", "packaged", 224)
+    assert compose_config(["dataset=folder", "encoders/image=resnet18"]).encoders.image.name == "resnet18"
 
     with pytest.raises(ConfigError, match=r"dataset=folder needs dataset.path=DIR"):
         validate_config(compose_config(["dataset=folder"]))

@@ -57,7 +57,7 @@ def load_folder_dataset(cfg: DatasetConfig, cache_dir: Path | None = None) -> Mu
     header = [] if isinstance(manifest, Problem) else manifest[0]
     optional = (SITE_COLUMN,) if SITE_COLUMN in header else ()
     index = index_hospital_folder(folder, labels=cfg.labels, optional=optional)  # the cells; raises if unreadable
-    columns, rows = _read_manifest(folder)
+    columns, rows = manifest
     vocabulary = label_columns(columns, cfg.labels, optional)
     findings = read_prompts(prompts_path(cfg), vocabulary)
     if cfg.num_samples is not None and cfg.num_samples != len(rows):

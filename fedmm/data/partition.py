@@ -367,7 +367,8 @@ def partition_studies(labels: np.ndarray, facts: StudyFacts, scenario: ScenarioC
             raise ConfigError("scenario=natural needs a `site` column in the dataset's manifest")
         hospitals_of = site_hospitals([facts.sites[row] for row in pool], scenario.sites)
         site_to_hospital = {site: h for h, (_, members) in enumerate(hospitals_of) for site in members}
-        members_of = [pool[[site_to_hospital[facts.sites[row]] == h for row in pool]] for h in range(len(hospitals_of))]
+        owner = np.array([site_to_hospital[facts.sites[row]] for row in pool])
+        members_of = [pool[owner == h] for h in range(len(hospitals_of))]
         profiles = None
     else:
         members_of = patient_members(pool, labels, facts.patients, scenario, rng)

@@ -20,6 +20,11 @@ from fedmm.evaluation.metrics import label
 RunFn = Callable[[ExperimentConfig], dict[str, Any]]
 GROUPS = ("paired", "image_only", "report_only")  # a hospital counts in its dominant modality group
 
+def _section_metric(section: str, metric: str) -> Callable[[dict], Any]:
+    """Reads `summary[section][metric]` (None where the run has none)."""
+    return lambda summary: summary.get(section, {}).get(metric)
+
+
 # (column, header, how to read it from a summary). Global metrics are on the server's global test set;
 # hospital metrics on each hospital's own test split, of the global model and of its own model (personal_).
 COLUMNS: tuple[tuple[str, str, Callable[[dict], Any]], ...] = (
@@ -41,30 +46,17 @@ COLUMNS: tuple[tuple[str, str, Callable[[dict], Any]], ...] = (
         )
         for group in GROUPS
     ),
-    (
-        "hospital_mean_auroc",
-        "hospitals mean AUROC (global)",
-        lambda s: s.get("hospital_mean", {}).get("zeroshot_auroc_macro"),
-    ),
-    (
-        "hospital_worst_auroc",
-        "hospitals worst AUROC (global)",
-        lambda s: s.get("hospital_worst", {}).get("zeroshot_auroc_macro"),
-    ),
-    (
-        "hospital_mean_auroc_own",
-        "hospitals mean AUROC (own)",
-        lambda s: s.get("hospital_mean", {}).get("personal_zeroshot_auroc_macro"),
-    ),
-    (
-        "hospital_worst_auroc_own",
-        "hospitals worst AUROC (own)",
-        lambda s: s.get("hospital_worst", {}).get("personal_zeroshot_auroc_macro"),
-    ),
-    (
-        "hospital_mean_recall_own",
-        "hospitals mean i2t R@10 (own)",
-        lambda s: s.get("hospital_mean", {}).get("personal_i2t_recall@10"),
+    *(
+        (column, header, _section_metric(section, metric))
+        for column, header, section, metric in (
+            ("hospital_mean_auroc", "hospitals mean AUROC (global)", "hospital_mean", "zeroshot_auroc_macro"),
+            ("hospital_worst_auroc", "hospitals worst AUROC (global)", "hospital_worst", "zeroshot_auroc_macro"),
+            ("hospital_mean_auroc_own", "hospitals mean AUROC (own)", "hospital_mean",
+             "personal_zeroshot_auroc_macro"),
+            ("hospital_worst_auroc_own", "hospitals worst AUROC (own)", "hospital_worst",
+             "personal_zeroshot_auroc_macro"),
+            ("hospital_mean_recall_own", "hospitals mean i2t R@10 (own)", "hospital_mean", "personal_i2t_recall@10"),
+        )
     ),
     ("upload_kib", "upload KiB/round", lambda s: _kib(s.get("upload_bytes_per_round"))),
     ("download_kib", "download KiB/round", lambda s: _kib(s.get("download_bytes_per_round"))),

@@ -5,7 +5,6 @@ bottom. The patient's right side is on the image's left, as radiologists read a 
 """
 
 import numpy as np
-from scipy import ndimage
 
 from fedmm.data.studies import Study
 
@@ -25,6 +24,8 @@ def _soft(signed_distance: np.ndarray, width: float = 0.015) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int = 24) -> np.ndarray:
     """Low-frequency noise in about [-1, 1], shape (size, size)."""
+    from scipy import ndimage  # here, not at the top: a process that only reads cached features skips it
+
     coarse = rng.standard_normal((cells, cells))
     return np.clip(ndimage.zoom(coarse, size / cells, order=1)[:size, :size] / 1.5, -1.5, 1.5)
 
@@ -103,6 +104,8 @@ def render_study(study: Study, size: int, rng: np.random.Generator) -> np.ndarra
         air = in_lung * (1 - _soft(inner * 0.3))
         pleural_line = in_lung * _soft(0.012 - np.abs(inner * 0.3 * a.lung_half_width), 0.004)
         image = image * (1 - air) + FREE_AIR * air + 0.14 * pleural_line
+
+    from scipy import ndimage
 
     image = a.contrast * (image - 0.3) + 0.3 + a.brightness
     image = ndimage.gaussian_filter(image, sigma=a.blur_sigma * size / 128)

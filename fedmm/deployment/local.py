@@ -103,6 +103,7 @@ class LocalFederation:
     port: int = 0  # the SuperLink's (0: a free one)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     certificates: ServerCertificates | None = None
+    run_dirs: dict[int, Path] = field(default_factory=dict)  # run id -> where its server writes
 
     def __post_init__(self) -> None:
         self.out = Path(self.out).resolve()
@@ -259,7 +260,9 @@ class LocalFederation:
         run_config = self.out / "run-config.toml"
         run_config.write_text(f'experiment = ""\noverrides = {json.dumps(shlex.join(everything))}\n')
         answer = self.flwr(["run", str(APP_DIR), CONNECTION, "--run-config", str(run_config), "--format", "json"])
-        return int(answer["run-id"])
+        run_id = int(answer["run-id"])
+        self.run_dirs[run_id] = Path(run_dir)
+        return run_id
 
     def status(self, run_id: int) -> tuple[str, str]:
         """(status, details) of a run, as the SuperLink reports it."""
@@ -267,16 +270,19 @@ class LocalFederation:
         return runs[0]["status"], runs[0].get("status-details", "")
 
     def wait(
-        self, run_id: int, timeout_s: float, on_poll: Callable[[], None] | None = None, poll_s: float = 5.0
+        self, run_id: int, timeout_s: float, on_poll: Callable[[], None] | None = None, poll_s: float = 30.0
     ) -> tuple[str, str]:
-        """Until the run finishes (any `finished:*` status) or `timeout_s` passes: `on_poll` twice a second,
-        the run's status every `poll_s` (each check starts the `flwr` CLI, which costs CPU the nodes need)."""
+        """Until the run finishes (any `finished:*` status) or `timeout_s` passes: `on_poll` twice a second.
+        The status is asked of the SuperLink every `poll_s` and every 2 s once the server has written its
+        summary.json (its last act); each check starts the `flwr` CLI, about 1.7 s of CPU the nodes need."""
         deadline = time.monotonic() + timeout_s
+        summary = self.run_dirs[run_id] / "summary.json" if run_id in self.run_dirs else None
         checked = -math.inf
         while True:
             if on_poll is not None:
                 on_poll()
-            if time.monotonic() - checked >= poll_s:
+            due = poll_s if summary is None or not summary.exists() else min(poll_s, 2.0)
+            if time.monotonic() - checked >= due or time.monotonic() > deadline:
                 checked = time.monotonic()
                 status, details = self.status(run_id)
                 if status.startswith(FINISHED):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from fedmm.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
@@ -34,6 +33,14 @@ class ImageBackbone:
     channels: int
     load: Callable[[nn.Module, dict], None] = _load_strict  # a state_dict into the model; raises if it does not fit
     packaged_weights: Callable[[], Path] | None = None  # where `weights: packaged` points, if anywhere
+
+
+def _torchvision_models():
+    """torchvision, imported only to build one of its models: the import costs about 3 s of CPU (it pulls in
+    torch._dynamo), which every ClientApp process of a deployment would otherwise pay per message."""
+    import torchvision.models
+
+    return torchvision.models
 
 
 def _resnet_trunk(model: nn.Module) -> nn.Module:
@@ -63,9 +70,9 @@ class _FeaturesOf(nn.Module):
 
 IMAGE_BACKBONES: dict[str, ImageBackbone] = {
     **{name: _efficientnet_lite(name) for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")},
-    "resnet18": ImageBackbone(lambda: torchvision.models.resnet18(weights=None), _resnet_trunk, 512),
-    "resnet50": ImageBackbone(lambda: torchvision.models.resnet50(weights=None), _resnet_trunk, 2048),
-    "densenet121": ImageBackbone(lambda: torchvision.models.densenet121(weights=None), _densenet_trunk, 1024),
+    "resnet18": ImageBackbone(lambda: _torchvision_models().resnet18(weights=None), _resnet_trunk, 512),
+    "resnet50": ImageBackbone(lambda: _torchvision_models().resnet50(weights=None), _resnet_trunk, 2048),
+    "densenet121": ImageBackbone(lambda: _torchvision_models().densenet121(weights=None), _densenet_trunk, 1024),
 }
 
 # Pooling of the last feature map: name -> output grid side. "avg" is the usual global average;

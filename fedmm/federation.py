@@ -10,17 +10,14 @@ import numpy as np
 import torch
 
 from fedmm.config import ConfigError, DatasetConfig, ExperimentConfig
-from fedmm.data.hospital_folder import (
-    FOLDER_FINDINGS,
-    FolderIndex,
-    folder_dataset,
-    folder_fingerprint,
-    index_hospital_folder,
-)
+from fedmm.data.dataset import MultimodalDataset
+from fedmm.data.findings import FINDING_NAMES
+from fedmm.data.folder_dataset import read_folder
+from fedmm.data.hospital_folder import FOLDER_FINDINGS
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.data.partition import Federation, StudyFacts, partition_dataset, partition_studies, site_hospitals
 from fedmm.data.registry import load_dataset
-from fedmm.models.features import FeatureSet, cached_features, load_features
+from fedmm.models.features import FeatureSet, load_features
 
 FOLDER_CACHE = ".fedmm-cache"  # a hospital folder's own feature cache, inside the folder
 
@@ -191,55 +188,46 @@ def load_server_data(cfg: ExperimentConfig) -> ServerData:
     if folder is None:
         data = load_federated_data(cfg)
         return ServerData(data.num_hospitals, data.global_test(), data.features)
-    features, index = load_folder_features(cfg, Path(folder))
-    unpaired = int((index.availability != AVAILABILITY_CODES[Availability.PAIRED]).sum())
+    features, studies = load_folder_features(cfg, Path(folder))
+    unpaired = int((studies.availability != AVAILABILITY_CODES[Availability.PAIRED]).sum())
     if unpaired:
         raise ConfigError(
-            f"deployment.server_test_dir={folder!r}: {unpaired} of {len(index.availability)} studies lack "
+            f"deployment.server_test_dir={folder!r}: {unpaired} of {len(studies)} studies lack "
             "an image or a report; the global test set needs both for every study"
         )
-    everything = np.arange(len(index.availability))
-    return ServerData(cfg.scenario.num_hospitals, folder_split(features, index, everything), features)
+    everything = np.arange(len(studies))
+    return ServerData(cfg.scenario.num_hospitals, folder_split(features, studies, everything), features)
 
 
-def load_folder_features(cfg: ExperimentConfig, folder: Path) -> tuple[FeatureSet, FolderIndex]:
-    """Features of every study in a hospital folder, cached in the folder (`.fedmm-cache/`). The folder is
-    validated (every file decoded) whenever the cache is built; an unchanged folder loads in milliseconds."""
+def load_folder_features(cfg: ExperimentConfig, folder: Path) -> tuple[FeatureSet, MultimodalDataset]:
+    """A hospital folder's studies (the ten findings' label columns) and their features, cached per study in
+    the folder (`.fedmm-cache/`): an unchanged folder loads without decoding an image."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"hospital folder {str(folder)!r} does not exist; give each node its own folder "
             "(`--node-config 'data-dir=\"/path\"'`), e.g. from `fedmm data export-synthetic`"
         )
-    fingerprint = folder_fingerprint(folder, cfg.dataset.image_size)
-    features = cached_features(
-        fingerprint,
-        FOLDER_FINDINGS,
-        lambda: folder_dataset(folder, cfg.dataset.image_size, fingerprint),
-        cfg.encoders,
-        folder / FOLDER_CACHE,
-        cfg.device,
-    )
-    # After the features: a folder is indexed only once validated (now, or when its cache was built).
-    return features, index_hospital_folder(folder)
+    studies = read_folder(folder, cfg.dataset.image_size, FINDING_NAMES, prompts=None, known=FOLDER_FINDINGS)
+    return load_features(studies, cfg.encoders, folder / FOLDER_CACHE, cfg.device), studies
 
 
-def folder_split(features: FeatureSet, index: FolderIndex, rows: np.ndarray) -> SplitTensors:
+def folder_split(features: FeatureSet, studies: MultimodalDataset, rows: np.ndarray) -> SplitTensors:
     selected = torch.from_numpy(rows)
     return SplitTensors(
         features.image_features[selected],
         features.report_features[selected],
-        torch.from_numpy(index.availability[rows]),
-        torch.from_numpy(index.labels[rows]),
+        torch.from_numpy(studies.availability[rows]),
+        torch.from_numpy(studies.labels[rows]),
     )
 
 
 def load_hospital_folder(cfg: ExperimentConfig, folder: Path, hospital_id: int) -> tuple[HospitalData, FeatureSet]:
     """Hospital `hospital_id` as its own folder holds it: its train and test splits, and the features (for
     the prompts). Its group is what its training studies hold: paired if any pair, else its one modality."""
-    features, index = load_folder_features(cfg, folder)
-    train = folder_split(features, index, np.flatnonzero(index.split == "train"))
-    test = folder_split(features, index, np.flatnonzero(index.split == "test"))
+    features, studies = load_folder_features(cfg, folder)
+    train = folder_split(features, studies, np.flatnonzero(studies.splits == "train"))
+    test = folder_split(features, studies, np.flatnonzero(studies.splits == "test"))
     if not len(train):
         raise ValueError(
             f"hospital folder {str(folder)!r} has no study with split=train; a hospital needs training data"

@@ -1,11 +1,27 @@
 """The contract every dataset offers: aligned images, reports and finding labels, the label vocabulary
 with its zero-shot prompts, and a fingerprint."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from fedmm.data.findings import Finding
+
+
+class StudyImages(Protocol):
+    """Images read from disk on demand (`folder_dataset.FolderImages`), never held all at once."""
+
+    study_keys: tuple[str | None, ...]  # (N,) stands for each image's content; None: the study has none
+
+    def __len__(self) -> int: ...
+
+    def read(self, rows: Sequence[int]) -> tuple[np.ndarray, list[int], list]:
+        """(pixels (k, S, S) uint8, the rows read, a problem for each row that could not be)."""
+        ...
+
+    def raise_problems(self, problems: list) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -14,7 +30,7 @@ class MultimodalDataset:
 
     name: str
     fingerprint: str  # changes whenever the content could change; keys the feature cache
-    images: np.ndarray  # (N, S, S) uint8 grayscale
+    images: np.ndarray | StudyImages  # (N, S, S) uint8 grayscale: in memory (generated) or read from disk
     reports: tuple[str, ...]  # (N,)
     labels: np.ndarray  # (N, F) int8 multi-hot (-1: unknown), in `findings` order
     findings: tuple[Finding, ...]  # (F,) the label vocabulary and the prompts zero-shot evaluation uses
@@ -42,3 +58,8 @@ class MultimodalDataset:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def read_from_disk(self) -> bool:
+        """Its images are files: features are cached per study, so an edit recomputes only what it touched."""
+        return not isinstance(self.images, np.ndarray)

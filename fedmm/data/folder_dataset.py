@@ -11,11 +11,14 @@
 
 The manifest's `test` studies with both modalities are the server's global test set; its `train` studies
 are partitioned into hospitals, by patient (`partition.py`). A study missing a modality on disk lacks it in
-every hospital. Images (PNG, JPEG, DICOM, any size and aspect) are decoded once, while the folder is
-validated on a feature-cache miss, and fitted to `dataset.image_size` keeping their aspect (padded with black).
+every hospital. Images (PNG, JPEG, DICOM, any size and aspect) are fitted to `dataset.image_size` keeping
+their aspect (padded with black). They are decoded only to extract their features, a batch at a time, and
+never twice: features are cached per study (`models/features.py`), so a manifest of 100,000 rows is never
+held in memory as pixels and an edited one recomputes only the studies whose files changed.
 """
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +30,13 @@ from fedmm.data.findings import Finding
 from fedmm.data.hospital_folder import (
     MANIFEST,
     Problem,
-    _raise_problems,
-    _read_manifest,
+    decode_image,
+    file_state,
     folder_fingerprint,
     index_hospital_folder,
     label_columns,
+    raise_problems,
+    read_manifest,
     validate_hospital_folder,
 )
 
@@ -50,28 +55,39 @@ def check_folder_dataset(cfg: DatasetConfig) -> None:
 
 
 def load_folder_dataset(cfg: DatasetConfig, cache_dir: Path | None = None) -> MultimodalDataset:
-    """The folder's studies; images are decoded (and every file validated) only when first read."""
+    """`dataset=folder`: the folder's studies, with the prompts of `dataset.prompts` (or its prompts.yaml)."""
     check_folder_dataset(cfg)
-    folder = Path(cfg.path)
-    manifest = _read_manifest(folder)
+    dataset = read_folder(Path(cfg.path), cfg.image_size, cfg.labels, prompts_path(cfg))
+    if cfg.num_samples is not None and cfg.num_samples != len(dataset):
+        raise ConfigError(f"dataset.num_samples={cfg.num_samples}, but {Path(cfg.path) / MANIFEST} lists "
+                          f"{len(dataset)} studies; set dataset.num_samples=null to use them all")
+    return dataset
+
+
+def read_folder(folder: Path, image_size: int, labels: tuple[str, ...] | None, prompts: Path | None,
+                known: tuple[Finding, ...] = ()) -> MultimodalDataset:
+    """A folder's studies, every cell and file checked first (all problems named at once) except the
+    decoding of images, which is checked as they are read. `labels`: the label columns (None: every column
+    beyond the known ones); their prompts come from the `prompts` file, else from the `known` finding of the
+    same name, else are generic."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
     header = [] if isinstance(manifest, Problem) else manifest[0]
     optional = (SITE_COLUMN,) if SITE_COLUMN in header else ()
-    index = index_hospital_folder(folder, labels=cfg.labels, optional=optional)  # the cells; raises if unreadable
+    problems = validate_hospital_folder(folder, labels=labels, optional=optional, decode_images=False)
+    if problems:
+        raise_problems(folder, problems)
+    index = index_hospital_folder(folder, labels=labels, optional=optional)
     columns, rows = manifest
-    vocabulary = label_columns(columns, cfg.labels, optional)
-    findings = read_prompts(prompts_path(cfg), vocabulary)
-    if cfg.num_samples is not None and cfg.num_samples != len(rows):
-        raise ConfigError(f"dataset.num_samples={cfg.num_samples}, but {folder / MANIFEST} lists {len(rows)} "
-                          "studies; set dataset.num_samples=null to use them all")
-    digest = hashlib.sha256(f"{folder_fingerprint(folder, cfg.image_size)}:{vocabulary}:pad".encode())
-    reports = tuple(_report_text(folder, row) for row in rows)
+    vocabulary = label_columns(columns, labels, optional)
+    digest = hashlib.sha256(f"{folder_fingerprint(folder, image_size)}:{vocabulary}:pad".encode())
     return MultimodalDataset(
         name=f"folder:{folder.resolve().name}",
         fingerprint=digest.hexdigest()[:20],
-        images=FolderImages(folder, cfg.image_size, len(rows), cfg.labels, optional),
-        reports=reports,
+        images=FolderImages(folder, image_size, tuple(row["image"].strip() for row in rows)),
+        reports=tuple(_report_text(folder, row) for row in rows),
         labels=index.labels,
-        findings=findings,
+        findings=read_prompts(prompts, vocabulary, known),
         availability=index.availability,
         patients=tuple(row["patient_id"].strip() for row in rows),
         sites=tuple(row[SITE_COLUMN].strip() for row in rows) if optional else None,
@@ -90,32 +106,57 @@ def _report_text(folder: Path, row: dict[str, str]) -> str:
 
 
 class FolderImages:
-    """(N, S, S) uint8 images of a folder, decoded on first access: every file is validated (all problems
-    named at once, `fedmm data validate DIR`), decoded once and fitted to S x S keeping its aspect."""
+    """The images of a folder's studies, decoded only when read and a batch at a time. `study_keys` stands
+    for each image's content without reading it (its path, size and modification time, and the fitted size),
+    so features can be cached per study; None where a study has no image."""
 
-    def __init__(self, folder: Path, size: int, count: int, labels: tuple[str, ...] | None,
-                 optional: tuple[str, ...]) -> None:
-        self.folder, self.size, self.count, self.labels, self.optional = folder, size, count, labels, optional
-        self._pixels: np.ndarray | None = None
+    def __init__(self, folder: Path, size: int, files: tuple[str, ...]) -> None:
+        self.folder, self.size, self.files = Path(folder), size, files  # files: relative paths, "" for none
+        self._keys: tuple[str | None, ...] | None = None
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.files)
 
-    def __getitem__(self, item):
-        return self.materialize()[item]
+    @property
+    def study_keys(self) -> tuple[str | None, ...]:
+        if self._keys is None:
+            self._keys = tuple(self._key(relative) if relative else None for relative in self.files)
+        return self._keys
 
-    def materialize(self) -> np.ndarray:
-        if self._pixels is None:
-            pixels = np.zeros((self.count, self.size, self.size), np.uint8)  # a study without an image: black
+    def _key(self, relative: str) -> str:
+        path = (self.folder / relative).resolve()
+        spec = f"fedmm-image:v1:{path}:{file_state(path)}:{self.size}:pad"
+        return hashlib.sha256(spec.encode()).hexdigest()[:32]
 
-            def keep(row: int, image: np.ndarray) -> None:
-                pixels[row - 1] = fit_square(image, self.size)
+    def read(self, rows: Sequence[int]) -> tuple[np.ndarray, list[int], list[Problem]]:
+        """(pixels, read, problems): the fitted (k, S, S) uint8 images of the `rows` (0-based) whose file
+        decodes, those rows, and a problem naming the manifest row of each that does not."""
+        pixels, read, problems = [], [], []
+        for row in rows:
+            decoded = decode_image(self.folder, row + 1, self.files[row])
+            if isinstance(decoded, Problem):
+                problems.append(decoded)
+            else:
+                pixels.append(fit_square(decoded, self.size))
+                read.append(row)
+        stacked = np.stack(pixels) if pixels else np.zeros((0, self.size, self.size), np.uint8)
+        return stacked, read, problems
 
-            problems = validate_hospital_folder(self.folder, keep, labels=self.labels, optional=self.optional)
-            if problems:
-                _raise_problems(self.folder, problems)
-            self._pixels = pixels
-        return self._pixels
+    def raise_problems(self, problems: list[Problem]) -> None:
+        raise_problems(self.folder, problems)
+
+    def __getitem__(self, item: int | slice) -> np.ndarray:
+        """Pixels by position, as an array would give them: black where a study has no image."""
+        rows = range(len(self))[item]
+        single = isinstance(rows, int)
+        rows = [rows] if single else list(rows)
+        out = np.zeros((len(rows), self.size, self.size), np.uint8)
+        present = [position for position, row in enumerate(rows) if self.files[row]]
+        pixels, read, problems = self.read([rows[position] for position in present])
+        if problems:
+            self.raise_problems(problems)
+        out[present] = pixels
+        return out[0] if single else out
 
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -132,8 +173,11 @@ def prompts_path(cfg: DatasetConfig) -> Path | None:
     return default if default.is_file() else None
 
 
-def read_prompts(path: Path | None, vocabulary: tuple[str, ...]) -> tuple[Finding, ...]:
-    """One `Finding` per label column: its prompts from the YAML file, or generic ones."""
+def read_prompts(path: Path | None, vocabulary: tuple[str, ...],
+                 known: tuple[Finding, ...] = ()) -> tuple[Finding, ...]:
+    """One `Finding` per label column: its prompts from the YAML file, else those of the `known` finding of
+    that name, else generic ones."""
+    known_by_name = {finding.name: finding for finding in known}
     given: dict = {}
     if path is not None:
         try:
@@ -149,6 +193,9 @@ def read_prompts(path: Path | None, vocabulary: tuple[str, ...]) -> tuple[Findin
     findings = []
     for name in vocabulary:
         entry = given.get(name)
+        if entry is None and name in known_by_name:
+            findings.append(known_by_name[name])
+            continue
         if entry is None:
             words = name.replace("_", " ")
             findings.append(Finding(name, (f"{words.capitalize()}.",), (f"No {words}.",)))

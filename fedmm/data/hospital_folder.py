@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmm.data.dataset import MultimodalDataset
 from fedmm.data.findings import FINDING_NAMES, FINDINGS
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 
@@ -91,7 +90,8 @@ def read_image(path: Path) -> np.ndarray:
         return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def _read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]]] | Problem:
+def read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]]] | Problem:
+    """(columns, rows) of the folder's manifest, a missing report column read as empty; or why it cannot be read."""
     path = folder / MANIFEST
     if not path.is_file():
         return Problem(
@@ -127,13 +127,15 @@ def label_columns(columns: list[str], labels: tuple[str, ...] | None,
 
 def validate_hospital_folder(folder: Path, keep: ImageKeeper | None = None,
                              labels: tuple[str, ...] | None = FINDING_NAMES,
-                             optional: tuple[str, ...] = ()) -> list[Problem]:
+                             optional: tuple[str, ...] = (), decode_images: bool = True) -> list[Problem]:
     """Every problem of a hospital folder: missing file, unreadable image, empty report, unknown split,
     duplicate study id, patient in both splits, a study with neither modality, bad labels or columns.
     `keep`: when given, receives each readable image with its row, so a reader decodes every file once.
-    `labels`: the label columns a manifest may have (None: every column beyond the required and `optional`)."""
+    `labels`: the label columns a manifest may have (None: every column beyond the required and `optional`).
+    `decode_images=False`: image files are checked for type and presence only (a reader that decodes them
+    later, in batches, names the unreadable ones then: `decode_image`)."""
     folder = Path(folder)
-    manifest = _read_manifest(folder)
+    manifest = read_manifest(folder)
     if isinstance(manifest, Problem):
         return [manifest]
     columns, rows = manifest
@@ -150,7 +152,7 @@ def validate_hospital_folder(folder: Path, keep: ImageKeeper | None = None,
     first_row_of: dict[str, int] = {}
     splits_of_patient: dict[str, dict[str, int]] = defaultdict(dict)
     for number, row in enumerate(rows, start=1):
-        problems += _row_problems(folder, number, row, first_row_of, keep, vocabulary)
+        problems += _row_problems(folder, number, row, first_row_of, keep, vocabulary, decode_images)
         if row["patient_id"].strip() and row["split"] in SPLITS:
             splits_of_patient[row["patient_id"].strip()].setdefault(row["split"], number)
     for patient, splits in splits_of_patient.items():
@@ -169,7 +171,7 @@ def validate_hospital_folder(folder: Path, keep: ImageKeeper | None = None,
 
 
 def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: dict[str, int],
-                  keep: ImageKeeper | None, vocabulary: tuple[str, ...]) -> list[Problem]:
+                  keep: ImageKeeper | None, vocabulary: tuple[str, ...], decode_images: bool) -> list[Problem]:
     problems = []
     study = (row.get("study_id") or "").strip()
     if not study:
@@ -186,7 +188,12 @@ def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: 
         problems.append(Problem(number, "split", f"unknown split {row.get('split')!r}; valid: {list(SPLITS)}"))
     image, report, report_file = (row.get(c) or "" for c in ("image", "report", "report_file"))
     if image.strip():
-        problems += _image_problems(folder, number, image.strip(), keep)
+        checked = decode_image(folder, number, image.strip()) if decode_images else _image_file_problem(
+            folder, number, image.strip())
+        if isinstance(checked, Problem):
+            problems.append(checked)
+        elif checked is not None and keep is not None:
+            keep(number, checked)
     if report.strip() and report_file.strip():
         problems.append(Problem(number, "report_file", "give the report text or a report file, not both"))
     elif report_file.strip():
@@ -205,21 +212,27 @@ def _row_problems(folder: Path, number: int, row: dict[str, str], first_row_of: 
     return problems
 
 
-def _image_problems(folder: Path, number: int, relative: str, keep: ImageKeeper | None) -> list[Problem]:
+def _image_file_problem(folder: Path, number: int, relative: str) -> Problem | None:
     path = folder / relative
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return [Problem(number, "image", f"{relative}: unsupported image type; valid: {list(IMAGE_SUFFIXES)}")]
+        return Problem(number, "image", f"{relative}: unsupported image type; valid: {list(IMAGE_SUFFIXES)}")
     if not path.is_file():
-        return [Problem(number, "image", f"{relative}: file not found under {folder}")]
+        return Problem(number, "image", f"{relative}: file not found under {folder}")
+    return None
+
+
+def decode_image(folder: Path, number: int, relative: str) -> np.ndarray | Problem:
+    """The (H, W) uint8 pixels of row `number`'s image file, or the problem that names why it cannot be used."""
+    problem = _image_file_problem(folder, number, relative)
+    if problem is not None:
+        return problem
     try:
-        pixels = read_image(path)
+        pixels = read_image(folder / relative)
     except Exception as error:  # PIL, pydicom: any failure to decode is the same problem to the user
-        return [Problem(number, "image", f"{relative}: unreadable image ({type(error).__name__}: {error})")]
+        return Problem(number, "image", f"{relative}: unreadable image ({type(error).__name__}: {error})")
     if min(pixels.shape) < 8:
-        return [Problem(number, "image", f"{relative}: image of {pixels.shape} px is too small (at least 8x8)")]
-    if keep is not None:
-        keep(number, pixels)
-    return []
+        return Problem(number, "image", f"{relative}: image of {pixels.shape} px is too small (at least 8x8)")
+    return pixels
 
 
 def _report_file_problems(folder: Path, number: int, relative: str) -> list[Problem]:
@@ -239,8 +252,8 @@ def read_hospital_folder(folder: Path) -> HospitalStudies:
     decoded: dict[int, np.ndarray] = {}
     problems = validate_hospital_folder(folder, decoded.__setitem__)
     if problems:
-        _raise_problems(folder, problems)
-    columns, rows = _read_manifest(folder)
+        raise_problems(folder, problems)
+    columns, rows = read_manifest(folder)
     images = [decoded.get(number) for number in range(1, len(rows) + 1)]  # decoded once, while validating
     reports = tuple(
         row["report"].strip()
@@ -262,7 +275,9 @@ def read_hospital_folder(folder: Path) -> HospitalStudies:
     )
 
 
-def _raise_problems(folder: Path, problems: list[Problem]) -> None:
+def raise_problems(folder: Path, problems: list[Problem]) -> None:
+    """Raise HospitalFolderError naming the folder and (the first 50 of) `problems`, with the command that
+    lists them all."""
     listed = "\n  ".join(str(p) for p in problems[:50])
     more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
     raise HospitalFolderError(
@@ -313,11 +328,11 @@ def index_hospital_folder(folder: Path, labels: tuple[str, ...] | None = FINDING
     """Availability, split and labels of every study, from the manifest cells. A manifest that cannot be
     read raises HospitalFolderError with every problem of the folder."""
     folder = Path(folder)
-    manifest = _read_manifest(folder)
+    manifest = read_manifest(folder)
     if isinstance(manifest, Problem) or any(column not in manifest[0] for column in REQUIRED_COLUMNS
                                             if column not in REPORT_COLUMNS) or not any(
                                                 column in manifest[0] for column in REPORT_COLUMNS):
-        _raise_problems(folder, validate_hospital_folder(folder, labels=labels, optional=optional))
+        raise_problems(folder, validate_hospital_folder(folder, labels=labels, optional=optional))
     columns, rows = manifest
     vocabulary = label_columns(columns, labels, optional)
     has_image = [bool(row["image"].strip()) for row in rows]
@@ -352,41 +367,21 @@ def folder_fingerprint(folder: Path, image_size: int) -> str:
     digest = hashlib.sha256(f"hospital-folder:v1:{image_size}".encode())
     manifest = folder / MANIFEST
     digest.update(manifest.read_bytes() if manifest.is_file() else b"no manifest")
-    manifest_rows = _read_manifest(folder)
+    manifest_rows = read_manifest(folder)
     rows = [] if isinstance(manifest_rows, Problem) else manifest_rows[1]
     for row in rows:
         for column in ("image", "report_file"):
             relative = (row.get(column) or "").strip()
             if relative:
-                try:
-                    stat = (folder / relative).stat()
-                    digest.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-                except OSError:
-                    digest.update(f"{relative}:missing".encode())
+                digest.update(f"{relative}:{file_state(folder / relative)}".encode())
     return digest.hexdigest()[:20]
 
 
-def folder_dataset(folder: Path, image_size: int, fingerprint: str) -> MultimodalDataset:
-    """The folder's studies (validated first) as a dataset for feature extraction: images fitted to
-    `image_size` (center crop to square, then resize), and placeholders where a modality is absent
-    (a black image, an empty report) whose features are never read."""
-    from PIL import Image, ImageOps
+def file_state(path: Path) -> str:
+    """What stands for a file's content without reading it: its size and modification time (as `make` does)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
-    studies = read_hospital_folder(folder)
-    blank = np.zeros((image_size, image_size), np.uint8)
-    images = np.stack(
-        [
-            blank
-            if image is None
-            else np.asarray(ImageOps.fit(Image.fromarray(image), (image_size, image_size), Image.Resampling.BILINEAR))
-            for image in studies.images
-        ]
-    )
-    return MultimodalDataset(
-        f"folder:{Path(folder).name}",
-        fingerprint,
-        images,
-        tuple(report or "" for report in studies.reports),
-        studies.labels,
-        FOLDER_FINDINGS,
-    )

@@ -7,15 +7,19 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError
-from fedmm.data.hospital_folder import MANIFEST, write_hospital_folder
+from fedmm.data import folder_dataset
+from fedmm.data.folder_dataset import FolderImages, load_folder_dataset
+from fedmm.data.hospital_folder import MANIFEST, HospitalFolderError, write_hospital_folder
 from fedmm.data.synthetic import generate_synthetic_cxr
 from fedmm.experiment import run_experiment
 from fedmm.federation import load_federated_data, load_reference, resolve_hospitals
+from fedmm.models.features import load_features
 
 SITES = {"north": 90, "south": 70, "east": 60, "tiny-a": 12, "tiny-b": 16}  # studies per site
 LABELS = ("cardiomegaly", "effusion")  # the dataset's own vocabulary: two columns of its manifest
@@ -156,3 +160,39 @@ def test_a_folder_dataset_needs_its_path_and_a_manifest_there_and_defaults_to_im
         validate_config(compose_config(["dataset=folder"]))
     with pytest.raises(ConfigError, match=rf"dataset.path='{tmp_path}': no manifest.csv there"):
         validate_config(compose_config(["dataset=folder", f"dataset.path={tmp_path}"]))
+
+
+def test_images_are_decoded_a_batch_at_a_time_and_a_bad_file_loses_nothing_already_extracted(
+        dataset_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "copy"
+    shutil.copytree(dataset_dir, folder, ignore=shutil.ignore_patterns(".fedmm-cache"))
+    broken = sorted((folder / "images").glob("s1*.png"))[3]
+    broken.write_bytes(b"not a PNG")  # the manifest still names it
+    cfg = compose_config(folder_overrides(folder, tmp_path / "cache", "encoders.image.batch_size=32"))
+    dataset = load_folder_dataset(cfg.dataset)  # every cell and file checked, no image decoded yet
+    assert dataset.read_from_disk and not isinstance(dataset.images, np.ndarray)
+
+    decoded, largest = [], []
+    original_read = FolderImages.read
+
+    def counting_read(self, rows):
+        largest.append(len(rows))
+        return original_read(self, rows)
+
+    monkeypatch.setattr(FolderImages, "read", counting_read)
+    original = folder_dataset.decode_image
+    monkeypatch.setattr(folder_dataset, "decode_image", lambda *a: decoded.append(a[2]) or original(*a))
+    with pytest.raises(HospitalFolderError, match=rf"row \d+, column image: images/{broken.name}: unreadable image"):
+        load_features(dataset, cfg.encoders, cfg.cache_dir)
+    images = [name for name in dataset.images.files if name]
+    assert sorted(decoded) == sorted(images) and max(largest) == 32  # each file once, 32 at a time
+
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(broken)  # the fix
+    decoded.clear()
+    fixed = load_features(load_folder_dataset(cfg.dataset), cfg.encoders, cfg.cache_dir)
+    assert decoded == [f"images/{broken.name}"]  # only the fixed file: the others' features were kept
+    row = list(dataset.images.files).index(f"images/{broken.name}")
+    whole = load_features(load_folder_dataset(cfg.dataset), cfg.encoders, tmp_path / "fresh-cache")
+    torch.testing.assert_close(fixed.image_features, whole.image_features)  # the same as extracting at once
+    torch.testing.assert_close(fixed.report_features, whole.report_features)
+    assert fixed.image_features[row].abs().sum() > 0

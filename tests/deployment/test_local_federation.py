@@ -18,13 +18,13 @@ from fedmm.clients.app import make_client_app
 from fedmm.clients.runtime import hospital_runtime
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError
-from fedmm.data import hospital_folder
+from fedmm.data import folder_dataset
 from fedmm.data.export import export_synthetic
 from fedmm.data.findings import FINDING_NAMES
 from fedmm.data.hospital_folder import MANIFEST, HospitalFolderError
 from fedmm.deployment.local import COMPLETED, LocalFederation, alive_in_groups, find_folders
 from fedmm.experiment import run_experiment
-from fedmm.federation import load_hospital_folder, load_server_data
+from fedmm.federation import load_folder_features, load_hospital_folder, load_server_data
 from fedmm.models.heads import build_heads
 
 # Every metric name a hospital may publish: counts, losses, privacy accounting and aggregate evaluation
@@ -39,9 +39,14 @@ ALLOWED_METRICS = re.compile(
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, cache_dir):
-    """The smoke federation exported as hospital folders (hospital-0..2, server-test)."""
+    """The smoke federation exported as hospital folders (hospital-0..2, server-test), their feature caches
+    built here, in one process: otherwise every node of the first loopback run builds its own at once, each
+    loading both encoders (a node building its cache is `load_folder_features`, tested below)."""
     root = tmp_path_factory.mktemp("hospital-folders")
-    export_synthetic(compose_config(["+experiment=smoke", f"cache_dir={cache_dir}"]), root)
+    cfg = compose_config(["+experiment=smoke", f"cache_dir={cache_dir}"])
+    export_synthetic(cfg, root)
+    for folder in sorted(root.iterdir()):
+        load_folder_features(cfg, folder)
     return root
 
 
@@ -84,24 +89,25 @@ def test_a_hospital_read_from_its_folder_holds_what_the_simulated_hospital_holds
     assert torch.equal(server.global_test.labels, simulated_server.global_test.labels)
 
 
-def test_the_folder_feature_cache_is_reused_and_rebuilt_when_a_file_changes(folders, cache_dir, tmp_path, monkeypatch):
+def test_the_folder_feature_cache_is_reused_and_only_a_changed_file_is_decoded_again(folders, cache_dir, tmp_path,
+                                                                                       monkeypatch):
     folder = copy_of_hospital_0(folders, tmp_path)
     cfg = smoke(cache_dir)
     first, _ = load_hospital_folder(cfg, folder, 0)
-    assert list((folder / ".fedmm-cache" / "features").glob("*.safetensors"))
+    assert list((folder / ".fedmm-cache" / "features" / "studies").glob("image-*/shard-*.safetensors"))
 
-    built = []
-    original = hospital_folder.folder_dataset
-    monkeypatch.setattr("fedmm.federation.folder_dataset", lambda *a: built.append(a) or original(*a))
+    decoded = []
+    original = folder_dataset.decode_image
+    monkeypatch.setattr(folder_dataset, "decode_image", lambda *a: decoded.append(a[2]) or original(*a))
     again, _ = load_hospital_folder(cfg, folder, 0)  # unchanged: from the cache, no file decoded
-    assert built == [] and torch.equal(again.train.image_features, first.train.image_features)
+    assert decoded == [] and torch.equal(again.train.image_features, first.train.image_features)
 
     image = sorted((folder / "images").glob("*.png"))[0]
     from PIL import Image
 
     Image.fromarray(np.full((64, 64), 200, np.uint8)).save(image)  # the same name, new pixels
     changed, _ = load_hospital_folder(cfg, folder, 0)
-    assert len(built) == 1  # rebuilt (and validated) once
+    assert decoded == [f"images/{image.name}"]  # that file alone is decoded again
     both = [torch.cat([hospital.train.image_features, hospital.test.image_features]) for hospital in (first, changed)]
     assert (both[0] != both[1]).any(dim=1).sum() == 1  # that study's features, and no other's
 

@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny composed config whose caches live in one temporary folder per test session."""
+"""Shared fixtures: a tiny composed config whose caches live in one temporary folder per test session,
+shared by the session's xdist workers."""
 
 import os
 
 import pytest
+from helpers import session_dir
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -10,9 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
+def pytest_collection_modifyitems(items):
+    """The tests marked `waits` first (a stable sort): xdist hands them out before the CPU-bound rest, so
+    their minutes of waiting overlap with the others' work instead of trailing at the end of the suite."""
+    items.sort(key=lambda item: item.get_closest_marker("waits") is None)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fedmm-cache")
+    """One feature cache for the session: each worker would otherwise extract the same features (the cache
+    is safe to share: an extraction holds a file lock, and files appear whole)."""
+    path, lock = session_dir(tmp_path_factory, "fedmm-cache")
+    with lock:
+        path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,14 @@
 heads and splits; hand-made training replies."""
 
 import dataclasses
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedmm import protocol as keys
@@ -89,3 +92,11 @@ def strategy(cls=HospitalFedAvg, num_hospitals: int = 3, **kwargs):
     """`cls` over `roster(num_hospitals)`; keyword arguments go to the roster or to the strategy by name."""
     settings = {key: kwargs.pop(key) for key in ROSTER_SETTINGS & set(kwargs)}
     return cls(roster(num_hospitals, **settings), **kwargs)
+
+
+def session_dir(tmp_path_factory, name: str) -> tuple[Path, FileLock]:
+    """A folder every xdist worker of this test session shares (a new one each session), and a lock for
+    building it once: `with lock: if not built: build`."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # workers' basetemps are siblings
+    return root / name, FileLock(str(root / f"{name}.lock"))

@@ -38,6 +38,7 @@ def two_federated_runs(smoke_overrides, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.waits
 def test_simulation_writes_every_output(two_federated_runs):
     run_dir, _, (summary, _) = two_federated_runs
     lines = read_lines(run_dir)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from helpers import session_dir
 
 from fedmm import protocol as keys
 from fedmm.clients.app import make_client_app
@@ -39,14 +40,18 @@ ALLOWED_METRICS = re.compile(
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, cache_dir):
-    """The smoke federation exported as hospital folders (hospital-0..2, server-test), their feature caches
-    built here, in one process: otherwise every node of the first loopback run builds its own at once, each
-    loading both encoders (a node building its cache is `load_folder_features`, tested below)."""
-    root = tmp_path_factory.mktemp("hospital-folders")
-    cfg = compose_config(["+experiment=smoke", f"cache_dir={cache_dir}"])
-    export_synthetic(cfg, root)
-    for folder in sorted(root.iterdir()):
-        load_folder_features(cfg, folder)
+    """The smoke federation exported as hospital folders (hospital-0..2, server-test), once per session for
+    every worker, with their feature caches built here, in one process: otherwise every node of the first
+    loopback run builds its own at once (a node building its cache is `load_folder_features`, tested below).
+    Tests read these folders; one that edits a folder edits a copy (`copy_of_hospital_0`)."""
+    root, lock = session_dir(tmp_path_factory, "hospital-folders")
+    with lock:
+        if not (root / "built").exists():
+            cfg = compose_config(["+experiment=smoke", f"cache_dir={cache_dir}"])
+            export_synthetic(cfg, root)
+            for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+                load_folder_features(cfg, folder)
+            (root / "built").touch()
     return root
 
 
@@ -242,6 +247,7 @@ def read_rounds(run_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.waits
 class TestInsecureLoopback:  # its own class: xdist (--dist loadscope) may run it beside the others
     def test_loopback_deployment_completes_with_the_simulation_s_metrics_and_leaves_no_process(self, folders, cache_dir,
                                                                                           tmp_path):
@@ -264,6 +270,7 @@ class TestInsecureLoopback:  # its own class: xdist (--dist loadscope) may run i
 
 
 @pytest.mark.slow
+@pytest.mark.waits
 class TestTlsLoopbackWithADeadNode:  # its own class, as above
     def test_over_tls_with_node_authentication_the_run_goes_on_without_a_dead_node(self, folders, cache_dir, tmp_path):
         overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=2", "federation.min_hospitals=2"]
@@ -283,6 +290,7 @@ class TestTlsLoopbackWithADeadNode:  # its own class, as above
 
 
 @pytest.mark.slow
+@pytest.mark.waits
 class TestLoopbackStopsBelowTheMinimum:  # its own class, as above
     def test_a_dead_node_stops_the_run_when_too_few_remain_and_finished_rounds_are_kept(self, folders, cache_dir,
                                                                                       tmp_path):

@@ -12,12 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
-def pytest_collection_modifyitems(items):
-    """The tests marked `waits` first (a stable sort): xdist hands them out before the CPU-bound rest, so
-    their minutes of waiting overlap with the others' work instead of trailing at the end of the suite."""
-    items.sort(key=lambda item: item.get_closest_marker("waits") is None)
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One feature cache for the session: each worker would otherwise extract the same features (the cache

@@ -246,59 +246,49 @@ def read_rounds(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
-@pytest.mark.waits
-class TestInsecureLoopback:  # its own class: xdist (--dist loadscope) may run it beside the others
-    def test_loopback_deployment_completes_with_the_simulation_s_metrics_and_leaves_no_process(self, folders, cache_dir,
-                                                                                          tmp_path):
-        overrides = ["+experiment=smoke", f"cache_dir={cache_dir}"]
-        status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides)
-        assert status == COMPLETED, details
-        assert not alive_in_groups(groups)
-        deployed = read_rounds(run_dir)
-        assert [line["round"] for line in deployed] == [1, 2]
-        assert all(sorted(line["hospitals"]) == ["0", "1", "2"] for line in deployed)
-        # The same federation in simulation: the same evaluation, number for number (training losses may differ
-        # in the last float bits: a node uses all cores, a simulated hospital one thread).
-        reference = tmp_path / "simulated"
-        run_experiment(compose_config([*overrides, "simulation.engine=inprocess", f"run_dir={reference}"]))
-        simulated = read_rounds(reference)
-        assert [line["global"] for line in deployed] == [line["global"] for line in simulated]
-        assert [line["hospitals"] for line in deployed] == [line["hospitals"] for line in simulated]
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["evaluated_round"] == 2 and "stopped" not in summary
+# The two loopback runs are the suite's longest tests (about 2 min each, mostly waiting on Flower's message
+# polling and, for a killed node, its 60 s heartbeat timeout), so each proves several things at once. They are
+# in xdist group "waits": one worker runs them (with the Ray and `flwr run` tests) in turn, beside the rest.
 
 
 @pytest.mark.slow
-@pytest.mark.waits
-class TestTlsLoopbackWithADeadNode:  # its own class, as above
-    def test_over_tls_with_node_authentication_the_run_goes_on_without_a_dead_node(self, folders, cache_dir, tmp_path):
-        overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=2", "federation.min_hospitals=2"]
-        out = tmp_path / "deploy"
-        status, details, run_dir, groups = run_on_loopback(
-            folders, out, overrides, tls=True, node_auth=True, kill_after_round=1
-        )
-        assert status == COMPLETED, details
-        assert not alive_in_groups(groups)
-        assert "https://127.0.0.1" in (out / "logs" / "superlink.log").read_text()  # TLS, not a silent fallback
-        rounds = read_rounds(run_dir)
-        assert [line["round"] for line in rounds] == [1, 2]  # round 2 without the node killed after round 1
-        assert sorted(rounds[0]["hospitals"]) == ["0", "1", "2"] and sorted(rounds[-1]["hospitals"]) == ["0", "1"]
-        assert sorted(rounds[-1]["train"]) == ["0", "1"]
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert list(summary["lost_hospitals"]) == ["2"] and "Node Unavailable" in summary["lost_hospitals"]["2"]
+@pytest.mark.xdist_group("waits")
+def test_a_loopback_deployment_computes_what_the_simulation_does_and_stops_below_the_minimum(folders, cache_dir,
+                                                                                            tmp_path):
+    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=2"]  # min_hospitals: all 3
+    status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides, kill_after_round=1)
+    assert not alive_in_groups(groups)
+    # Round 1, with every node: the same federation in simulation gives the same evaluation, number for number
+    # (training losses may differ in the last float bits: a node uses all cores, a simulated hospital one thread).
+    deployed = read_rounds(run_dir)
+    assert [line["round"] for line in deployed] == [1]  # round 1 finished and is kept
+    assert sorted(deployed[0]["hospitals"]) == ["0", "1", "2"]
+    reference = tmp_path / "simulated"
+    run_experiment(compose_config([*overrides, "simulation.engine=inprocess", f"run_dir={reference}"]))
+    simulated = read_rounds(reference)[0]
+    assert deployed[0]["global"] == simulated["global"] and deployed[0]["hospitals"] == simulated["hospitals"]
+    # Round 2, without the node killed after round 1: too few remain, so the run stops, and says why.
+    assert status == "finished:failed"
+    assert re.search(r"hospital\(s\) \[2\] failed .*2 of 3 remain, fewer than federation.min_hospitals=3", details)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "fewer than federation.min_hospitals=3" in summary["stopped"] and summary["evaluated_round"] == 1
 
 
 @pytest.mark.slow
-@pytest.mark.waits
-class TestLoopbackStopsBelowTheMinimum:  # its own class, as above
-    def test_a_dead_node_stops_the_run_when_too_few_remain_and_finished_rounds_are_kept(self, folders, cache_dir,
-                                                                                      tmp_path):
-        overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=2"]  # min_hospitals: all
-        status, details, run_dir, groups = run_on_loopback(folders, tmp_path / "deploy", overrides, kill_after_round=1)
-        assert status == "finished:failed"
-        assert re.search(r"hospital\(s\) \[2\] failed .*2 of 3 remain, fewer than federation.min_hospitals=3", details)
-        assert not alive_in_groups(groups)
-        assert [line["round"] for line in read_rounds(run_dir)] == [1]  # round 1 finished and is kept
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert "fewer than federation.min_hospitals=3" in summary["stopped"] and summary["evaluated_round"] == 1
+@pytest.mark.xdist_group("waits")
+def test_over_tls_with_node_authentication_a_run_completes_without_a_dead_node(folders, cache_dir, tmp_path):
+    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=2", "federation.min_hospitals=2"]
+    out = tmp_path / "deploy"
+    status, details, run_dir, groups = run_on_loopback(
+        folders, out, overrides, tls=True, node_auth=True, kill_after_round=1
+    )
+    assert status == COMPLETED, details
+    assert not alive_in_groups(groups)
+    assert "https://127.0.0.1" in (out / "logs" / "superlink.log").read_text()  # TLS, not a silent fallback
+    rounds = read_rounds(run_dir)
+    assert [line["round"] for line in rounds] == [1, 2]  # round 2 without the node killed after round 1
+    assert sorted(rounds[0]["hospitals"]) == ["0", "1", "2"] and sorted(rounds[-1]["hospitals"]) == ["0", "1"]
+    assert sorted(rounds[-1]["train"]) == ["0", "1"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary["lost_hospitals"]) == ["2"] and "Node Unavailable" in summary["lost_hospitals"]["2"]
+    assert summary["evaluated_round"] == 2 and "stopped" not in summary

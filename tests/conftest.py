@@ -3,13 +3,16 @@ shared by the session's xdist workers."""
 
 import os
 
-import pytest
-from helpers import session_dir
-
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# One torch thread per process (before torch is imported): three xdist workers and their Flower processes
+# share two cores, and oversubscribed OpenMP threads spin rather than work (a 3 s test took 55 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+from helpers import session_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import session_dir
 from safetensors.torch import load_file
 
 from fedmm.cli import main as cli_main
@@ -19,7 +20,9 @@ def read_lines(run_dir):
 
 
 def comparable(summary: dict) -> dict:
-    return {key: value for key, value in summary.items() if key not in ("wall_time_s", "run_dir")}
+    """The summary as summary.json holds it, less what differs between identical runs."""
+    as_saved = json.loads(json.dumps(summary))
+    return {key: value for key, value in as_saved.items() if key not in ("wall_time_s", "run_dir")}
 
 
 def fedavg_two_of_three(smoke_overrides, run_dir, engine="inprocess"):
@@ -27,14 +30,17 @@ def fedavg_two_of_three(smoke_overrides, run_dir, engine="inprocess"):
                            "federation.clients_per_round=2", f"run_dir={run_dir}"])
 
 
-@pytest.fixture(scope="module")  # its tests share the xdist group "waits": one worker builds it
+@pytest.fixture(scope="module")  # its tests share the xdist group "waits"; built once per session in any case
 def two_federated_runs(smoke_overrides, tmp_path_factory):
     """One config (2 of 3 hospitals sampled per round) through Flower's Simulation Engine (`ray`, via a
     SuperLink and `flwr run`) and through the in-process engine: (ray dir, in-process dir, summaries)."""
-    root = tmp_path_factory.mktemp("runs")
-    summaries = [run_experiment(fedavg_two_of_three(smoke_overrides, root / engine, engine))
-                 for engine in ("ray", "inprocess")]
-    return root / "ray", root / "inprocess", summaries
+    root, lock = session_dir(tmp_path_factory, "two-federated-runs")
+    with lock:
+        if not (root / "summaries.json").exists():
+            summaries = [run_experiment(fedavg_two_of_three(smoke_overrides, root / engine, engine))
+                         for engine in ("ray", "inprocess")]
+            (root / "summaries.json").write_text(json.dumps(summaries))
+    return root / "ray", root / "inprocess", json.loads((root / "summaries.json").read_text())
 
 
 @pytest.mark.slow

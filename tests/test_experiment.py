@@ -30,7 +30,7 @@ def fedavg_two_of_three(smoke_overrides, run_dir, engine="inprocess"):
                            "federation.clients_per_round=2", f"run_dir={run_dir}"])
 
 
-@pytest.fixture(scope="module")  # its tests share the xdist group "waits"; built once per session in any case
+@pytest.fixture(scope="module")  # built once per session, by whichever xdist worker asks first
 def two_federated_runs(smoke_overrides, tmp_path_factory):
     """One config (2 of 3 hospitals sampled per round) through Flower's Simulation Engine (`ray`, via a
     SuperLink and `flwr run`) and through the in-process engine: (ray dir, in-process dir, summaries)."""
@@ -44,7 +44,6 @@ def two_federated_runs(smoke_overrides, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("waits")
 def test_simulation_writes_every_output(two_federated_runs):
     run_dir, _, (summary, _) = two_federated_runs
     lines = read_lines(run_dir)
@@ -78,14 +77,12 @@ def assert_same_run(first, second, summary_a, summary_b):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("waits")  # the Ray run is built once, on that worker
 def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_runs):
     ray_run, in_process_run, (ray_summary, in_process_summary) = two_federated_runs
     assert_same_run(ray_run, in_process_run, ray_summary, in_process_summary)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("waits")  # the Ray run is built once, on that worker
 def test_same_seed_and_config_give_identical_metrics(two_federated_runs, smoke_overrides, tmp_path):
     # Run again: the same bytes. (With the test above, and tests/server/test_flwr_run.py's second Ray run,
     # which also equals the in-process run, this holds for the Ray engine too.)
@@ -95,7 +92,6 @@ def test_same_seed_and_config_give_identical_metrics(two_federated_runs, smoke_o
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("waits")  # the Ray run is built once, on that worker
 def test_training_changes_the_heads_it_should(two_federated_runs, smoke_overrides):
     from fedmm.federation import load_federated_data
     from fedmm.models.heads import build_heads

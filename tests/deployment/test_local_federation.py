@@ -248,7 +248,8 @@ def read_rounds(run_dir):
 
 # The two loopback runs are the suite's longest tests (about 2 min each, mostly waiting on Flower's message
 # polling and, for a killed node, its 60 s heartbeat timeout), so each proves several things at once. They are
-# in xdist group "waits": one worker runs them (with the Ray and `flwr run` tests) in turn, beside the rest.
+# in xdist group "waits": one worker runs them in turn, from the start, beside the rest (side by side they
+# slow each other down more than they gain).
 
 
 @pytest.mark.slow

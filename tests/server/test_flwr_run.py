@@ -29,7 +29,6 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("waits")
 def test_flwr_run_matches_fedmm_run(tmp_path, cache_dir):
     flwr = Path(sys.executable).parent / "flwr"
     if not flwr.exists():

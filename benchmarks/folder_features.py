@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("path", type=Path)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     cfg = compose_config(["dataset=folder", f"dataset.path={args.path}", f"cache_dir={args.cache}", *args.overrides])
     decoded = []
     original = folder_dataset.decode_image

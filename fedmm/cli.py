@@ -244,8 +244,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     hospitals.add_column("group")
     for metric in registry.GROUP_TABLE:
         hospitals.add_column(registry.label(metric), justify="right")
+    sites = summary.get("hospital_sites", {})  # scenario=natural: "0 (north)"
     for hospital, metrics in summary["hospitals"].items():
-        hospitals.add_row(hospital, metrics["group"], *(_fmt(metrics.get(m)) for m in registry.GROUP_TABLE))
+        name = f"{hospital} ({sites[hospital]})" if hospital in sites else hospital
+        hospitals.add_row(name, metrics["group"], *(_fmt(metrics.get(m)) for m in registry.GROUP_TABLE))
     for key in sorted(k for k in summary if k.startswith("group/")) + ["hospital_mean", "hospital_worst"]:
         hospitals.add_row(key, "", *(_fmt(summary.get(key, {}).get(m)) for m in registry.GROUP_TABLE))
     console.print(hospitals)

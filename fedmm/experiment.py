@@ -27,7 +27,7 @@ def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None,
     plan_all_hospitals(cfg, data.paired_counts())  # an unreachable privacy target fails here, before training
     if spec.is_reference:
         run_dir = claim_run_dir(cfg)
-        recorder = RunRecorder(cfg, data.groups(), data.global_test().labels, run_dir, on_round)
+        recorder = RunRecorder(cfg, data.groups(), data.global_test().labels, run_dir, on_round, sites=data.sites())
         state = spec.run_reference(cfg, data, recorder)
         return recorder.finish(state) | {"run_dir": str(run_dir)}
     from fedmm.simulation import run_in_simulation

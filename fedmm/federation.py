@@ -85,6 +85,10 @@ class FederatedData:
         return SplitTensors(self.features.image_features[rows], self.features.report_features[rows],
                             torch.from_numpy(availability), self.labels[rows])
 
+    def sites(self) -> dict[int, str]:
+        """scenario=natural: the site each hospital stands for; empty for drawn hospitals."""
+        return {part.hospital_id: part.site for part in self.federation.hospitals if part.site is not None}
+
     def hospital(self, hospital_id: int) -> HospitalData:
         part = self.federation.hospitals[hospital_id]
         return HospitalData(hospital_id, part.group, self.split(part.train_indices, part.train_availability),
@@ -172,6 +176,7 @@ class ServerData:
     num_hospitals: int
     global_test: SplitTensors
     features: FeatureSet  # its prompt features are the zero-shot prompts
+    sites: dict[int, str] = dataclasses.field(default_factory=dict)  # scenario=natural: hospital -> its site
 
     @property
     def image_dim(self) -> int:
@@ -187,7 +192,7 @@ def load_server_data(cfg: ExperimentConfig) -> ServerData:
     folder = cfg.deployment.server_test_dir
     if folder is None:
         data = load_federated_data(cfg)
-        return ServerData(data.num_hospitals, data.global_test(), data.features)
+        return ServerData(data.num_hospitals, data.global_test(), data.features, data.sites())
     features, studies = load_folder_features(cfg, Path(folder))
     unpaired = int((studies.availability != AVAILABILITY_CODES[Availability.PAIRED]).sum())
     if unpaired:

@@ -37,6 +37,7 @@ class HospitalPartition:
     test_indices: np.ndarray  # (n_test,)
     train_availability: np.ndarray  # (n_train,) int8 codes of `Availability`
     test_availability: np.ndarray  # (n_test,)
+    site: str | None = None  # scenario=natural: the site (or merged sites) it stands for
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,7 @@ def partition_studies(labels: np.ndarray, facts: StudyFacts, scenario: ScenarioC
             raise ConfigError(f"hospital {hospital_id} would hold {len(train)} training and {len(test)} test studies "
                               f"(at least {MIN_TRAIN_PER_HOSPITAL} and 1); use fewer hospitals or more studies")
         hospitals.append(HospitalPartition(hospital_id, dominant_group(train_codes), train, test, train_codes,
-                                           test_codes))
+                                           test_codes, None if profiles is not None else hospitals_of[hospital_id][0]))
     return Federation(tuple(hospitals), global_test)
 
 

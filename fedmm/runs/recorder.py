@@ -83,11 +83,13 @@ class RunRecorder:
     """Writes a run's outputs as it goes; `finish` writes the summary, heads and plot."""
 
     def __init__(self, cfg: ExperimentConfig, groups: Mapping[int, str], global_labels: torch.Tensor, run_dir: Path,
-                 on_round: RoundCallback | None = None, resume_round: int = 0) -> None:
+                 on_round: RoundCallback | None = None, resume_round: int = 0,
+                 sites: Mapping[int, str] | None = None) -> None:
         """`groups`: each hospital's modality group; `global_labels`: the global test set's finding labels.
-        `resume_round`: continue a run whose rounds up to this one are in its metrics.jsonl."""
+        `resume_round`: continue a run whose rounds up to this one are in its metrics.jsonl. `sites`: the
+        site each hospital stands for (scenario=natural), written to summary.json."""
         self.cfg, self.run_dir, self.on_round = cfg, run_dir, on_round
-        self.groups = dict(groups)
+        self.groups, self.sites = dict(groups), dict(sites or {})
         self.reference = reference_values(global_labels)  # chance and ceiling of each metric on the global test set
         self.last_evaluation: dict[str, Any] = {}
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
@@ -169,6 +171,7 @@ class RunRecorder:
             **evaluation.get("global", {}),
             **{key: value for key, value in evaluation.items() if key.startswith(("group/", "hospital_"))},
             "hospitals": evaluation.get("hospitals", {}),
+            **({"hospital_sites": {str(h): site for h, site in sorted(self.sites.items())}} if self.sites else {}),
             # what one sampled hospital sends (upload) and receives (download) per round, in bytes of arrays
             **{
                 f"{direction}_bytes_per_round": sum(sent) / len(sent)

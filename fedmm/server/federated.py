@@ -40,7 +40,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
     if done >= cfg.federation.rounds:
         raise ConfigError(f"resume: {str(run_dir)!r} already finished round {done}; raise federation.rounds to go on")
     groups = {hospital: group_of(d).value for hospital, d in described.items()}
-    recorder = RunRecorder(cfg, groups, data.global_test.labels, run_dir, on_round, resume_round=done)
+    recorder = RunRecorder(cfg, groups, data.global_test.labels, run_dir, on_round, resume_round=done,
+                           sites=data.sites)
 
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
     roster = Roster(node_of_hospital, seed=cfg.seed,

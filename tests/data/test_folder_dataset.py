@@ -16,6 +16,7 @@ from fedmm.config import ConfigError
 from fedmm.data import folder_dataset
 from fedmm.data.folder_dataset import FolderImages, load_folder_dataset
 from fedmm.data.hospital_folder import MANIFEST, HospitalFolderError, write_hospital_folder
+from fedmm.data.partition import SMALL_SITES
 from fedmm.data.synthetic import generate_synthetic_cxr
 from fedmm.experiment import run_experiment
 from fedmm.federation import load_federated_data, load_reference, resolve_hospitals
@@ -99,6 +100,8 @@ def test_fedmm_run_on_a_folder_dataset_by_site(strategy, dataset_dir, cache_dir,
     summary = run_experiment(compose_config(folder_overrides(dataset_dir, cache_dir, f"strategy={strategy}",
                                                              f"run_dir={tmp_path}")))
     assert set(summary["hospitals"]) == {"0", "1", "2", "3"}
+    # which site each hospital is: the sites large enough alone, by name, then the small ones merged
+    assert summary["hospital_sites"] == {"0": "east", "1": "north", "2": "south", "3": SMALL_SITES}
     assert 0.0 <= summary["i2t_recall@10"] <= 1.0
     assert "zeroshot_auroc_cardiomegaly" in summary and "zeroshot_auroc_effusion" in summary
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -32,7 +32,6 @@ from fedmm.data.hospital_folder import (
     Problem,
     decode_image,
     file_state,
-    folder_fingerprint,
     index_hospital_folder,
     label_columns,
     raise_problems,
@@ -80,12 +79,17 @@ def read_folder(folder: Path, image_size: int, labels: tuple[str, ...] | None, p
     index = index_hospital_folder(folder, labels=labels, optional=optional)
     columns, rows = manifest
     vocabulary = label_columns(columns, labels, optional)
-    digest = hashlib.sha256(f"{folder_fingerprint(folder, image_size)}:{vocabulary}:pad".encode())
+    images = FolderImages(folder, image_size, tuple(row["image"].strip() for row in rows))
+    reports = tuple(_report_text(folder, row) for row in rows)
+    # The content: the manifest's cells, what stands for each image file, each report's text.
+    digest = hashlib.sha256(f"folder:v2:{vocabulary}".encode() + (folder / MANIFEST).read_bytes())
+    digest.update("\0".join(key or "" for key in images.study_keys).encode())
+    digest.update("\0".join(reports).encode())
     return MultimodalDataset(
         name=f"folder:{folder.resolve().name}",
         fingerprint=digest.hexdigest()[:20],
-        images=FolderImages(folder, image_size, tuple(row["image"].strip() for row in rows)),
-        reports=tuple(_report_text(folder, row) for row in rows),
+        images=images,
+        reports=reports,
         labels=index.labels,
         findings=read_prompts(prompts, vocabulary, known),
         availability=index.availability,

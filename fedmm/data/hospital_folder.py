@@ -18,7 +18,6 @@ A study with only an image or only a report is how a missing modality looks on d
 """
 
 import csv
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -358,23 +357,6 @@ def index_hospital_folder(folder: Path, labels: tuple[str, ...] | None = FINDING
 
 def _label(cell: str | None) -> int:
     return int(cell) if cell is not None and cell.strip() else -1
-
-
-def folder_fingerprint(folder: Path, image_size: int) -> str:
-    """Keys a folder's feature cache: the manifest's bytes and the size and modification time of every
-    file it names (as `make` does), so an edited, added or removed file changes it without reading it."""
-    folder = Path(folder)
-    digest = hashlib.sha256(f"hospital-folder:v1:{image_size}".encode())
-    manifest = folder / MANIFEST
-    digest.update(manifest.read_bytes() if manifest.is_file() else b"no manifest")
-    manifest_rows = read_manifest(folder)
-    rows = [] if isinstance(manifest_rows, Problem) else manifest_rows[1]
-    for row in rows:
-        for column in ("image", "report_file"):
-            relative = (row.get(column) or "").strip()
-            if relative:
-                digest.update(f"{relative}:{file_state(folder / relative)}".encode())
-    return digest.hexdigest()[:20]
 
 
 def file_state(path: Path) -> str:

@@ -63,8 +63,8 @@ def test_the_port_classifies_a_real_photograph(checkpoint):
 def test_the_image_encoder_uses_the_packaged_weights(smoke_overrides):
     from helpers import configured
 
-    cfg = configured("encoders.image", "encoders/image=efficientnet_lite0")
-    assert cfg.weights == "packaged" and cfg.input_size == 224
+    cfg = configured("encoders.image")  # the default image encoder, at the built-in dataset's 128 px
+    assert (cfg.name, cfg.weights, cfg.input_size) == ("efficientnet_lite0", "packaged", 128)
     encoder = build_image_encoder(cfg)
     random_encoder = build_image_encoder(configured("encoders.image", "encoders/image=efficientnet_lite0",
                                                     weights=None))
@@ -83,4 +83,4 @@ def test_a_checkpoint_that_does_not_fit_is_named(tmp_path, checkpoint):
     with pytest.raises(ConfigError, match=r"does not fit efficientnet_lite0: .*_blocks.3._se_reduce.weight"):
         build_image_encoder(cfg)
     with pytest.raises(ConfigError, match="no weights install with resnet18"):
-        build_image_encoder(configured("encoders.image", weights="packaged"))
+        build_image_encoder(configured("encoders.image", "encoders/image=resnet18", weights="packaged"))

@@ -1,7 +1,8 @@
 """What a hospital does with a message, in plain PyTorch: train, distill or evaluate its heads locally.
 
-A `HospitalRuntime` (features, model objects, device) is built once per process and reused by every
-message, so no message rebuilds the model or reloads data. What a hospital keeps private between
+A process builds one `Workspace` per run (the features, one set of working heads, device, strategy) and
+reuses it for every message of every hospital it serves, so no message rebuilds the model or reloads
+data, and a thousand hospitals cost a process no more models than one. What a hospital keeps private between
 rounds (personal layers or models) is passed in and out explicitly; the ClientApp stores it in
 Flower's `context.state`, which never leaves the node.
 """
@@ -42,9 +43,13 @@ from fedmm.training.updates import LocalStep, LocalUpdate, StateDict, snapshot
 
 
 @dataclass
-class HospitalRuntime:
+class Workspace:
+    """What every hospital of one run shares in a process: the working heads (each message loads its
+    hospital's weights into them), the run's initial heads, prompts, device and strategy, the reference
+    set, and each hospital's DP-SGD plan. One per process and run, however many hospitals the process
+    serves, so memory does not grow with hospitals × model: per hospital it holds only its plan."""
+
     cfg: ExperimentConfig
-    data: HospitalData
     heads: ContrastiveHeads  # reused; each message loads its weights into it
     personal_heads: ContrastiveHeads  # a second model for strategies that train two (Ditto)
     initial_state: StateDict  # the run's initial heads, where private parts start
@@ -52,24 +57,65 @@ class HospitalRuntime:
     device: torch.device
     strategy: StrategySpec
     options: object  # the strategy's typed options
-    data_dir: Path | None = None  # the hospital's folder under the Deployment Engine; None: simulated
     _reference: SplitTensors | None = field(default=None, repr=False)
-    _privacy_plan: SamplePrivacyPlan | None = field(default=None, repr=False)
+    _privacy_plans: dict[int, SamplePrivacyPlan | None] = field(default_factory=dict, repr=False)
 
     @property
     def reference(self) -> SplitTensors:
-        """The non-private reference set (distillation), loaded on first use."""
+        """The non-private reference set (distillation, missing-modality retrieval), loaded on first use."""
         if self._reference is None:
             self._reference = load_reference(self.cfg)
         return self._reference
 
+    def privacy_plan(self, data: HospitalData) -> SamplePrivacyPlan | None:
+        """`data`'s hospital's DP-SGD plan (σ, q, δ, budget); None without sample-level DP or without pairs."""
+        if not self.cfg.privacy.sample.enabled:
+            return None
+        if data.hospital_id not in self._privacy_plans:
+            self._privacy_plans[data.hospital_id] = plan_sample_privacy(
+                self.cfg, int(data.train.paired_mask.sum()), data.hospital_id)
+        return self._privacy_plans[data.hospital_id]
+
+
+@dataclass
+class HospitalRuntime:
+    """One hospital as one message sees it: the process's shared `Workspace` and this hospital's data."""
+
+    workspace: Workspace
+    data: HospitalData
+    data_dir: Path | None = None  # the hospital's folder under the Deployment Engine; None: simulated
+
+    @property
+    def cfg(self) -> ExperimentConfig:
+        return self.workspace.cfg
+
+    @property
+    def heads(self) -> ContrastiveHeads:
+        return self.workspace.heads
+
+    @property
+    def initial_state(self) -> StateDict:
+        return self.workspace.initial_state
+
+    @property
+    def prompts(self) -> Prompts:
+        return self.workspace.prompts
+
+    @property
+    def device(self) -> torch.device:
+        return self.workspace.device
+
+    @property
+    def strategy(self) -> StrategySpec:
+        return self.workspace.strategy
+
+    @property
+    def reference(self) -> SplitTensors:
+        return self.workspace.reference
+
     @property
     def privacy_plan(self) -> SamplePrivacyPlan | None:
-        """This hospital's DP-SGD plan (σ, q, δ, budget); None without sample-level DP or without pairs."""
-        if self._privacy_plan is None and self.cfg.privacy.sample.enabled:
-            self._privacy_plan = plan_sample_privacy(self.cfg, int(self.data.train.paired_mask.sum()),
-                                                     self.data.hospital_id)
-        return self._privacy_plan
+        return self.workspace.privacy_plan(self.data)
 
     def missing_handler(self, seed: int) -> HandlerFactory | None:
         """This hospital's missing-modality handler for a training seeded with `seed` (None: pairs only)."""
@@ -92,16 +138,19 @@ class HospitalRuntime:
         """What the strategy's local update (or personal model) works with, seeded for (stream, round)."""
         seed = self.seed(stream, server_round)
         plan = self.privacy_plan
-        return LocalStep(self.cfg, self.options, self.heads, self.personal_heads, self.initial_state,
+        shared = self.workspace
+        return LocalStep(self.cfg, shared.options, shared.heads, shared.personal_heads, shared.initial_state,
                          self.data.train, seed, self.device, self.missing_handler(seed), dict(round_config or {}),
-                         lambda: self.reference, plan.dpsgd if plan is not None else None)
+                         lambda: shared.reference, plan.dpsgd if plan is not None else None)
 
     def seed(self, stream: int, server_round: int) -> int:
         return derive_seed(self.cfg.seed, stream, server_round, self.data.hospital_id)
 
 
-_DATA: dict[str, FederatedData] = {}
-_RUNTIMES: dict[tuple[str, int, str | None], HospitalRuntime] = {}
+# Process-wide, per run (config digest): built on a process's first message, reused by every later one.
+_DATA: dict[str, FederatedData] = {}  # simulation: the features once and the partition's row indices
+_FOLDERS: dict[tuple[str, str], tuple[HospitalData, FeatureSet]] = {}  # deployment: the node's own folder
+_WORKSPACES: dict[tuple[str, str | None], Workspace] = {}
 
 
 def config_digest(cfg: ExperimentConfig) -> str:
@@ -109,32 +158,38 @@ def config_digest(cfg: ExperimentConfig) -> str:
 
 
 def hospital_runtime(cfg: ExperimentConfig, hospital_id: int, data_dir: str | None = None) -> HospitalRuntime:
-    """The process-wide runtime of `hospital_id` under `cfg`, built on first use: from the simulated
-    partition, or (`data_dir`, a SuperNode's node config under the Deployment Engine) from the hospital's
-    own folder, whose feature cache is built there on first use and reused after."""
-    key = (config_digest(cfg), hospital_id, data_dir)
-    if key not in _RUNTIMES:
-        if data_dir is None:
-            # One simulated hospital gets `client_cpus` cores; more torch threads would oversubscribe them.
-            torch.set_num_threads(cfg.simulation.client_cpus)
-            hospital, features = simulated_hospital(cfg, hospital_id)
-        else:  # a node of its own: torch's default threads
-            hospital, features = load_hospital_folder(cfg, Path(data_dir), hospital_id)
-        device = resolve_device(cfg.device if cfg.simulation.client_gpus > 0 or cfg.device == "cuda" else "cpu")
-        image_dim, report_dim = features.image_features.shape[1], features.report_features.shape[1]
-        initial = build_heads(image_dim, report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
-        _RUNTIMES[key] = HospitalRuntime(
-            cfg, hospital, build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device),
-            build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device), snapshot(initial),
-            Prompts.from_features(features), device, strategy_spec(cfg.strategy.name),
-            strategy_spec(cfg.strategy.name).parse_options(cfg),
-            data_dir=Path(data_dir) if data_dir is not None else None)
-    return _RUNTIMES[key]
-
-
-def simulated_hospital(cfg: ExperimentConfig, hospital_id: int) -> tuple[HospitalData, FeatureSet]:
-    """Hospital `hospital_id`'s slice of the simulated federation (loaded once per process and config)."""
+    """Hospital `hospital_id` under `cfg`, for one message: its rows of the simulated partition, or
+    (`data_dir`, a SuperNode's node config under the Deployment Engine) its own folder, whose feature
+    cache is built there on first use and reused after. Everything else is the process's `Workspace`."""
     digest = config_digest(cfg)
+    if data_dir is None:
+        hospital, features = simulated_hospital(cfg, hospital_id, digest)
+    else:
+        if (digest, data_dir) not in _FOLDERS:
+            _FOLDERS[digest, data_dir] = load_hospital_folder(cfg, Path(data_dir), hospital_id)
+        hospital, features = _FOLDERS[digest, data_dir]
+    if (digest, data_dir) not in _WORKSPACES:
+        _WORKSPACES[digest, data_dir] = build_workspace(cfg, features, simulated=data_dir is None)
+    return HospitalRuntime(_WORKSPACES[digest, data_dir], hospital, Path(data_dir) if data_dir is not None else None)
+
+
+def build_workspace(cfg: ExperimentConfig, features: FeatureSet, simulated: bool) -> Workspace:
+    if simulated:  # one simulated hospital gets `client_cpus` cores; more torch threads would oversubscribe them
+        torch.set_num_threads(cfg.simulation.client_cpus)
+    device = resolve_device(cfg.device if cfg.simulation.client_gpus > 0 or cfg.device == "cuda" else "cpu")
+    image_dim, report_dim = features.image_features.shape[1], features.report_features.shape[1]
+    initial = build_heads(image_dim, report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
+    spec = strategy_spec(cfg.strategy.name)
+    return Workspace(cfg, build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device),
+                     build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device), snapshot(initial),
+                     Prompts.from_features(features), device, spec, spec.parse_options(cfg))
+
+
+def simulated_hospital(cfg: ExperimentConfig, hospital_id: int,
+                       digest: str | None = None) -> tuple[HospitalData, FeatureSet]:
+    """Hospital `hospital_id`'s slice of the simulated federation (the federation is loaded once per
+    process and config; the slice, a copy of the hospital's rows, lives as long as the message)."""
+    digest = digest or config_digest(cfg)
     if digest not in _DATA:
         _DATA[digest] = load_federated_data(cfg)
     data = _DATA[digest]

@@ -15,6 +15,7 @@ from fedmm.compose import CONFIG_DIR, compose_config, load_config_file
 from fedmm.config import ConfigError, ExperimentConfig
 from fedmm.evaluation import metrics as registry
 from fedmm.evaluation.metrics import HEADLINE as HEADLINE_METRIC
+from fedmm.simulation import SimulationFailed
 
 console = Console()
 
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         console.print(f"[bold red]configuration error:[/] {error}")
         return 2
+    except SimulationFailed as error:
+        console.print(f"[bold red]simulation failed:[/] {error}")
+        return 1
 
 
 def run_with_progress(cfg: ExperimentConfig, verbose: bool = False) -> dict[str, Any]:

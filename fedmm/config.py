@@ -224,6 +224,7 @@ class SimulationConfig:
     engine: str  # ray: Flower's Simulation Engine | inprocess: every hospital in this process, one at a time
     client_cpus: int  # Ray CPUs per simulated hospital (whole CPUs, as Flower takes them); also its torch threads
     client_gpus: float  # fraction of a GPU per simulated hospital (0.25 = 4 hospitals per GPU)
+    ray_address: str | None = None  # a running Ray cluster to attach to (host:port); None: a private one per run
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,16 @@
 """Whole runs: the Flower Simulation Engine (3 hospitals, 2 rounds), the references, and reproducibility."""
 
+import dataclasses
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +90,112 @@ def assert_same_run(first, second, summary_a, summary_b):
 def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_runs):
     ray_run, in_process_run, (ray_summary, in_process_summary) = two_federated_runs
     assert_same_run(ray_run, in_process_run, ray_summary, in_process_summary)
+
+
+class RayCluster:
+    """A head and a second node, started with `ray start` on 127.0.0.1 with one CPU each, in a private
+    temporary directory (so no later `ray.init` finds them); stopped by process id."""
+
+    def __init__(self, temp_dir: Path) -> None:
+        self.temp_dir, self.port = temp_dir, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = os.environ | {"RAY_TMPDIR": str(temp_dir), "RAY_USAGE_STATS_ENABLED": "0"}
+        ray = str(Path(sys.executable).parent / "ray")
+        head = [ray, "start", "--head", f"--port={self.port}", "--include-dashboard=false"]
+        second = [ray, "start", f"--address={self.address}"]
+        for command in (head, second):
+            subprocess.run([*command, "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
+                            "--disable-usage-stats"], env=self.env, check=True, capture_output=True, timeout=120)
+
+    def ask(self, expression: str):
+        """The JSON value of `expression`, evaluated by a Ray driver attached to the cluster (in a process of
+        its own, so this one never joins a cluster)."""
+        script = (f"import json, ray; from ray._private import state; "
+                  f"ray.init(address={self.address!r}, log_to_driver=False); print(json.dumps({expression}))")
+        out = subprocess.run([sys.executable, "-c", script], env=self.env, check=True, capture_output=True,
+                             text=True, timeout=120).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def actor_nodes(self) -> list[str]:
+        """The node of every ClientAppActor the cluster has run (Ray keeps dead actors' records)."""
+        return self.ask("[a['Address']['NodeID'] for a in state.actors().values() "
+                        "if a['ActorClassName'] == 'ClientAppActor']")
+
+    def stop(self) -> None:
+        """SIGTERM every process of this cluster (its command line names the temporary directory, and
+        what those processes started), then SIGKILL what is left after 10 s."""
+        pids = descendants([pid for pid in all_pids() if str(self.temp_dir) in command_line(pid)])
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            alive = [pid for pid in pids if running(pid)]
+            for pid in alive:
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while any(running(pid) for pid in alive) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def parent(pid: int) -> int | None:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(roots: list[int]) -> list[int]:
+    found, parents = set(roots), {pid: parent(pid) for pid in all_pids()}
+    while True:
+        more = {pid for pid, ppid in parents.items() if ppid in found and pid not in found}
+        if not more:
+            return sorted(found)
+        found |= more
+
+
+def running(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_a_simulation_on_a_two_node_ray_cluster_equals_the_one_node_run(two_federated_runs, smoke_overrides,
+                                                                         monkeypatch):
+    # `ray start` keeps Unix sockets under its temporary directory: a short path (the limit is 107 bytes)
+    temp_dir = Path(tempfile.mkdtemp(prefix="fedmm-ray-", dir="/tmp"))
+    cluster = RayCluster(temp_dir)
+    try:
+        assert cluster.ask("len(ray.nodes())") == 2
+        monkeypatch.setenv("RAY_TMPDIR", str(temp_dir))
+        run_dir = temp_dir / "run"
+        cfg = fedavg_two_of_three(smoke_overrides, run_dir, "ray")
+        cfg = dataclasses.replace(cfg, simulation=dataclasses.replace(cfg.simulation, ray_address=cluster.address))
+        summary = run_experiment(cfg)
+        nodes = cluster.actor_nodes()
+    finally:
+        cluster.stop()
+    assert len(set(nodes)) == 2  # one ClientApp actor on each node (one CPU each, one CPU per hospital)
+    ray_run, _, (ray_summary, _) = two_federated_runs  # the same config on a private one-node Ray instance
+    assert_same_run(run_dir, ray_run, summary, ray_summary)
+    assert not [pid for pid in all_pids() if str(temp_dir) in command_line(pid)]  # both nodes are gone
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow

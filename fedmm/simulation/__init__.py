@@ -2,12 +2,19 @@
 `simulation.engine` names: `ray` (Flower's Simulation Engine through a private SuperLink and `flwr run`,
 `ray.py`) or `inprocess` (`inprocess.py`)."""
 
-import torch
+from typing import TYPE_CHECKING
 
 from fedmm.config import ConfigError, ExperimentConfig
-from fedmm.runs.recorder import RoundCallback
+
+if TYPE_CHECKING:
+    from fedmm.runs.recorder import RoundCallback
 
 ENGINES = ("ray", "inprocess")
+
+
+class SimulationFailed(RuntimeError):
+    """The simulation runtime ended a run as failed (a crashed engine, a lost hospital): the message names the
+    root cause from Flower's log and where that log was kept."""
 
 
 def check_engine(cfg: ExperimentConfig) -> None:
@@ -19,10 +26,12 @@ def check_engine(cfg: ExperimentConfig) -> None:
                           "no GPU between hospitals); or set device=cuda to use one GPU in-process")
 
 
-def run_in_simulation(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False,
+def run_in_simulation(cfg: ExperimentConfig, on_round: "RoundCallback | None" = None, verbose: bool = False,
                       client_mods: list | None = None) -> dict:
     """Run `cfg` with the same ServerApp logic and ClientApp that `flwr run` uses; returns the run's summary.
     `client_mods` are Flower mods wrapped around every hospital's handlers."""
+    import torch
+
     check_engine(cfg)
     if cfg.simulation.client_gpus > 0 and not torch.cuda.is_available():
         raise ConfigError(f"simulation.client_gpus={cfg.simulation.client_gpus} but no GPU is visible; set it to 0")

@@ -19,6 +19,7 @@ logs are copied into the run directory (`flower.log`) when the run fails.
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -34,6 +35,7 @@ import yaml
 
 from fedmm.config import ExperimentConfig, config_to_dict
 from fedmm.runs.recorder import RoundCallback
+from fedmm.simulation import SimulationFailed
 
 CONNECTION = "fedmm"
 STARTUP_TIMEOUT_S = 60.0
@@ -63,17 +65,27 @@ config-file = ""
 
 def federation_config(cfg: ExperimentConfig, verbose: bool = False) -> dict[str, object]:
     """Flower's simulation settings: one node per hospital; each gets `client_cpus` CPUs and
-    `client_gpus` of a GPU (fractions share one); Ray may use every core and visible GPU."""
-    num_gpus = torch.cuda.device_count() if cfg.simulation.client_gpus > 0 else 0
-    return {
+    `client_gpus` of a GPU (fractions share one). A private Ray instance may use every core and visible
+    GPU of this machine; an existing cluster (`simulation.ray_address`) offers what its nodes declared,
+    and Ray refuses resource counts when attaching to one."""
+    settings: dict[str, object] = {
         "num-supernodes": cfg.scenario.num_hospitals,
         "client-resources-num-cpus": cfg.simulation.client_cpus,
         "client-resources-num-gpus": float(cfg.simulation.client_gpus),
-        "init-args-num-cpus": os.cpu_count() or 1,
-        "init-args-num-gpus": num_gpus,
         "init-args-log-to-driver": verbose,
         "verbose": verbose,
     }
+    if not cfg.simulation.ray_address:
+        settings["init-args-num-cpus"] = os.cpu_count() or 1
+        settings["init-args-num-gpus"] = torch.cuda.device_count() if cfg.simulation.client_gpus > 0 else 0
+    return settings
+
+
+def ray_environment(cfg: ExperimentConfig) -> dict[str, str]:
+    """What tells `ray.init` in Flower's simulation process where Ray is: the cluster to attach to, or
+    `local` (a new private instance, even where an earlier `ray start` left a cluster behind, which
+    `ray.init` would otherwise join)."""
+    return {"RAY_ADDRESS": cfg.simulation.ray_address or "local"}
 
 
 def run_on_ray(cfg: ExperimentConfig, on_round: RoundCallback | None = None, verbose: bool = False) -> dict:
@@ -91,6 +103,7 @@ def run_on_ray(cfg: ExperimentConfig, on_round: RoundCallback | None = None, ver
             f'address = "127.0.0.1:{port}"\ninsecure = true\n')
         env = os.environ | {"FLWR_HOME": str(work / "home"), "FLWR_TELEMETRY_ENABLED": "0",
                             "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                            **ray_environment(cfg),
                             # the SuperLink starts Flower's other commands (flower-superexec, flwr-simulation) by name
                             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         superlink = start_superlink(port, work, env)
@@ -100,11 +113,11 @@ def run_on_ray(cfg: ExperimentConfig, on_round: RoundCallback | None = None, ver
             stop_process_group(superlink)
         if status != "finished:completed":
             log_path = keep_logs(work, run_dir)
-            raise RuntimeError(f"the simulation ended as {status!r}: {last_error(work / 'flwr-run.log')}; "
-                               f"Flower's log: {log_path}")
+            raise SimulationFailed(f"the simulation ended as {status!r}: {last_error(work / 'flwr-run.log')}; "
+                                   f"Flower's log: {log_path}")
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without writing {summary_path}")
+        raise SimulationFailed(f"the simulation ended without writing {summary_path}")
     return json.loads(summary_path.read_text()) | {"run_dir": str(run_dir)}
 
 
@@ -209,11 +222,18 @@ def keep_logs(work: Path, run_dir: Path) -> Path:
     return target
 
 
+EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception): .+")  # `ValueError: ...`, a traceback's last line
+
+
 def last_error(log_path: Path) -> str:
-    """The last line of the log that names an exception, or its last line."""
+    """The root cause a log names: its first exception line (`SomeError: ...`, what a traceback ends with),
+    else its last line that mentions an error, else its last line."""
     if not log_path.exists():
         return "no log"
     lines = [line.strip() for line in log_path.read_text().splitlines() if line.strip()]
+    for line in lines:
+        if EXCEPTION_LINE.match(line):
+            return line
     for line in reversed(lines):
         if "Error" in line or "Exception" in line or "Lost" in line:
             return line

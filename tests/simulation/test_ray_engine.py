@@ -2,13 +2,17 @@
 Whole Ray runs are in tests/test_experiment.py and tests/server/test_flwr_run.py."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError
 from fedmm.simulation import run_in_simulation
-from fedmm.simulation.ray import federation_config, last_error, report_new_rounds
+from fedmm.simulation.ray import federation_config, last_error, ray_environment, report_new_rounds
 
 
 def test_progress_reports_each_complete_line_once(tmp_path):
@@ -48,3 +52,36 @@ def test_a_failure_names_the_exception_from_flowers_log(tmp_path):
                    "fedmm.strategies.base.HospitalsLost: round 2: hospital(s) [1] failed\nINFO : \n")
     assert last_error(log) == "fedmm.strategies.base.HospitalsLost: round 2: hospital(s) [1] failed"
     assert last_error(tmp_path / "missing.log") == "no log"
+
+
+def test_a_failure_names_the_root_cause_not_the_last_words(tmp_path):
+    log = tmp_path / "flwr-run.log"
+    log.write_text("ERROR :     An exception occured!! ActorPool is empty.\nTraceback (most recent call last):\n"
+                   "ValueError: ActorPool is empty. Stopping Simulation.\n"
+                   "RuntimeError: An error was encountered. Ending simulation.\n")
+    assert last_error(log) == "ValueError: ActorPool is empty. Stopping Simulation."
+
+
+def test_attaching_to_a_ray_cluster_passes_its_address_and_no_resource_counts(smoke_overrides, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    private = compose_config(smoke_overrides)
+    assert private.simulation.ray_address is None and ray_environment(private) == {"RAY_ADDRESS": "local"}
+    assert federation_config(private)["init-args-num-cpus"] >= 1
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # as `ray start --head` tells a shell to set
+    attached = compose_config(smoke_overrides)
+    assert ray_environment(attached) == {"RAY_ADDRESS": "127.0.0.1:6379"}
+    settings = federation_config(attached)
+    assert "init-args-num-cpus" not in settings and "init-args-num-gpus" not in settings  # Ray refuses them
+
+
+@pytest.mark.slow
+def test_a_crashed_simulation_runtime_ends_fedmm_run_with_its_cause(smoke_overrides, tmp_path):
+    # More CPUs per hospital than the machine has: Flower's Ray backend raises while building its actor pool.
+    too_many = (os.cpu_count() or 1) + 1
+    command = [str(Path(sys.executable).parent / "fedmm"), "run", *smoke_overrides, "simulation.engine=ray",
+               f"simulation.client_cpus={too_many}", f"run_dir={tmp_path / 'run'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)  # a hang fails here
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1, output
+    assert "simulation failed:" in output and "ActorPool is empty" in output
+    assert (tmp_path / "run" / "flower.log").exists()  # Flower's log is kept next to the run

@@ -113,7 +113,9 @@ class HospitalFedAvg(FedAvg):
         if not self.modality_aware and self.server_optimizer is None and not self.uniform_weights:
             return aggregate_arrayrecords([reply.content for reply in ordered], self.weighted_by_key)  # Flower's
         current = {key: array.numpy() for key, array in self.current_arrays.items()}
-        states = [{key: array.numpy() for key, array in reply.content[keys.ARRAYS].items()} for reply in ordered]
+        # Each hospital's arrays are decoded one at a time, when the average reaches them: a round of a
+        # thousand replies is not held twice (as Flower's bytes and as decoded arrays).
+        states = [DecodedOnRead(reply.content[keys.ARRAYS]) for reply in ordered]
         if self.uniform_weights:  # client-level DP: one hospital moves the average by at most C/m, whoever replies
             planned = self.roster.clients_per_round
             averaged = {key: np.asarray(value + sum(state[key] - value for state in states) / planned,
@@ -144,6 +146,22 @@ class HospitalFedAvg(FedAvg):
         ordered = self.roster.answered(server_round, replies, "evaluation", self.roster.evaluated, stop_now=False)
         self.roster.log_evaluation(server_round, ordered)
         return None
+
+
+class DecodedOnRead(Mapping):
+    """A reply's ArrayRecord read as {name: numpy array}, each array decoded when it is looked up."""
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self.record = record
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.record[key].numpy()
+
+    def __iter__(self):
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
 
 
 class FederatedStrategy(Protocol):

@@ -16,6 +16,7 @@ from fedmm.runs.checkpoint import load_checkpoint, save_checkpoint
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals, group_of
+from fedmm.server.folding import FoldingGrid
 from fedmm.strategies import strategy_spec
 from fedmm.strategies.base import Delegating, FederatedStrategy
 from fedmm.strategies.roster import HospitalsLost, Roster, RunStopped, sample_size
@@ -51,6 +52,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
                     stop_run_at_budget=cfg.privacy.on_budget == "stop_run",
                     min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s)
     strategy: FederatedStrategy = spec.build_server(cfg, spec.parse_options(cfg), data, roster)
+    if getattr(strategy, "can_fold_on_arrival", False):  # unwrapped averaging: add each reply as it arrives
+        strategy.folds_on_arrival = True
+        grid = FoldingGrid(grid, strategy.on_reply)
     global_test, prompts = data.global_test, Prompts.from_features(data.features)
 
     latest = {"arrays": None}

@@ -15,7 +15,7 @@ Who is sampled, who answered, who failed or ran out of budget, and what each hos
 `Roster`'s (`roster.py`); this file holds only the algorithm.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
 from typing import Protocol
 
@@ -23,15 +23,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
 from fedmm import protocol as keys
-from fedmm.aggregation.modality import modality_weighted_average
+from fedmm.aggregation.modality import MODALITY, SIZE, UNIFORM, RunningAverage
 from fedmm.aggregation.server_optimizers import ServerOptimizer
 from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
-from fedmm.strategies.roster import Roster, record_bytes
+from fedmm.strategies.roster import Roster, hospital_of, record_bytes
 
 GROUP_COUNT_KEYS = {  # the reply metric that weights each head group in the modality-aware average
     HeadGroup.IMAGE: keys.NUM_IMAGE_USED,
@@ -45,6 +44,7 @@ class HospitalFedAvg(FedAvg):
     DP) and followed by a server optimizer."""
 
     has_global_model = True  # False when hospitals keep part of the model (FedPer, FedRep)
+    can_fold_on_arrival = True  # False where aggregate_train is not this averaging (distillation)
     train_message_type = MessageType.TRAIN  # distillation: `train.distill`
 
     def __init__(self, roster: Roster, modality_aware: bool = False, server_optimizer: ServerOptimizer | None = None,
@@ -56,6 +56,8 @@ class HospitalFedAvg(FedAvg):
         self.uniform_weights = uniform_weights  # client-level DP: every update counts 1/m, m = clients_per_round
         self.current_arrays: ArrayRecord | None = None  # the global model at the start of this round
         self.sent_arrays: ArrayRecord | None = None  # what the hospitals received for training this round
+        self.folds_on_arrival = False  # run_federated sets it where replies reach `on_reply` (a FoldingGrid)
+        self.arrivals: InOrderFold | None = None  # this round's replies folded so far
 
     def initial_arrays(self, heads_state: Mapping) -> ArrayRecord:
         """What the server holds and sends: the whole heads here; the shared part in FedPer/FedRep."""
@@ -84,6 +86,9 @@ class HospitalFedAvg(FedAvg):
         sampled = self.roster.start_round(server_round)
         self.current_arrays = arrays
         self.sent_arrays = self.train_payload(server_round, arrays)
+        if self.folds_on_arrival:
+            average = self.new_average()
+            self.arrivals = InOrderFold(sampled, average, lambda reply: self.fold(average, reply))
         log(INFO, "configure_train: hospitals %s", sampled)
         return self._messages(sampled, self.sent_arrays, config, server_round, self.train_message_type)
 
@@ -94,45 +99,59 @@ class HospitalFedAvg(FedAvg):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ordered = self.roster.answered(server_round, replies, "training")
-        self.roster.log_train(server_round, ordered, self.download_bytes)
-        contributing = [reply for reply in ordered if not reply.content[keys.METRICS].get(keys.PRIVACY_EXHAUSTED)]
+        arrivals, self.arrivals = self.arrivals, None
+        if arrivals is not None:
+            arrivals.finish()
+        self.roster.log_train(server_round, ordered, self.download_bytes,
+                              upload_bytes=arrivals.upload_bytes if arrivals is not None else None)
+        contributing = [reply for reply in ordered if not exhausted(reply)]
         self.roster.retire_exhausted(server_round, ordered)
         if not contributing:  # nobody trained: the global model stays as it is
             return None, None
-        return self.aggregate_arrays(contributing), self.train_metrics_aggr_fn(
-            [reply.content for reply in contributing], self.weighted_by_key)
+        arrays = self.finish_average(arrivals.average) if arrivals is not None else self.aggregate_arrays(contributing)
+        return arrays, self.train_metrics_aggr_fn([reply.content for reply in contributing], self.weighted_by_key)
 
     @property
     def download_bytes(self) -> int:
         """Bytes of arrays sent to each sampled hospital this round."""
         return record_bytes(RecordDict({keys.ARRAYS: self.sent_arrays})) if self.sent_arrays is not None else 0
 
+    def new_average(self) -> RunningAverage:
+        """This round's average, empty: modality-aware, size-weighted or (client-level DP) uniform."""
+        assert self.current_arrays is not None, "configure_train stores the global model first"
+        current = {key: array.numpy() for key, array in self.current_arrays.items()}
+        if self.uniform_weights:  # client-level DP: one hospital moves the average by at most C/m, whoever replies
+            return RunningAverage(current, UNIFORM, planned=self.roster.clients_per_round)
+        return RunningAverage(current, MODALITY if self.modality_aware else SIZE)
+
+    def fold(self, average: RunningAverage, reply: Message) -> None:
+        """Add one hospital's reply to `average`; its arrays are decoded one at a time, as the sum reaches them."""
+        metrics = reply.content[keys.METRICS]
+        counts = ({group: float(metrics[key]) for group, key in GROUP_COUNT_KEYS.items()}
+                  if self.modality_aware else None)
+        average.add(DecodedOnRead(reply.content[keys.ARRAYS]), float(metrics[self.weighted_by_key]), counts)
+
+    def finish_average(self, average: RunningAverage) -> ArrayRecord:
+        """The next global arrays: the average, then the server optimizer's step (FedAvgM, FedAdam, FedYogi)."""
+        averaged = average.result()
+        if self.server_optimizer is not None:
+            averaged = self.server_optimizer.step(average.current, averaged, average.trained())
+        return ArrayRecord({key: Array(value) for key, value in averaged.items()})
+
     def aggregate_arrays(self, ordered: list[Message]) -> ArrayRecord:
         """The next global arrays from replies already sorted by hospital id."""
-        assert self.current_arrays is not None, "configure_train stores the global model first"
-        if not self.modality_aware and self.server_optimizer is None and not self.uniform_weights:
-            return aggregate_arrayrecords([reply.content for reply in ordered], self.weighted_by_key)  # Flower's
-        current = {key: array.numpy() for key, array in self.current_arrays.items()}
-        # Each hospital's arrays are decoded one at a time, when the average reaches them: a round of a
-        # thousand replies is not held twice (as Flower's bytes and as decoded arrays).
-        states = [DecodedOnRead(reply.content[keys.ARRAYS]) for reply in ordered]
-        if self.uniform_weights:  # client-level DP: one hospital moves the average by at most C/m, whoever replies
-            planned = self.roster.clients_per_round
-            averaged = {key: np.asarray(value + sum(state[key] - value for state in states) / planned,
-                                        dtype=value.dtype) for key, value in current.items()}
-            trained = set(HeadGroup)
-        elif self.modality_aware:
-            counts = [{group: float(reply.content[keys.METRICS][key]) for group, key in GROUP_COUNT_KEYS.items()}
-                      for reply in ordered]
-            averaged = modality_weighted_average(current, states, counts)
-            trained = {group for group in HeadGroup if any(count[group] > 0 for count in counts)}
-        else:
-            averaged = {key: array.numpy() for key, array in aggregate_arrayrecords(
-                [reply.content for reply in ordered], self.weighted_by_key).items()}
-            trained = set(HeadGroup)
-        if self.server_optimizer is not None:
-            averaged = self.server_optimizer.step(current, averaged, trained)
-        return ArrayRecord({key: Array(value) for key, value in averaged.items()})
+        average = self.new_average()
+        for reply in ordered:
+            self.fold(average, reply)
+        return self.finish_average(average)
+
+    def on_reply(self, reply: Message) -> Message:
+        """`FoldingGrid`'s hook: a reply as it arrives. With `folds_on_arrival`, a training reply is added to
+        the round's average in hospital order and its arrays are dropped, so a round of a thousand
+        hospitals holds a few replies' arrays, not a thousand."""
+        if self.arrivals is not None and reply.metadata.message_type == self.train_message_type:
+            self.arrivals.offer(reply)
+        return reply
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -146,6 +165,42 @@ class HospitalFedAvg(FedAvg):
         ordered = self.roster.answered(server_round, replies, "evaluation", self.roster.evaluated, stop_now=False)
         self.roster.log_evaluation(server_round, ordered)
         return None
+
+
+def exhausted(reply: Message) -> bool:
+    """The hospital did not train: its next round would have passed its sample-level privacy budget."""
+    return bool(reply.content[keys.METRICS].get(keys.PRIVACY_EXHAUSTED))
+
+
+class InOrderFold:
+    """A round's training replies added to its average as they arrive, in hospital-id order (so the sum is
+    the same whatever the arrival order): a reply waits only for the sampled hospitals before it. Once
+    added, a reply's arrays are dropped; its size is kept for the round's log. A hospital that never
+    answers holds the ones after it until `finish`, which adds what arrived."""
+
+    def __init__(self, sampled: list[int], average: RunningAverage, fold: Callable[[Message], None]) -> None:
+        self.pending, self.average, self.fold = sorted(sampled), average, fold
+        self.waiting: dict[int, Message] = {}
+        self.upload_bytes: dict[int, int] = {}
+
+    def offer(self, reply: Message) -> None:
+        if reply.has_error():  # failures are the roster's (known by absence)
+            return
+        self.waiting[hospital_of(reply)] = reply
+        while self.pending and self.pending[0] in self.waiting:
+            self.add(self.waiting.pop(self.pending.pop(0)))
+
+    def finish(self) -> None:
+        for hospital in self.pending:
+            if hospital in self.waiting:
+                self.add(self.waiting.pop(hospital))
+        self.pending = []
+
+    def add(self, reply: Message) -> None:
+        self.upload_bytes[hospital_of(reply)] = record_bytes(reply.content)
+        if not exhausted(reply):
+            self.fold(reply)
+        reply.content[keys.ARRAYS] = ArrayRecord()
 
 
 class DecodedOnRead(Mapping):

@@ -52,6 +52,7 @@ class FedDistillOptions:
 
 
 class FedDistill(HospitalFedAvg):
+    can_fold_on_arrival = False  # its replies are embeddings, combined in its own aggregate_train
     train_message_type = DISTILL_MESSAGE
 
     def __init__(self, *args, heads: ContrastiveHeads, reference: SplitTensors, distill: DistillConfig,

@@ -169,11 +169,15 @@ class Roster:
             self.retire(hospital, "sample-level privacy budget")
 
     def log_train(self, server_round: int, ordered: list[Message], download_bytes: int,
-                  extra: Mapping[int, Mapping[str, float]] | None = None) -> None:
-        """Keep each hospital's training metrics, the bytes it sent and received, and any `extra` per hospital."""
+                  extra: Mapping[int, Mapping[str, float]] | None = None,
+                  upload_bytes: Mapping[int, int] | None = None) -> None:
+        """Keep each hospital's training metrics, the bytes it sent and received, and any `extra` per hospital.
+        `upload_bytes`: what replies whose arrays were already dropped (added to the average on arrival) held."""
+        sizes = upload_bytes or {}
         self.logs[server_round].train = {
             hospital_of(reply): dict(reply.content[keys.METRICS]) | dict((extra or {}).get(hospital_of(reply), {}))
-            | {keys.UPLOAD_BYTES: record_bytes(reply.content), keys.DOWNLOAD_BYTES: download_bytes}
+            | {keys.UPLOAD_BYTES: sizes.get(hospital_of(reply), record_bytes(reply.content)),
+               keys.DOWNLOAD_BYTES: download_bytes}
             for reply in ordered
         }
 

@@ -74,6 +74,61 @@ def test_flower_strategies_aggregate_exactly_and_independently_of_reply_order(mo
         assert averaged["logit_scale"] == pytest.approx(3.0)
 
 
+@pytest.mark.parametrize("modality_aware", [False, True])
+def test_replies_added_on_arrival_give_the_same_average_and_are_not_kept(modality_aware):
+    def replies():
+        return [reply(0, state([2, 2], [4], 3.0), num_examples=10, paired=2, images=2, reports=2),
+                reply(1, state([6, 10], [999], 999.0), num_examples=30, paired=0, images=6, reports=0),
+                reply(2, state([0, 0], [1], 1.0), num_examples=20, paired=0, images=0, reports=4),
+                reply(3, state([1, 7], [3], 2.0), num_examples=5, paired=1, images=1, reports=1)]
+
+    def run(folding: bool, arrival: list[int]):
+        built = strategy(modality_aware=modality_aware, num_hospitals=4)
+        built.folds_on_arrival = folding
+        built.configure_train(1, ArrayRecord({k: Array(v) for k, v in state([0, 0], [10], 1.0).items()}),
+                              ConfigRecord(), grid=None)
+        arrived = [built.on_reply(replies()[i]) for i in arrival]
+        held = [len(r.content[keys.ARRAYS]) for r in arrived]
+        arrays, _ = built.aggregate_train(1, arrived)
+        return {k: v.numpy() for k, v in arrays.items()}, held, built.roster.logs[1].train
+
+    expected, held, log = run(False, [0, 1, 2, 3])
+    assert held == [3, 3, 3, 3]  # without folding every reply keeps its arrays until the round ends
+    for arrival in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]):
+        averaged, held, folded_log = run(True, arrival)
+        assert held == [0, 0, 0, 0]  # each was added and dropped (the last ones at the round's end)
+        for key in expected:  # the sum runs in hospital order whatever the arrival order: the same bits
+            np.testing.assert_array_equal(averaged[key], expected[key])
+        assert {h: m[keys.UPLOAD_BYTES] for h, m in folded_log.items()} == \
+               {h: m[keys.UPLOAD_BYTES] for h, m in log.items()}
+
+
+def test_a_reply_waits_only_for_the_hospitals_before_it():
+    from fedmm.aggregation.modality import SIZE, RunningAverage
+    from fedmm.strategies.base import InOrderFold
+
+    added = []
+    fold = InOrderFold([0, 1, 2, 3], RunningAverage(state([0, 0], [0], 0.0), SIZE), lambda r: added.append(
+        r.content[keys.METRICS][keys.HOSPITAL_ID]))
+    for hospital in (1, 3, 0):
+        fold.offer(reply(hospital, state([1, 1], [1], 1.0), 1, 1, 1, 1))
+    assert added == [0, 1]  # 3 waits for 2
+    fold.finish()  # 2 never answered
+    assert added == [0, 1, 3] and not fold.waiting
+
+
+def test_client_level_dp_average_has_a_fixed_denominator():
+    from fedmm.aggregation.modality import UNIFORM, RunningAverage
+
+    average = RunningAverage(state([1, 1], [0], 1.0), UNIFORM, planned=4)
+    average.add(state([3, 1], [4], 1.0))
+    average.add(state([1, 5], [0], 3.0))
+    averaged = average.result()  # current + (sum of the 2 updates) / 4 planned, not / 2 received
+    np.testing.assert_array_equal(averaged["image_head.0.weight"], [1.5, 2.0])
+    np.testing.assert_array_equal(averaged["report_head.0.weight"], [1.0])
+    assert averaged["logit_scale"] == 1.5
+
+
 def test_failed_hospital_stops_the_run_by_default_with_its_reason():
     built = strategy(HospitalFedAvg, num_hospitals=2)
     built.roster.logs[1] = RoundLog(sampled=[0, 1])

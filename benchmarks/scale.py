@@ -7,22 +7,25 @@ For each size, the same federation (`strategy=fedavg scenario=balanced`, every h
 
 - **bare loop**: one process trains one hospital after another with plain PyTorch (copy the global
   heads, AdamW, the same batches of symmetric InfoNCE, size-weighted average), with 1 and with 2 torch
-  threads; seconds per round are the mean over `--rounds-long` rounds after a warm-up round.
-- **fedmm run**: the real command, run twice (`--rounds-short` and `--rounds-long` rounds, features
-  cached); seconds per round = the difference of the two wall times over the difference of rounds, so
-  start-up and the final evaluation cancel. Start-up = the short run's wall time less its rounds.
+  threads; seconds per round are the median of `--rounds-long` rounds after a warm-up round.
+- **fedmm run**, on each engine of `--engines`: the real command, run twice (`--rounds-short` and
+  `--rounds-long` rounds, features cached); seconds per round = the difference of the two wall times
+  over the difference of rounds, so start-up and the final evaluation cancel. Start-up = the short
+  run's wall time less its rounds.
   Peak memory comes from a third run (`--memory-rounds`): the largest sum of proportional set sizes
   (PSS, shared pages split among the processes that map them) of the command and every process
   under it, sampled every 0.5 s. Sampling takes CPU, so the timed runs are not sampled.
 
-Extra arguments are Hydra overrides for both (e.g. `simulation.engine=inprocess`). Prints a table
-and writes the figures as JSON.
+Extra arguments are Hydra overrides for both (e.g. `simulation.engine=inprocess`). Prints a table,
+writes the figures as JSON, and with `--update README.md` rewrites the README's performance section
+(between its `benchmarks/scale.py` markers) with the table and the command that made it.
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,7 +84,7 @@ def bare_loop(overrides: list[str], rounds: int, threads: int) -> float:
             weight += len(rows)
         global_state = {k: (v / weight).to(global_state[k].dtype) for k, v in total.items()}
         times.append(time.perf_counter() - start)
-    return sum(times[1:]) / rounds
+    return statistics.median(times[1:])
 
 
 def descendants(root: int) -> list[int]:
@@ -150,12 +153,18 @@ def main() -> None:
     parser.add_argument("--rounds-long", type=int, default=6)
     parser.add_argument("--memory-rounds", type=int, default=None,
                         help="rounds of the third, memory-sampled run (default: --rounds-long)")
+    parser.add_argument("--engines", default="pool,ray", help="simulation.engine values to run, comma-separated")
+    parser.add_argument("--append", action="store_true", help="keep the rows already in --out and add these")
     parser.add_argument("--skip-bare", action="store_true", help="only fedmm run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
+    parser.add_argument("--update", type=Path, action="append", default=[],
+                        help="a Markdown file whose section between the scale markers gets the table (README.md)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     sizes = list(zip(map(int, args.hospitals.split(",")), map(int, args.studies.split(","))))
-    rows = []
+    previous = json.loads(args.out.read_text()) if args.append and args.out.exists() else {}
+    rows, commands = list(previous.get("rows", [])), list(previous.get("commands", []))
+    commands.append("python benchmarks/scale.py " + " ".join(sys.argv[1:]))
     with tempfile.TemporaryDirectory(prefix="fedmm-bench-") as work_dir:
         for hospitals, studies in sizes:
             overrides = overrides_for(hospitals, studies, args.overrides)
@@ -164,37 +173,58 @@ def main() -> None:
             if not args.skip_bare:
                 row["bare_s_per_round_1_thread"] = bare_loop(overrides, args.rounds_long, 1)
                 row["bare_s_per_round_2_threads"] = bare_loop(overrides, args.rounds_long, 2)
-            short_s, _ = fedmm_run(overrides, args.rounds_short, Path(work_dir))
-            long_s, _ = fedmm_run(overrides, args.rounds_long, Path(work_dir))
-            _, peak = fedmm_run(overrides, args.memory_rounds or args.rounds_long, Path(work_dir), sample_memory=True)
-            per_round = (long_s - short_s) / (args.rounds_long - args.rounds_short)
-            row |= {"fedmm_s_per_round": per_round, "fedmm_client_rounds_per_s": hospitals / per_round,
-                    "fedmm_startup_s": short_s - args.rounds_short * per_round,
-                    "fedmm_wall_s": {str(args.rounds_short): short_s, str(args.rounds_long): long_s},
-                    "fedmm_peak_pss_gb": peak / 1e9,
-                    "memory_rounds": args.memory_rounds or args.rounds_long}
-            if "bare_s_per_round_2_threads" in row:
-                row["ratio_to_bare_2_threads"] = per_round / row["bare_s_per_round_2_threads"]
+            for engine in args.engines.split(","):
+                runs = [*overrides, f"simulation.engine={engine}"]
+                short_s, _ = fedmm_run(runs, args.rounds_short, Path(work_dir))
+                long_s, _ = fedmm_run(runs, args.rounds_long, Path(work_dir))
+                _, peak = fedmm_run(runs, args.memory_rounds or args.rounds_long, Path(work_dir), sample_memory=True)
+                per_round = (long_s - short_s) / (args.rounds_long - args.rounds_short)
+                measured = {"s_per_round": per_round, "client_rounds_per_s": hospitals / per_round,
+                            "startup_s": short_s - args.rounds_short * per_round,
+                            "wall_s": {str(args.rounds_short): short_s, str(args.rounds_long): long_s},
+                            "peak_pss_gb": peak / 1e9, "memory_rounds": args.memory_rounds or args.rounds_long}
+                if "bare_s_per_round_2_threads" in row:
+                    measured["ratio_to_bare_2_threads"] = per_round / row["bare_s_per_round_2_threads"]
+                row[engine] = measured
             rows.append(row)
             print(json.dumps(row), flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    args.out.write_text(json.dumps({"machine": machine, "overrides": [*BASE, *args.overrides], "rows": rows},
-                                   indent=2) + "\n")
-    print(table(rows, machine))
+    args.out.write_text(json.dumps({"machine": machine, "overrides": [*BASE, *args.overrides], "commands": commands,
+                                    "rows": rows}, indent=2) + "\n")
+    text = table(rows, machine)
+    print(text)
+    for path in args.update:
+        update_section(path, "```bash\n" + "\n".join(commands) + "\n```\n\n" + text + "\n")
+
+
+BEGIN, END = "<!-- benchmarks/scale.py: begin -->", "<!-- benchmarks/scale.py: end -->"
+
+
+def update_section(path: Path, text: str) -> None:
+    """Replace what lies between BEGIN and END in `path` by `text`."""
+    document = path.read_text()
+    if BEGIN not in document or END not in document:
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} section to update")
+    head, rest = document.split(BEGIN, 1)
+    path.write_text(f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}")
 
 
 def table(rows: list[dict], machine: str) -> str:
     lines = [f"machine: {machine}", "",
-             "| hospitals | studies | bare loop, 1 / 2 threads (s/round) | fedmm run (s/round) | ratio to 2 threads "
-             "| client-rounds/s | start-up (s) | peak memory (GB, PSS) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| hospitals | studies | bare loop, 1 / 2 threads (s/round) | engine | fedmm run (s/round) "
+             "| ratio to 2 threads | client-rounds/s | start-up (s) | peak memory (GB, PSS) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         bare = (f"{row['bare_s_per_round_1_thread']:.2f} / {row['bare_s_per_round_2_threads']:.2f}"
                 if "bare_s_per_round_1_thread" in row else "–")
-        ratio = f"{row['ratio_to_bare_2_threads']:.2f}×" if "ratio_to_bare_2_threads" in row else "–"
-        lines.append(f"| {row['hospitals']} | {row['studies']} | {bare} | {row['fedmm_s_per_round']:.2f} | {ratio} "
-                     f"| {row['fedmm_client_rounds_per_s']:.1f} | {row['fedmm_startup_s']:.1f} "
-                     f"| {row['fedmm_peak_pss_gb']:.2f} |")
+        for engine, measured in row.items():
+            if not isinstance(measured, dict) or "s_per_round" not in measured:
+                continue
+            ratio = f"{measured['ratio_to_bare_2_threads']:.2f}×" if "ratio_to_bare_2_threads" in measured else "–"
+            lines.append(f"| {row['hospitals']} | {row['studies']} | {bare} | `{engine}` "
+                         f"| {measured['s_per_round']:.2f} | {ratio} | {measured['client_rounds_per_s']:.1f} "
+                         f"| {measured['startup_s']:.1f} "
+                         f"| {measured['peak_pss_gb']:.2f} |")
     return "\n".join(lines)
 
 

@@ -92,6 +92,13 @@ def test_the_in_process_engine_writes_what_the_ray_engine_writes(two_federated_r
     assert_same_run(ray_run, in_process_run, ray_summary, in_process_summary)
 
 
+@pytest.mark.slow
+def test_the_pool_engine_writes_what_the_in_process_engine_writes(two_federated_runs, smoke_overrides, tmp_path):
+    _, in_process_run, (_, in_process_summary) = two_federated_runs
+    summary = run_experiment(fedavg_two_of_three(smoke_overrides, tmp_path, "pool"))
+    assert_same_run(in_process_run, tmp_path, in_process_summary, summary)
+
+
 class RayCluster:
     """A head and a second node, started with `ray start` on 127.0.0.1 with one CPU each, in a private
     temporary directory (so no later `ray.init` finds them); stopped by process id."""

@@ -1,6 +1,7 @@
 """Run a federated strategy on one machine, one simulated hospital per node, on the engine
 `simulation.engine` names: `ray` (Flower's Simulation Engine through a private SuperLink and `flwr run`,
-`ray.py`) or `inprocess` (`inprocess.py`)."""
+`ray.py`), `pool` (a few long-lived worker processes serving every hospital, `pool.py`) or `inprocess`
+(`inprocess.py`)."""
 
 from typing import TYPE_CHECKING
 
@@ -9,7 +10,7 @@ from fedmm.config import ConfigError, ExperimentConfig
 if TYPE_CHECKING:
     from fedmm.runs.recorder import RoundCallback
 
-ENGINES = ("ray", "inprocess")
+ENGINES = ("ray", "pool", "inprocess")
 
 
 class SimulationFailed(RuntimeError):
@@ -21,9 +22,9 @@ def check_engine(cfg: ExperimentConfig) -> None:
     simulation = cfg.simulation
     if simulation.engine not in ENGINES:
         raise ConfigError(f"simulation.engine={simulation.engine!r} is unknown; valid: {list(ENGINES)}")
-    if simulation.client_gpus > 0 and simulation.engine == "inprocess":
-        raise ConfigError("simulation.client_gpus > 0 needs simulation.engine=ray (the in-process engine shares "
-                          "no GPU between hospitals); or set device=cuda to use one GPU in-process")
+    if simulation.client_gpus > 0 and simulation.engine != "ray":
+        raise ConfigError(f"simulation.client_gpus > 0 needs simulation.engine=ray (the {simulation.engine} engine "
+                          "shares no GPU between hospitals); or set device=cuda to use one GPU in-process")
 
 
 def run_in_simulation(cfg: ExperimentConfig, on_round: "RoundCallback | None" = None, verbose: bool = False,
@@ -35,18 +36,24 @@ def run_in_simulation(cfg: ExperimentConfig, on_round: "RoundCallback | None" = 
     check_engine(cfg)
     if cfg.simulation.client_gpus > 0 and not torch.cuda.is_available():
         raise ConfigError(f"simulation.client_gpus={cfg.simulation.client_gpus} but no GPU is visible; set it to 0")
+    if client_mods and cfg.simulation.engine != "inprocess":
+        raise ConfigError(f"client mods are Python objects and reach hospitals only on simulation.engine=inprocess; "
+                          f"under simulation.engine={cfg.simulation.engine} the ClientApp runs in other processes")
     if cfg.simulation.engine == "ray":
-        if client_mods:
-            raise ConfigError("client mods are Python objects and reach hospitals only on simulation.engine=inprocess; "
-                              "under simulation.engine=ray the ClientApp runs in Flower's own processes")
         from fedmm.simulation.ray import run_on_ray
 
         return run_on_ray(cfg, on_round, verbose)
-    from fedmm.clients.app import make_client_app
     from fedmm.server.federated import run_federated
-    from fedmm.simulation.inprocess import run_in_process
 
     results: list[dict] = []
+    if cfg.simulation.engine == "pool":
+        from fedmm.simulation.pool import run_in_pool
+
+        run_in_pool(lambda grid: results.append(run_federated(grid, cfg, on_round)), cfg, cfg.scenario.num_hospitals)
+        return results[0]
+    from fedmm.clients.app import make_client_app
+    from fedmm.simulation.inprocess import run_in_process
+
     run_in_process(lambda grid: results.append(run_federated(grid, cfg, on_round)),
                    make_client_app(cfg, client_mods), cfg.scenario.num_hospitals)
     return results[0]

@@ -188,7 +188,7 @@ def main() -> None:
                 row[engine] = measured
             rows.append(row)
             print(json.dumps(row), flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {memory_gb():.0f} GB, torch {torch.__version__}"
     args.out.write_text(json.dumps({"machine": machine, "overrides": [*BASE, *args.overrides], "commands": commands,
                                     "rows": rows}, indent=2) + "\n")
     text = table(rows, machine)
@@ -207,6 +207,20 @@ def update_section(path: Path, text: str) -> None:
         raise SystemExit(f"{path}: no {BEGIN} ... {END} section to update")
     head, rest = document.split(BEGIN, 1)
     path.write_text(f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def memory_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").exists() else []:
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 1024**2
+    return float("nan")
 
 
 def table(rows: list[dict], machine: str) -> str:

@@ -221,7 +221,7 @@ class DeploymentConfig:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    engine: str  # ray: Flower's Simulation Engine | inprocess: every hospital in this process, one at a time
+    engine: str  # pool: long-lived worker processes | ray: Flower's Simulation Engine | inprocess: this process
     client_cpus: int  # Ray CPUs per simulated hospital (whole CPUs, as Flower takes them); also its torch threads
     client_gpus: float  # fraction of a GPU per simulated hospital (0.25 = 4 hospitals per GPU)
     ray_address: str | None = None  # a running Ray cluster to attach to (host:port); None: a private one per run

@@ -22,6 +22,10 @@ def check_engine(cfg: ExperimentConfig) -> None:
     simulation = cfg.simulation
     if simulation.engine not in ENGINES:
         raise ConfigError(f"simulation.engine={simulation.engine!r} is unknown; valid: {list(ENGINES)}")
+    if simulation.ray_address and simulation.engine != "ray":
+        raise ConfigError(f"simulation.ray_address={simulation.ray_address!r} (or $RAY_ADDRESS) names a Ray cluster, "
+                          f"but simulation.engine={simulation.engine} runs on this machine only; add "
+                          "simulation.engine=ray to run on the cluster, or unset RAY_ADDRESS")
     if simulation.client_gpus > 0 and simulation.engine != "ray":
         raise ConfigError(f"simulation.client_gpus > 0 needs simulation.engine=ray (the {simulation.engine} engine "
                           "shares no GPU between hospitals); or set device=cuda to use one GPU in-process")

@@ -3,6 +3,8 @@
 `ray.py`), `pool` (a few long-lived worker processes serving every hospital, `pool.py`) or `inprocess`
 (`inprocess.py`)."""
 
+import logging
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from fedmm.config import ConfigError, ExperimentConfig
@@ -50,14 +52,29 @@ def run_in_simulation(cfg: ExperimentConfig, on_round: "RoundCallback | None" = 
     from fedmm.server.federated import run_federated
 
     results: list[dict] = []
-    if cfg.simulation.engine == "pool":
-        from fedmm.simulation.pool import run_in_pool
+    with flower_log_level(logging.DEBUG if verbose else logging.WARNING):
+        if cfg.simulation.engine == "pool":
+            from fedmm.simulation.pool import run_in_pool
 
-        run_in_pool(lambda grid: results.append(run_federated(grid, cfg, on_round)), cfg, cfg.scenario.num_hospitals)
-        return results[0]
-    from fedmm.clients.app import make_client_app
-    from fedmm.simulation.inprocess import run_in_process
+            run_in_pool(lambda grid: results.append(run_federated(grid, cfg, on_round)), cfg,
+                        cfg.scenario.num_hospitals)
+        else:
+            from fedmm.clients.app import make_client_app
+            from fedmm.simulation.inprocess import run_in_process
 
-    run_in_process(lambda grid: results.append(run_federated(grid, cfg, on_round)),
-                   make_client_app(cfg, client_mods), cfg.scenario.num_hospitals)
+            run_in_process(lambda grid: results.append(run_federated(grid, cfg, on_round)),
+                           make_client_app(cfg, client_mods), cfg.scenario.num_hospitals)
     return results[0]
+
+
+@contextmanager
+def flower_log_level(level: int):
+    """Flower's logger at `level` while the server logic runs in this process (its per-round INFO lines
+    would bury the progress bar; the Ray engine keeps them in Flower's log instead), then as it was."""
+    logger = logging.getLogger("flwr")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

@@ -125,8 +125,10 @@ def test_an_option_missing_from_the_yaml_is_named_with_where_defaults_live():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["simulation.engine=threads"], r"simulation.engine='threads' is unknown; valid: \['ray', 'inprocess'\]"),
+    (["simulation.engine=threads"], r"simulation.engine='threads' is unknown; valid: \['ray', 'pool', 'inprocess'\]"),
     (["simulation.engine=inprocess", "simulation.client_gpus=0.5"], "needs simulation.engine=ray"),
+    (["simulation.engine=pool", "simulation.client_gpus=0.5"], "needs simulation.engine=ray"),
+    (["simulation.ray_address=127.0.0.1:6379"], "runs on this machine only; add simulation.engine=ray"),
 ])
 def test_bad_engine_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):

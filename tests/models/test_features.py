@@ -18,8 +18,12 @@ def tiny():
     return generate_synthetic_cxr(num_samples=12, image_size=64, seed=0)
 
 
+RESNET18 = "encoders/image=resnet18"  # the cheapest encoder (the default is EfficientNet-Lite0: tests/models)
+
+
 def encoders(**image) -> EncodersConfig:
-    return configured("encoders", image=configured("encoders.image", input_size=64, batch_size=5, **image))
+    return configured("encoders", RESNET18,
+                      image=configured("encoders.image", RESNET18, input_size=64, batch_size=5, **image))
 
 
 def test_second_load_reads_the_cache(tiny, tmp_path, monkeypatch):
@@ -47,7 +51,7 @@ def test_changing_encoder_preprocessing_or_dataset_recomputes(tiny, tmp_path):
 
 
 def test_batched_extraction_equals_one_big_batch(tiny):
-    encoder = build_image_encoder(configured("encoders.image", input_size=64))
+    encoder = build_image_encoder(configured("encoders.image", RESNET18, input_size=64))
     with torch.inference_mode():
         whole = encoder(torch.from_numpy(tiny.images))
         parts = torch.cat([encoder(torch.from_numpy(tiny.images[i:i + 5])) for i in range(0, 12, 5)])
@@ -55,18 +59,18 @@ def test_batched_extraction_equals_one_big_batch(tiny):
 
 
 def test_local_weights_file_is_loaded_and_a_missing_one_is_named(tmp_path):
-    reference = build_image_encoder(configured("encoders.image", name="resnet18", init_seed=3))
+    reference = build_image_encoder(configured("encoders.image", RESNET18, init_seed=3))
     import torchvision
 
     weights = torchvision.models.resnet18(weights=None).state_dict()
     path = tmp_path / "resnet18.pth"
     torch.save(weights, path)
-    loaded = build_image_encoder(configured("encoders.image", name="resnet18", weights=str(path), init_seed=3))
+    loaded = build_image_encoder(configured("encoders.image", RESNET18, weights=str(path), init_seed=3))
     first_conv = next(loaded.trunk.parameters())
     assert torch.equal(first_conv, weights["conv1.weight"])
     assert not torch.equal(first_conv, next(reference.trunk.parameters()))
     with pytest.raises(ConfigError, match="encoders.image.weights='/no/such.pth': no such file"):
-        check_image_encoder(configured("encoders.image", weights="/no/such.pth"))
+        check_image_encoder(configured("encoders.image", RESNET18, weights="/no/such.pth"))
     valid = ["densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50"]
     with pytest.raises(ConfigError, match=re.escape(f"valid: {valid}")):
         check_image_encoder(configured("encoders.image", name="vit"))

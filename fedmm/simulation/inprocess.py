@@ -27,11 +27,12 @@ CLIENT_APP_RAISED_EXCEPTION = 2  # Flower's ErrorCode for a ClientApp that raise
 FIRST_NODE_ID = 1000  # hospitals' node ids: FIRST_NODE_ID + partition id (Flower draws random ones)
 
 
-class InProcessGrid(Grid):
-    """A Grid whose nodes are `num_nodes` hospitals in this process; `partition-id` 0..n-1 as in simulation."""
+class LocalGrid(Grid):
+    """A Grid whose nodes are `num_nodes` simulated hospitals on this machine (`partition-id` 0..n-1, as in
+    Flower's simulation), each with its `Context`, kept here across rounds as Flower's engine keeps it.
+    Subclasses say how a message reaches a hospital (`push_messages`) and its reply comes back."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
-        self.client_app = client_app
+    def __init__(self, num_nodes: int, run_id: int = 1) -> None:
         self.run_id = run_id
         self.contexts = {
             FIRST_NODE_ID + partition: Context(run_id=run_id, node_id=FIRST_NODE_ID + partition,
@@ -43,7 +44,7 @@ class InProcessGrid(Grid):
 
     @property
     def run(self):  # Flower's Run record; nothing in fedmm reads it
-        raise NotImplementedError("the in-process grid has no Flower Run record")
+        raise NotImplementedError(f"{type(self).__name__} has no Flower Run record")
 
     def set_run(self, run_id: int) -> None:
         self.run_id = run_id
@@ -56,7 +57,18 @@ class InProcessGrid(Grid):
         return list(self.contexts)
 
     def get_nodes(self):
-        raise NotImplementedError("the in-process grid lists node ids only (get_node_ids)")
+        raise NotImplementedError(f"{type(self).__name__} lists node ids only (get_node_ids)")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(message_id) for message_id in message_ids if message_id in self.replies]
+
+
+class InProcessGrid(LocalGrid):
+    """A LocalGrid that calls each hospital's ClientApp in this process, one message at a time."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
+        super().__init__(num_nodes, run_id)
+        self.client_app = client_app
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver each message now and keep its reply for `pull_messages`."""
@@ -66,9 +78,6 @@ class InProcessGrid(Grid):
             self.replies[message.metadata.message_id] = self.deliver(message)
             ids.append(message.metadata.message_id)
         return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self.replies.pop(message_id) for message_id in message_ids if message_id in self.replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))

@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import Error, Message, RecordDict
 
 from fedmm.config import ExperimentConfig
-from fedmm.simulation.inprocess import CLIENT_APP_RAISED_EXCEPTION, FIRST_NODE_ID, SERVER_NODE_ID
+from fedmm.simulation.inprocess import CLIENT_APP_RAISED_EXCEPTION, SERVER_NODE_ID, LocalGrid
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +99,11 @@ class Worker:
     alive: bool = True
 
 
-class PoolGrid(Grid):
-    """A Grid whose nodes are `num_nodes` hospitals served by a pool of worker processes."""
+class PoolGrid(LocalGrid):
+    """A LocalGrid whose hospitals are served by a pool of `num_workers` worker processes."""
 
     def __init__(self, cfg: ExperimentConfig, num_nodes: int, num_workers: int, run_id: int = 1) -> None:
-        self.run_id = run_id
-        self.contexts = {
-            FIRST_NODE_ID + partition: Context(run_id=run_id, node_id=FIRST_NODE_ID + partition,
-                                               node_config={"partition-id": partition, "num-partitions": num_nodes},
-                                               state=RecordDict(), run_config={})
-            for partition in range(num_nodes)
-        }
+        super().__init__(num_nodes, run_id)
         spawn = multiprocessing.get_context("spawn")  # never fork a process that holds torch's thread pools
         self.workers = []
         for _ in range(num_workers):
@@ -121,29 +114,11 @@ class PoolGrid(Grid):
             self.workers.append(Worker(process, parent_end))
         self.todo: deque[Message] = deque()
         self.messages: dict[str, Message] = {}  # sent, not answered
-        self.replies: dict[str, Message] = {}
         self.tokens: deque[tuple[RecordDict, str]] = deque(maxlen=4)
         self.lock = threading.Condition()
         self.closed = False
         self.dispatcher = threading.Thread(target=self._dispatch, name="fedmm-pool", daemon=True)
         self.dispatcher.start()
-
-    @property
-    def run(self):  # Flower's Run record; nothing in fedmm reads it
-        raise NotImplementedError("the pool grid has no Flower Run record")
-
-    def set_run(self, run_id: int) -> None:
-        self.run_id = run_id
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def get_nodes(self):
-        raise NotImplementedError("the pool grid lists node ids only (get_node_ids)")
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -159,7 +134,7 @@ class PoolGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         with self.lock:
-            return [self.replies.pop(message_id) for message_id in message_ids if message_id in self.replies]
+            return super().pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         waiting = set(self.push_messages(messages))

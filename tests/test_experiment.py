@@ -99,6 +99,17 @@ def test_the_pool_engine_writes_what_the_in_process_engine_writes(two_federated_
     assert_same_run(in_process_run, tmp_path, in_process_summary, summary)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("state", [["strategy=ditto"], ["privacy=dp_sgd"]], ids=["personal-model", "dp-ledger"])
+def test_the_pool_engine_keeps_each_hospitals_private_state_across_rounds(state, smoke_overrides, tmp_path):
+    # Round 2 starts from what round 1 left in each hospital's context.state (Ditto's own model, the DP-SGD
+    # ledger whose epsilon the summary reports), which may come back from a different worker.
+    runs = {engine: run_experiment(compose_config([*smoke_overrides, *state, f"simulation.engine={engine}",
+                                                   f"run_dir={tmp_path / engine}"]))
+            for engine in ("pool", "inprocess")}
+    assert_same_run(tmp_path / "pool", tmp_path / "inprocess", runs["pool"], runs["inprocess"])
+
+
 class RayCluster:
     """A head and a second node, started with `ray start` on 127.0.0.1 with one CPU each, in a private
     temporary directory (so no later `ray.init` finds them); stopped by process id."""

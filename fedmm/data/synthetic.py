@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.data.findings import FINDINGS
@@ -48,17 +49,20 @@ def load_synthetic_cxr(num_samples: int, image_size: int, seed: int, cache_dir: 
     """Load the dataset from `cache_dir`, generating and caching it on first use."""
     fingerprint = _fingerprint(num_samples, image_size, seed)
     path = Path(cache_dir) / "datasets" / f"synthetic_cxr-{fingerprint}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as stored:
-            return MultimodalDataset("synthetic_cxr", fingerprint, stored["images"],
-                                     tuple(stored["reports"].tolist()), stored["labels"], FINDINGS)
-    log.info("generating %d synthetic studies at %d px (seed %d)", num_samples, image_size, seed)
-    dataset = generate_synthetic_cxr(num_samples, image_size, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.npz")
-    np.savez_compressed(partial, images=dataset.images, reports=np.array(dataset.reports), labels=dataset.labels)
-    partial.replace(path)  # atomic: a crash never leaves a half-written cache behind
-    return dataset
+    # One generation when several processes ask at once (parallel runs, test workers): without the lock
+    # both wrote the same partial file and the second rename found it gone.
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            with np.load(path, allow_pickle=False) as stored:
+                return MultimodalDataset("synthetic_cxr", fingerprint, stored["images"],
+                                         tuple(stored["reports"].tolist()), stored["labels"], FINDINGS)
+        log.info("generating %d synthetic studies at %d px (seed %d)", num_samples, image_size, seed)
+        dataset = generate_synthetic_cxr(num_samples, image_size, seed)
+        partial = path.with_suffix(".partial.npz")
+        np.savez_compressed(partial, images=dataset.images, reports=np.array(dataset.reports), labels=dataset.labels)
+        partial.replace(path)  # atomic: a crash never leaves a half-written cache behind
+        return dataset
 
 
 def _fingerprint(num_samples: int, image_size: int, seed: int) -> str:

@@ -75,6 +75,17 @@ class SitesConfig:
 
 
 @dataclass(frozen=True)
+class AdversaryConfig:
+    """Faulty or malicious hospitals (`scenario.adversaries`): one by id, or a seeded fraction of them.
+    The kinds and what each sends are in `fedmm.clients.adversary`."""
+
+    kind: str  # noise | sign_flip | scale | stale | shuffled_pairs
+    hospital: int | None = None  # this hospital; or
+    fraction: float | None = None  # round(fraction x num_hospitals) hospitals drawn from the run's seed
+    scale: float = 1.0  # noise: its std; sign_flip and scale: the factor on the honest update
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str
     num_hospitals: int | None  # natural: null, one per site (filled in from the dataset before the run)
@@ -86,6 +97,7 @@ class ScenarioConfig:
     hospital_mix: HospitalMixConfig | None  # null when `profiles` decide
     missing_rate: MissingRateConfig | None  # null when `profiles` decide
     sites: SitesConfig | None  # natural: hospitals are the dataset's sites (no sizes, mixes or profiles drawn)
+    adversaries: tuple[AdversaryConfig, ...] = ()  # hospitals that send corrupted updates; empty: all honest
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,16 @@ class StrategyConfig:
     modality_aware: bool | None = None  # averaging strategies: average each head over the hospitals that trained it
     options: Mapping[str, Any] = field(default_factory=dict)
     # `options` holds the group's other keys as given; `strategy_options(cfg)` returns them typed.
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    """How the server combines the hospitals' heads (`aggregator=NAME`; `fedmm.aggregation.robust`)."""
+
+    name: str = "mean"  # mean | median | trimmed_mean | krum | multikrum
+    trim_fraction: float = 0.0  # trimmed_mean: β, the fraction cut at each end of every coordinate
+    num_malicious: int = 0  # krum, multikrum: f, the attackers each score allows for (n - f - 2 neighbours)
+    num_selected: int | None = None  # multikrum: m, updates averaged; null: n - f
+
 
 @dataclass(frozen=True)
 class ReferenceConfig:
@@ -247,6 +269,7 @@ class ExperimentConfig:
     federation: FederationConfig
     simulation: SimulationConfig
     deployment: DeploymentConfig
+    aggregator: AggregatorConfig = AggregatorConfig()  # configs saved before robust aggregation: the mean
 
     @property
     def cache_path(self) -> Path:

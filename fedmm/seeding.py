@@ -8,6 +8,7 @@ LOCAL_TRAIN_STREAM = 4
 DISTILL_STREAM = 5  # the server's distillation steps (feddistill)
 FINETUNE_STREAM = 6  # a hospital's fine-tuning before evaluation (finetune)
 DP_NOISE_STREAM = 7  # client-level DP noise added by the server (Flower's wrappers)
+ADVERSARY_STREAM = 8  # which hospitals misbehave (scenario.adversaries with a fraction), and their noise
 
 
 def derive_seed(seed: int, stream: int, *ids: int) -> int:

@@ -1,5 +1,7 @@
 """Every check that can fail before any work is done, in one place."""
 
+from fedmm.aggregation.robust import check_aggregator
+from fedmm.clients.adversary import check_adversaries
 from fedmm.config import ConfigError, ExperimentConfig
 from fedmm.data.partition import check_scenario
 from fedmm.data.registry import DATASETS, check_dataset
@@ -57,6 +59,12 @@ def validate_config(cfg: ExperimentConfig) -> None:
     check_engine(cfg)
     check_privacy(cfg)
     check_missing_handler(cfg)
+    check_aggregator(cfg.aggregator)
+    check_adversaries(cfg.scenario)
+    if cfg.scenario.adversaries and (spec.is_reference or spec.local_update is None):
+        raise ConfigError(f"scenario.adversaries corrupt the weights a hospital sends, and {spec.name!r} "
+                          f"{'runs without a federation' if spec.is_reference else 'exchanges no weights'}; "
+                          "use a weight-averaging strategy (fedavg, fedprox, ...) or scenario.adversaries=[]")
     if spec.needs_reference:
         _check_reference(cfg)
 

@@ -1,7 +1,7 @@
 """Server optimizers that treat the averaged client update as a pseudo-gradient (plain numpy).
 
 FedAvgM: Hsu, Qi and Brown, 2019, "Measuring the Effects of Non-Identical Data Distribution for
-Federated Visual Classification" (arXiv:1909.06335). FedAdam and FedYogi: Reddi et al., 2021,
+Federated Visual Classification" (arXiv:1909.06335). FedAdagrad, FedAdam and FedYogi: Reddi et al., 2021,
 "Adaptive Federated Optimization" (ICLR). The equations are Flower's (`flwr.serverapp.strategy`),
 including FedAdam's bias correction, so without masking the results equal Flower's strategies.
 
@@ -37,6 +37,14 @@ class AdaptiveConfig:
     beta_1: float  # first-moment decay
     beta_2: float  # second-moment decay
     tau: float  # adaptivity: larger tau, closer to plain momentum SGD
+
+
+@dataclass(frozen=True)
+class AdagradConfig:
+    """FedAdagrad's server step (`strategy.server`): Flower's FedAdagrad has no momentum (β1 = 0)."""
+
+    lr: float  # η
+    tau: float  # adaptivity: larger tau, closer to plain SGD on the averaged update
 
 
 class ServerOptimizer:
@@ -130,3 +138,17 @@ class ServerYogi(ServerAdam):
 
     def learning_rate(self, step: int) -> float:
         return self.cfg.lr
+
+
+class ServerAdagrad(ServerOptimizer):
+    """FedAdagrad: v_t = v_{t-1} + Δ²; x += η Δ / (√v_t + τ) (Flower's, with its β1 = 0)."""
+
+    MOMENTS = ("second",)
+
+    def __init__(self, cfg: AdagradConfig) -> None:
+        super().__init__(cfg)
+        self.second: dict[str, np.ndarray] = {}
+
+    def update(self, key: str, delta: np.ndarray, step: int) -> np.ndarray:
+        self.second[key] = self.second.get(key, np.zeros_like(delta)) + delta**2
+        return self.cfg.lr * delta / (np.sqrt(self.second[key]) + self.cfg.tau)

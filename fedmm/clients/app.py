@@ -66,6 +66,8 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
         # 3. reply with the shared heads and the counts that weight their aggregation.
         received = msg.content[keys.ARRAYS].to_torch_state_dict()
         config = msg.content[keys.CONFIG]
+        server_arrays = {name: record.to_torch_state_dict() for name, record in msg.content.array_records.items()
+                         if name != keys.ARRAYS}  # a strategy's further state, e.g. SCAFFOLD's control variate
         hospital = runtime(context)
         update, ledger, metrics = train_round(
             hospital,
@@ -74,12 +76,14 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
             int(config[keys.SERVER_ROUND]),
             dict(config),
             load_ledger(context, hospital.ledger_path),
+            server_arrays,
         )
         if update.personal is not None:
             store_personal(context, update.personal)
         if ledger:
             store_ledger(context, ledger, hospital.ledger_path)
-        content = RecordDict({keys.ARRAYS: ArrayRecord(update.shared), keys.METRICS: MetricRecord(metrics)})
+        content = RecordDict({keys.ARRAYS: ArrayRecord(update.shared), keys.METRICS: MetricRecord(metrics)}
+                             | {name: ArrayRecord(arrays) for name, arrays in update.extra.items()})
         return Message(content, reply_to=msg)
 
     @app.train("distill")

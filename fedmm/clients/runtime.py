@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fedmm import protocol as keys
+from fedmm.clients.adversary import Adversary, resolve_adversaries
 from fedmm.config import ExperimentConfig, config_to_dict
 from fedmm.data.modality import AVAILABILITY_CODES
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
@@ -34,7 +35,7 @@ from fedmm.models.features import FeatureSet, resolve_device
 from fedmm.models.heads import ContrastiveHeads, build_heads
 from fedmm.privacy.accounting import Ledger, SampledGaussianSteps, epsilon_spent
 from fedmm.privacy.sample_level import SamplePrivacyPlan, plan_sample_privacy
-from fedmm.seeding import FINETUNE_STREAM, HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
+from fedmm.seeding import ADVERSARY_STREAM, FINETUNE_STREAM, HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.strategies import StrategySpec, strategy_spec
 from fedmm.training.distill import ReferenceEmbeddings, embed_reference, train_with_reference
 from fedmm.training.local import TrainResult
@@ -57,6 +58,7 @@ class Workspace:
     device: torch.device
     strategy: StrategySpec
     options: object  # the strategy's typed options
+    adversaries: dict[int, Adversary] = field(default_factory=dict)  # hospital id -> how it misbehaves
     _reference: SplitTensors | None = field(default=None, repr=False)
     _privacy_plans: dict[int, SamplePrivacyPlan | None] = field(default_factory=dict, repr=False)
 
@@ -117,10 +119,19 @@ class HospitalRuntime:
     def privacy_plan(self) -> SamplePrivacyPlan | None:
         return self.workspace.privacy_plan(self.data)
 
-    def missing_handler(self, seed: int) -> HandlerFactory | None:
-        """This hospital's missing-modality handler for a training seeded with `seed` (None: pairs only)."""
+    @property
+    def adversary(self) -> Adversary | None:
+        """How this hospital misbehaves (`scenario.adversaries`); None: it is honest."""
+        return self.workspace.adversaries.get(self.data.hospital_id)
+
+    def training_data(self, seed: int) -> SplitTensors:
+        """The split it trains on: its own, or what a faulty pipeline (`shuffled_pairs`) makes of it."""
+        return self.adversary.training_data(self.data.train, seed) if self.adversary else self.data.train
+
+    def missing_handler(self, data: SplitTensors, seed: int) -> HandlerFactory | None:
+        """The missing-modality handler for a training on `data` seeded with `seed` (None: pairs only)."""
         reference = self.reference if needs_reference(self.cfg.missing) else None
-        return handler_factory(self.cfg.missing, self.data.train, reference, seed)
+        return handler_factory(self.cfg.missing, data, reference, seed)
 
     @property
     def ledger_path(self) -> Path | None:
@@ -134,14 +145,17 @@ class HospitalRuntime:
             return self.data_dir / FOLDER_CACHE / "privacy-ledgers" / f"{run}.json"
         return Path(self.cfg.run_dir) / "hospitals" / str(self.data.hospital_id) / "privacy-ledger.json"
 
-    def step(self, stream: int, server_round: int, round_config: Mapping | None = None) -> LocalStep:
+    def step(self, stream: int, server_round: int, round_config: Mapping | None = None,
+             server_arrays: Mapping[str, StateDict] | None = None) -> LocalStep:
         """What the strategy's local update (or personal model) works with, seeded for (stream, round)."""
         seed = self.seed(stream, server_round)
         plan = self.privacy_plan
         shared = self.workspace
+        data = self.training_data(seed)
         return LocalStep(self.cfg, shared.options, shared.heads, shared.personal_heads, shared.initial_state,
-                         self.data.train, seed, self.device, self.missing_handler(seed), dict(round_config or {}),
-                         lambda: shared.reference, plan.dpsgd if plan is not None else None)
+                         data, seed, self.device, self.missing_handler(data, seed), dict(round_config or {}),
+                         lambda: shared.reference, plan.dpsgd if plan is not None else None,
+                         dict(server_arrays or {}))
 
     def seed(self, stream: int, server_round: int) -> int:
         return derive_seed(self.cfg.seed, stream, server_round, self.data.hospital_id)
@@ -182,7 +196,8 @@ def build_workspace(cfg: ExperimentConfig, features: FeatureSet, simulated: bool
     spec = strategy_spec(cfg.strategy.name)
     return Workspace(cfg, build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device),
                      build_heads(image_dim, report_dim, cfg.heads, seed=0).to(device), snapshot(initial),
-                     Prompts.from_features(features), device, spec, spec.parse_options(cfg))
+                     Prompts.from_features(features), device, spec, spec.parse_options(cfg),
+                     resolve_adversaries(cfg.scenario, cfg.seed))
 
 
 def simulated_hospital(cfg: ExperimentConfig, hospital_id: int,
@@ -247,12 +262,15 @@ def train_round(
     server_round: int,
     round_config: Mapping | None = None,
     ledger: Ledger = (),
+    server_arrays: Mapping[str, StateDict] | None = None,
 ) -> tuple[LocalUpdate, Ledger, dict[str, float]]:
     """The strategy's local update from the server's `received` arrays (and `round_config`, what came with
-    them) and this hospital's private `personal` state. `ledger`: this hospital's DP-SGD history
-    (sample-level DP). Returns the update (what to send, what to keep), the new ledger and the reply
-    metrics. A hospital whose next round would pass its privacy budget does not train: it sends the
-    received arrays back and says so (`privacy-exhausted`)."""
+    them, and `server_arrays`, further named arrays such as SCAFFOLD's control variate) and this hospital's
+    private `personal` state. `ledger`: this hospital's DP-SGD history (sample-level DP). A hospital named
+    in `scenario.adversaries` then corrupts what it sends (`fedmm.clients.adversary`). Returns the update
+    (what to send, what to keep), the new ledger and the reply metrics. A hospital whose next round would
+    pass its privacy budget does not train: it sends the received arrays back and says so
+    (`privacy-exhausted`)."""
     plan = runtime.privacy_plan
     if plan is not None and plan.would_exceed(ledger):
         idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
@@ -262,9 +280,12 @@ def train_round(
             f"strategy {runtime.strategy.name!r} does not train from weights; its hospitals answer "
             f"{runtime.strategy.exchanges.value} messages"
         )
-    step = runtime.step(LOCAL_TRAIN_STREAM, server_round, round_config)
+    step = runtime.step(LOCAL_TRAIN_STREAM, server_round, round_config, server_arrays)
     update = runtime.strategy.local_update(step, received, personal)
-    metrics = train_metrics(runtime, update.result)
+    if runtime.adversary is not None:
+        update.shared = runtime.adversary.corrupt(update.shared, received, runtime.initial_state,
+                                                  runtime.seed(ADVERSARY_STREAM, server_round))
+    metrics = train_metrics(runtime, update.result) | update.metrics
     if runtime.cfg.privacy.sample.enabled:
         if plan is not None:
             ledger = ledger + (

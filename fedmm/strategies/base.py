@@ -27,10 +27,14 @@ from flwr.supercore import log
 
 from fedmm import protocol as keys
 from fedmm.aggregation.modality import MODALITY, SIZE, UNIFORM, RunningAverage
+from fedmm.aggregation.robust import RobustAverage
 from fedmm.aggregation.server_optimizers import ServerOptimizer
+from fedmm.config import AggregatorConfig
 from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
 from fedmm.strategies.roster import Roster, hospital_of, record_bytes
+
+MEAN = AggregatorConfig()  # the plain (or modality-aware) mean
 
 GROUP_COUNT_KEYS = {  # the reply metric that weights each head group in the modality-aware average
     HeadGroup.IMAGE: keys.NUM_IMAGE_USED,
@@ -48,12 +52,13 @@ class HospitalFedAvg(FedAvg):
     train_message_type = MessageType.TRAIN  # distillation: `train.distill`
 
     def __init__(self, roster: Roster, modality_aware: bool = False, server_optimizer: ServerOptimizer | None = None,
-                 uniform_weights: bool = False) -> None:
+                 uniform_weights: bool = False, aggregator: AggregatorConfig = MEAN) -> None:
         super().__init__(min_available_nodes=roster.num_hospitals, weighted_by_key=keys.NUM_EXAMPLES,
                          train_metrics_aggr_fn=aggregate_train_metrics)
         self.roster = roster
         self.modality_aware, self.server_optimizer = modality_aware, server_optimizer
         self.uniform_weights = uniform_weights  # client-level DP: every update counts 1/m, m = clients_per_round
+        self.aggregator = aggregator  # the mean, or a robust rule (median, trimmed mean, Krum) in its place
         self.current_arrays: ArrayRecord | None = None  # the global model at the start of this round
         self.sent_arrays: ArrayRecord | None = None  # what the hospitals received for training this round
         self.folds_on_arrival = False  # run_federated sets it where replies reach `on_reply` (a FoldingGrid)
@@ -116,22 +121,26 @@ class HospitalFedAvg(FedAvg):
         """Bytes of arrays sent to each sampled hospital this round."""
         return record_bytes(RecordDict({keys.ARRAYS: self.sent_arrays})) if self.sent_arrays is not None else 0
 
-    def new_average(self) -> RunningAverage:
-        """This round's average, empty: modality-aware, size-weighted or (client-level DP) uniform."""
+    def new_average(self) -> RunningAverage | RobustAverage:
+        """This round's average, empty: modality-aware or size-weighted, robust (`aggregator`), or (client-level
+        DP) uniform."""
         assert self.current_arrays is not None, "configure_train stores the global model first"
         current = {key: array.numpy() for key, array in self.current_arrays.items()}
         if self.uniform_weights:  # client-level DP: one hospital moves the average by at most C/m, whoever replies
             return RunningAverage(current, UNIFORM, planned=self.roster.clients_per_round)
-        return RunningAverage(current, MODALITY if self.modality_aware else SIZE)
+        mode = MODALITY if self.modality_aware else SIZE
+        if self.aggregator.name != "mean":
+            return RobustAverage(current, mode, self.aggregator)
+        return RunningAverage(current, mode)
 
-    def fold(self, average: RunningAverage, reply: Message) -> None:
+    def fold(self, average: RunningAverage | RobustAverage, reply: Message) -> None:
         """Add one hospital's reply to `average`; its arrays are decoded one at a time, as the sum reaches them."""
         metrics = reply.content[keys.METRICS]
         counts = ({group: float(metrics[key]) for group, key in GROUP_COUNT_KEYS.items()}
                   if self.modality_aware else None)
         average.add(DecodedOnRead(reply.content[keys.ARRAYS]), float(metrics[self.weighted_by_key]), counts)
 
-    def finish_average(self, average: RunningAverage) -> ArrayRecord:
+    def finish_average(self, average: RunningAverage | RobustAverage) -> ArrayRecord:
         """The next global arrays: the average, then the server optimizer's step (FedAvgM, FedAdam, FedYogi)."""
         averaged = average.result()
         if self.server_optimizer is not None:

@@ -47,6 +47,7 @@ SPEC = register(StrategySpec(
     keeps_private_state=True,
     personal_model=private_model,
     averages_weights=True,
+    robust_aggregation=True,
     options=DittoOptions,
     check=check,
 ))

@@ -22,7 +22,8 @@ def build_averaging(cfg: ExperimentConfig, roster: Roster, server_optimizer: Any
     client-level DP the inner average is uniform and the optimizer steps after Flower's noise (`ClientLevelDP`)."""
     client_dp = cfg.privacy.client.clipping != "none"
     strategy = strategy_class(roster, **extra, modality_aware=bool(cfg.strategy.modality_aware),
-                              uniform_weights=client_dp, server_optimizer=None if client_dp else server_optimizer)
+                              uniform_weights=client_dp, server_optimizer=None if client_dp else server_optimizer,
+                              aggregator=cfg.aggregator)
     if not client_dp:
         return strategy
     from fedmm.strategies.client_dp import ClientLevelDP
@@ -45,6 +46,7 @@ SPEC = register(StrategySpec(
     local_update=averaging_update,
     privacy=frozenset(PrivacyMode),
     averages_weights=True,
+    robust_aggregation=True,
     resumable=True,
     options=NoOptions,
 ))

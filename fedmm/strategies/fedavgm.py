@@ -31,6 +31,7 @@ SPEC = register(StrategySpec(
     local_update=averaging_update,
     privacy=frozenset(PrivacyMode),
     averages_weights=True,
+    robust_aggregation=True,
     resumable=True,
     options=FedAvgMOptions,
     check=check,

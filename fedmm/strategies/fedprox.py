@@ -54,6 +54,7 @@ SPEC = register(StrategySpec(
     local_update=proximal_update,
     privacy=frozenset({PrivacyMode.CLIENT}),
     averages_weights=True,
+    robust_aggregation=True,
     resumable=True,
     options=FedProxOptions,
     check=check,

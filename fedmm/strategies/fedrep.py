@@ -39,6 +39,7 @@ SPEC = register(StrategySpec(
     keeps_private_state=True,
     personal_model=shared_base_model,
     averages_weights=True,
+    robust_aggregation=True,
     has_global_model=False,
     options=FedRepOptions,
     check=check,

@@ -37,6 +37,7 @@ SPEC = register(StrategySpec(
     local_update=averaging_update,
     personal_model=finetuned_model,
     averages_weights=True,
+    robust_aggregation=True,
     options=FinetuneOptions,
     check=check,
 ))

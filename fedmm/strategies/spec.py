@@ -57,6 +57,7 @@ class StrategySpec:
     exchanges: Exchange = Exchange.WEIGHTS
     privacy: frozenset[PrivacyMode] = frozenset()
     averages_weights: bool = False  # strategy.modality_aware applies (and must be set)
+    robust_aggregation: bool = False  # `aggregator` (median, trimmed mean, Krum) may replace its mean
     has_global_model: bool = True  # False: the server holds only a shared part (FedPer, FedRep)
     keeps_private_state: bool = False  # hospitals keep parameters between rounds that never leave them
     resumable: bool = False  # its whole state is on the server, so `resume=true` can continue a run
@@ -93,6 +94,14 @@ class StrategySpec:
             if modality_aware:
                 raise ConfigError("privacy.client needs strategy.modality_aware=false: modality-aware groups are "
                                   "averaged over fewer hospitals than the noise is calibrated to")
+        if cfg.aggregator.name != "mean":
+            if not self.robust_aggregation:
+                raise ConfigError(f"aggregator={cfg.aggregator.name} replaces the mean of the averaging strategies "
+                                  f"{[s.name for s in _specs() if s.robust_aggregation]}; {self.name!r} combines "
+                                  "hospitals its own way: use aggregator=mean")
+            if cfg.privacy.client.clipping != "none":
+                raise ConfigError(f"aggregator={cfg.aggregator.name} with privacy.client: client-level DP's noise is "
+                                  "calibrated to the uniform mean; use aggregator=mean")
         if cfg.resume and not self.resumable:
             raise ConfigError(f"resume=true: strategy {self.name!r} keeps state at the hospitals or in the server's "
                               f"distillation; resuming is supported for {[s.name for s in _specs() if s.resumable]}")

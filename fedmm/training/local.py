@@ -9,7 +9,7 @@ from fedmm.config import TrainConfig
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import symmetric_info_nce
-from fedmm.training.missing import HandlerFactory, paired_rows
+from fedmm.training.missing import HandlerFactory, TrainingRows, paired_rows
 
 
 @dataclass(frozen=True)
@@ -23,17 +23,30 @@ class TrainResult:
     num_report_used: int  # samples whose report features trained the report head
 
 
-Regularizer = Callable[[ContrastiveHeads], torch.Tensor]  # an extra loss term on the current heads
+@dataclass(frozen=True)
+class Batch:
+    """The features of one training step's rows, per side, for terms that look at the batch (MOON)."""
+
+    image_features: torch.Tensor  # (B_image, D_image): the batch's rows that train the image head
+    report_features: torch.Tensor  # (B_report, D_text): ... the report head
+
+
+Regularizer = Callable[[ContrastiveHeads, Batch], torch.Tensor]  # an extra loss term on the current heads
+GradientCorrection = Callable[[ContrastiveHeads], None]  # edits the gradients before each step (SCAFFOLD)
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
 def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, seed: int,
                 device: torch.device | str = "cpu", *, epochs: int | None = None,
                 parameters: Iterable[str] | None = None, regularizer: Regularizer | None = None,
-                missing: HandlerFactory | None = None) -> TrainResult:
+                missing: HandlerFactory | None = None, correction: GradientCorrection | None = None,
+                optimizer: OptimizerFactory | None = None) -> TrainResult:
     """Train `heads` in place for `epochs` (default `cfg.local_epochs`) of symmetric InfoNCE on the pairs.
 
     `parameters` names the parameters to train (default: all; FedRep trains the final layers and the
-    base in turn); `regularizer` adds a term to every step's loss (FedProx, Ditto).
+    base in turn); `regularizer` adds a term to every step's loss (FedProx, Ditto, MOON); `correction`
+    edits the gradients before each optimizer step (SCAFFOLD); `optimizer` builds the local optimizer
+    (default AdamW with `cfg.lr` and `cfg.weight_decay`).
     `missing` prepares a missing-modality handler from the heads as they are now: it decides which rows
     train and adds its term for image-only and report-only rows. Without one (the baseline), unimodal
     samples contribute nothing, so a hospital without pairs returns its heads unchanged and reports
@@ -45,7 +58,8 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
     generator = torch.Generator().manual_seed(seed)
     names = set(parameters) if parameters is not None else None
     trainable = [p for name, p in heads.named_parameters() if names is None or name in names]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step_rule = (optimizer(trainable) if optimizer is not None
+                 else torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay))
     heads.train()
     losses = []
     for _ in range(cfg.local_epochs if epochs is None else epochs):
@@ -63,10 +77,12 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
             if not terms:
                 continue
             objective = torch.stack(terms).sum()
-            loss = objective + regularizer(heads) if regularizer is not None else objective
-            optimizer.zero_grad(set_to_none=True)
+            loss = objective + regularizer(heads, batch_features(rows, batch)) if regularizer is not None else objective
+            step_rule.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if correction is not None:
+                correction(heads)
+            step_rule.step()
             losses.append(objective.detach())  # reported loss: without the regularizer
     heads.eval()
     counts = (
@@ -76,3 +92,10 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
     )
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
     return TrainResult(mean_loss, len(losses), *counts)
+
+
+def batch_features(rows: TrainingRows, batch: torch.Tensor) -> Batch:
+    """The image features of `batch`'s rows that train the image head, and the report features of those
+    that train the report head (pairs, and unimodal rows a missing-modality handler trains)."""
+    with_image, with_report = batch[(rows.pair | rows.image_only)[batch]], batch[(rows.pair | rows.report_only)[batch]]
+    return Batch(rows.image_features[with_image], rows.report_features[with_report])

@@ -14,7 +14,7 @@ import torch
 from fedmm.config import ExperimentConfig
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads, is_personal_layer
-from fedmm.training.local import Regularizer, TrainResult, train_heads
+from fedmm.training.local import GradientCorrection, OptimizerFactory, Regularizer, TrainResult, train_heads
 from fedmm.training.missing import HandlerFactory
 from fedmm.training.regularizers import proximal_term
 
@@ -26,6 +26,8 @@ class LocalUpdate:
     shared: StateDict  # sent to the server
     personal: StateDict | None  # kept by the hospital; None: nothing private
     result: TrainResult  # of the training that produced `shared`
+    extra: dict[str, StateDict] = field(default_factory=dict)  # further named arrays sent (SCAFFOLD's variates)
+    metrics: dict[str, float] = field(default_factory=dict)  # further reply metrics (q-FFL's loss at the global)
 
 
 @dataclass
@@ -44,12 +46,15 @@ class LocalStep:
     round_config: Mapping[str, Any] = field(default_factory=dict)  # what the server sent with the arrays
     load_reference: Callable[[], SplitTensors] | None = None  # the public reference set, loaded on demand
     dpsgd: Any = None  # the hospital's DP-SGD settings (`fedmm.training.bank.DPSGD`); None: no sample-level DP
+    server_arrays: Mapping[str, StateDict] = field(default_factory=dict)  # other named arrays the server sent
 
     def train(self, heads: ContrastiveHeads, *, seed: int | None = None, epochs: int | None = None,
-              parameters: list[str] | None = None, regularizer: Regularizer | None = None) -> TrainResult:
+              parameters: list[str] | None = None, regularizer: Regularizer | None = None,
+              correction: GradientCorrection | None = None, optimizer: OptimizerFactory | None = None) -> TrainResult:
         """`train_heads` on this hospital's data with this step's settings."""
         return train_heads(heads, self.data, self.cfg.train, self.seed if seed is None else seed, self.device,
-                           epochs=epochs, parameters=parameters, regularizer=regularizer, missing=self.missing)
+                           epochs=epochs, parameters=parameters, regularizer=regularizer, missing=self.missing,
+                           correction=correction, optimizer=optimizer)
 
 
 def split_personal(state: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict]:
@@ -65,7 +70,7 @@ def snapshot(heads: ContrastiveHeads) -> StateDict:
 def proximal_to(received: StateDict, weight: float, device: torch.device) -> Regularizer:
     """(weight/2)·||w - received||²: FedProx's term, and Ditto's pull of the private model."""
     anchor = {key: value.to(device) for key, value in received.items()}
-    return lambda model: proximal_term(model, anchor, weight)
+    return lambda model, batch: proximal_term(model, anchor, weight)
 
 
 def global_update(step: LocalStep, received: StateDict, proximal_mu: float = 0.0) -> LocalUpdate:

@@ -441,6 +441,8 @@ def sweep_privacy(epsilons: str, overrides: list[str], out: Path | None) -> int:
 
 
 def list_options() -> int:
+    from fedmm.aggregation.robust import AGGREGATORS
+    from fedmm.clients.adversary import KINDS as ADVERSARY_KINDS
     from fedmm.data.registry import DATASETS
     from fedmm.models.encoders import IMAGE_BACKBONES, POOLINGS
     from fedmm.strategies import all_strategies
@@ -450,7 +452,10 @@ def list_options() -> int:
     for spec in all_strategies():
         modes = ", ".join(mode.value for mode in sorted(spec.privacy)) or "none"
         console.print(f"  {spec.name:<12} {spec.description} [privacy: {modes}]")
+    console.print(f"aggregators (aggregator=NAME, for the averaging strategies): {list(AGGREGATORS)}")
     console.print(f"scenarios: {sorted(p.stem for p in (CONFIG_DIR / 'scenario').glob('*.yaml'))}")
+    console.print(f"faulty or malicious hospitals (scenario.adversaries=[{{hospital: 3, kind: KIND, scale: 5}}]): "
+                  f"{list(ADVERSARY_KINDS)}")
     console.print(f"missing-modality handlers (missing=): {sorted(MISSING_HANDLERS)}")
     console.print(f"image encoders: {sorted(IMAGE_BACKBONES)} (pooling: {sorted(POOLINGS)})")
     console.print(f"text encoders: {sorted(p.stem for p in (CONFIG_DIR / 'encoders' / 'text').glob('*.yaml'))}")

@@ -26,3 +26,5 @@ DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
 DP_STEPS = "dp-steps"  # noisy DP-SGD steps, cumulative
 CLIENT_DP_EPSILON = "client-dp-epsilon"  # the hospital's cumulative client-level ε (server-side accountant)
 PRIVACY_LEDGER = "privacy-ledger"  # the client's context.state record of its DP-SGD history
+CONTROL_VARIATES = "control-variates"  # SCAFFOLD: the server's c (to hospitals), a hospital's Δc_i (replies)
+LOSS_AT_GLOBAL = "loss-at-global"  # q-FFL: the hospital's training loss of the heads it received, before training

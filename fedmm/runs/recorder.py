@@ -22,6 +22,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from fedmm.clients.adversary import resolve_adversaries
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.evaluation.metrics import reference_values
 
@@ -90,6 +91,7 @@ class RunRecorder:
         site each hospital stands for (scenario=natural), written to summary.json."""
         self.cfg, self.run_dir, self.on_round = cfg, run_dir, on_round
         self.groups, self.sites = dict(groups), dict(sites or {})
+        self.adversaries = resolve_adversaries(cfg.scenario, cfg.seed)  # named in the summary
         self.reference = reference_values(global_labels)  # chance and ceiling of each metric on the global test set
         self.last_evaluation: dict[str, Any] = {}
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
@@ -165,6 +167,9 @@ class RunRecorder:
         summary: dict[str, Any] = {
             "strategy": self.cfg.strategy.name,
             "scenario": self.cfg.scenario.name,
+            "aggregator": self.cfg.aggregator.name,
+            **({"adversaries": {str(h): f"{a.kind} x{a.scale:g}" for h, a in sorted(self.adversaries.items())}}
+               if self.adversaries else {}),
             "seed": self.cfg.seed,
             "rounds": self.cfg.federation.rounds,
             "evaluated_round": evaluation.get("round"),

@@ -80,9 +80,9 @@ class HospitalFedAvg(FedAvg):
         self.roster.retired = dict(checkpoint.retired)
 
     def _messages(self, hospitals: list[int], arrays: ArrayRecord, config: ConfigRecord,
-                  server_round: int, message_type: str) -> list[Message]:
+                  server_round: int, message_type: str, extra: dict[str, ArrayRecord] | None = None) -> list[Message]:
         config[keys.SERVER_ROUND] = server_round
-        record = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
+        record = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config} | (extra or {}))
         return [Message(content=record, message_type=message_type, dst_node_id=self.roster.node_of_hospital[h])
                 for h in hospitals]
 
@@ -95,7 +95,12 @@ class HospitalFedAvg(FedAvg):
             average = self.new_average()
             self.arrivals = InOrderFold(sampled, average, lambda reply: self.fold(average, reply))
         log(INFO, "configure_train: hospitals %s", sampled)
-        return self._messages(sampled, self.sent_arrays, config, server_round, self.train_message_type)
+        return self._messages(sampled, self.sent_arrays, config, server_round, self.train_message_type,
+                              self.train_extras())
+
+    def train_extras(self) -> dict[str, ArrayRecord]:
+        """Further named arrays sent with the training arrays (SCAFFOLD: the server's control variate)."""
+        return {}
 
     def train_payload(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """What the sampled hospitals receive for training: the global arrays (distillation: embeddings)."""
@@ -135,10 +140,14 @@ class HospitalFedAvg(FedAvg):
 
     def fold(self, average: RunningAverage | RobustAverage, reply: Message) -> None:
         """Add one hospital's reply to `average`; its arrays are decoded one at a time, as the sum reaches them."""
+        average.add(DecodedOnRead(reply.content[keys.ARRAYS]), *self.reply_weights(reply))
+
+    def reply_weights(self, reply: Message) -> tuple[float, dict[HeadGroup, float] | None]:
+        """(its weight in the size-weighted average, its samples per head group in the modality-aware one)."""
         metrics = reply.content[keys.METRICS]
         counts = ({group: float(metrics[key]) for group, key in GROUP_COUNT_KEYS.items()}
                   if self.modality_aware else None)
-        average.add(DecodedOnRead(reply.content[keys.ARRAYS]), float(metrics[self.weighted_by_key]), counts)
+        return float(metrics[self.weighted_by_key]), counts
 
     def finish_average(self, average: RunningAverage | RobustAverage) -> ArrayRecord:
         """The next global arrays: the average, then the server optimizer's step (FedAvgM, FedAdam, FedYogi)."""
@@ -209,7 +218,8 @@ class InOrderFold:
         self.upload_bytes[hospital_of(reply)] = record_bytes(reply.content)
         if not exhausted(reply):
             self.fold(reply)
-        reply.content[keys.ARRAYS] = ArrayRecord()
+        for name in list(reply.content.array_records):
+            reply.content[name] = ArrayRecord()
 
 
 class DecodedOnRead(Mapping):

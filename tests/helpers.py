@@ -2,7 +2,10 @@
 heads and splits; hand-made training replies."""
 
 import dataclasses
+import hashlib
+import json
 import os
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,10 @@ from fedmm.config import ExperimentConfig
 from fedmm.data.modality import AVAILABILITY_CODES, Availability
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import build_heads
+from fedmm.strategies import strategy_spec
 from fedmm.strategies.base import HospitalFedAvg
 from fedmm.strategies.roster import Roster
+from fedmm.training.updates import LocalStep, snapshot
 
 
 @lru_cache
@@ -50,6 +55,22 @@ def tiny_split(num: int = 24, paired: bool = True) -> SplitTensors:
 
 def heads(seed: int = 0):
     return build_heads(6, 5, HEADS, seed)
+
+
+@lru_cache
+def tiny_cfg(strategy: str = "fedavg", *options: str) -> ExperimentConfig:
+    """What a user gets for `strategy`, with tiny training settings and the given strategy options."""
+    return compose_config([f"strategy={strategy}", "train.local_epochs=2", "train.batch_size=8", "train.lr=0.01",
+                           *options])
+
+
+def tiny_step(model, data, seed: int, strategy: str = "fedavg", *options: str, personal_model=None,
+              server_arrays=None) -> LocalStep:
+    """A hospital's `LocalStep` on `data` with `tiny_cfg(strategy, *options)`."""
+    cfg = tiny_cfg(strategy, *options)
+    return LocalStep(cfg, strategy_spec(strategy).parse_options(cfg), model, personal_model or heads(9),
+                     snapshot(heads()), data, seed, torch.device("cpu"), missing=None,
+                     server_arrays=server_arrays or {})
 
 
 # Hand-made training replies and a strategy over a few hospitals (tests build Messages: flower_run_identity)
@@ -100,3 +121,39 @@ def session_dir(tmp_path_factory, name: str) -> tuple[Path, FileLock]:
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # workers' basetemps are siblings
     return root / name, FileLock(str(root / f"{name}.lock"))
+
+
+# What leaves a hospital in a whole run (a Flower mod for `run_experiment(cfg, client_mods=[...])`)
+
+def fingerprint(array) -> str:
+    values = array.numpy()
+    return hashlib.sha256(f"{values.dtype}{values.shape}".encode() + values.tobytes()).hexdigest()
+
+
+def make_audit_mod(folder):
+    """A Flower mod that writes down, for every message a hospital answers: what came in, every record of
+    the reply, and the hospital's private state afterwards (hashes of array values)."""
+
+    def audit(msg, context, call_next):
+        reply = call_next(msg, context)
+        personal = context.state.array_records.get(keys.PERSONAL)
+        entry = {
+            "hospital": int(context.node_config["partition-id"]),
+            "type": msg.metadata.message_type,
+            "round": int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0)),
+            "received": [fingerprint(a) for record in msg.content.array_records.values() for a in record.values()],
+            "reply_records": {name: type(record).__name__ for name, record in reply.content.items()},
+            "reply_arrays": {  # "<record>/<array>"
+                f"{name}/{key}": fingerprint(a) for name, record in reply.content.array_records.items()
+                for key, a in record.items()
+            },
+            "reply_shapes": {
+                f"{name}/{key}": list(a.shape) for name, record in reply.content.array_records.items()
+                for key, a in record.items()
+            },
+            "personal": {key: fingerprint(a) for key, a in personal.items()} if personal is not None else None,
+        }
+        (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps(entry))
+        return reply
+
+    return audit

@@ -103,6 +103,7 @@ SPEC = register(StrategySpec(
     averages_weights=True,
     robust_aggregation=True,
     keeps_private_state=True,
+    extra_arrays=(keys.CONTROL_VARIATES,),
     options=ScaffoldOptions,
     check=check,
 ))

@@ -60,6 +60,7 @@ class StrategySpec:
     robust_aggregation: bool = False  # `aggregator` (median, trimmed mean, Krum) may replace its mean
     has_global_model: bool = True  # False: the server holds only a shared part (FedPer, FedRep)
     keeps_private_state: bool = False  # hospitals keep parameters between rounds that never leave them
+    extra_arrays: tuple[str, ...] = ()  # further ArrayRecords in a training reply, by name (SCAFFOLD's variates)
     resumable: bool = False  # its whole state is on the server, so `resume=true` can continue a run
     needs_reference: bool = False  # reads the public reference set
     options: type = NoOptions  # a frozen dataclass of the strategy's own keys in its config group

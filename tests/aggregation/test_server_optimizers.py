@@ -1,15 +1,23 @@
-"""FedAvgM, FedAdam, FedYogi and FedProx on the server: hand-computed steps, Flower's results, masking."""
+"""FedAvgM, FedAdagrad, FedAdam, FedYogi and FedProx on the server: hand-computed steps, Flower's results, masking."""
 
 import math
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
-from flwr.serverapp.strategy import FedAdam, FedAvgM, FedYogi
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from helpers import reply, state, strategy
 
 from fedmm import protocol as keys
-from fedmm.aggregation.server_optimizers import AdaptiveConfig, MomentumConfig, ServerAdam, ServerMomentum, ServerYogi
+from fedmm.aggregation.server_optimizers import (
+    AdagradConfig,
+    AdaptiveConfig,
+    MomentumConfig,
+    ServerAdagrad,
+    ServerAdam,
+    ServerMomentum,
+    ServerYogi,
+)
 from fedmm.models.heads import HeadGroup
 from fedmm.strategies.fedprox import FedProx
 from fedmm.strategies.roster import RoundLog
@@ -36,11 +44,18 @@ def test_fedadam_and_fedyogi_first_step_by_hand():
     assert adam["image_head.0.weight"][0] == pytest.approx(expected_adam, rel=1e-6)
     yogi = ServerYogi(ADAM).step(scalar_state(1.0), scalar_state(3.0), ALL_GROUPS)  # v = 0 - 0.01·4·sign(-4)
     assert yogi["image_head.0.weight"][0] == pytest.approx(1 + 0.1 * 0.2 / (0.2 + 1e-3), rel=1e-6)
+    adagrad = ServerAdagrad(AdagradConfig(lr=0.1, tau=1e-3))
+    first = adagrad.step(scalar_state(1.0), scalar_state(3.0), ALL_GROUPS)  # Δ=2: v=4
+    second = adagrad.step(first, first | {"image_head.0.weight": first["image_head.0.weight"] + 1}, ALL_GROUPS)
+    assert first["image_head.0.weight"][0] == pytest.approx(1 + 0.1 * 2 / (2 + 1e-3), rel=1e-6)
+    assert second["image_head.0.weight"][0] == pytest.approx(  # Δ=1: v=4+1
+        first["image_head.0.weight"][0] + 0.1 * 1 / (math.sqrt(5) + 1e-3), rel=1e-6)
 
 
 @pytest.mark.parametrize("ours, theirs", [
     (ServerAdam, lambda: FedAdam(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)),
     (ServerYogi, lambda: FedYogi(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)),
+    (lambda cfg: ServerAdagrad(AdagradConfig(lr=0.1, tau=1e-3)), lambda: FedAdagrad(eta=0.1, tau=1e-3)),
     (lambda cfg: ServerMomentum(MomentumConfig(lr=0.7, momentum=0.9)),
      lambda: FedAvgM(server_learning_rate=0.7, server_momentum=0.9)),
 ])
@@ -53,7 +68,7 @@ def test_plain_server_optimizers_equal_flowers_strategies_over_two_rounds(ours, 
         mine.roster.logs[server_round] = RoundLog(sampled=[0, 1])
         mine.current_arrays = ArrayRecord({k: Array(v) for k, v in current.items()})
         ours_next = {k: v.numpy() for k, v in mine.aggregate_train(server_round, replies)[0].items()}
-        if isinstance(flower, (FedAdam, FedYogi)):
+        if isinstance(flower, (FedAdam, FedYogi, FedAdagrad)):
             flower.current_arrays = dict(current)  # FedOpt's configure_train stores it as numpy
         theirs_next = {k: v.numpy() for k, v in flower.aggregate_train(server_round, replies)[0].items()}
         for key in current:

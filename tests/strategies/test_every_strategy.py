@@ -1,12 +1,11 @@
 """Every federated strategy through Flower's Simulation Engine, with an audit of what leaves each hospital."""
 
-import hashlib
 import json
-import uuid
 
 import numpy as np
 import pytest
 from flwr.app import Array
+from helpers import make_audit_mod
 
 from fedmm import protocol as keys
 from fedmm.compose import compose_config
@@ -16,38 +15,6 @@ from fedmm.models.heads import is_personal_layer
 from fedmm.strategies import Exchange, all_strategies, strategy_spec
 
 FEDERATED = [spec.name for spec in all_strategies() if not spec.is_reference]
-
-
-def fingerprint(array) -> str:
-    values = array.numpy()
-    return hashlib.sha256(f"{values.dtype}{values.shape}".encode() + values.tobytes()).hexdigest()
-
-
-def make_audit_mod(folder):
-    """A Flower mod that writes down, for every message a hospital answers: what came in, every record of
-    the reply, and the hospital's private state afterwards (hashes of array values)."""
-
-    def audit(msg, context, call_next):
-        reply = call_next(msg, context)
-        personal = context.state.array_records.get(keys.PERSONAL)
-        entry = {
-            "hospital": int(context.node_config["partition-id"]),
-            "type": msg.metadata.message_type,
-            "round": int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0)),
-            "received": [fingerprint(a) for record in msg.content.array_records.values() for a in record.values()],
-            "reply_records": {name: type(record).__name__ for name, record in reply.content.items()},
-            "reply_arrays": {
-                key: fingerprint(a) for record in reply.content.array_records.values() for key, a in record.items()
-            },
-            "reply_shapes": {
-                key: list(a.shape) for record in reply.content.array_records.values() for key, a in record.items()
-            },
-            "personal": {key: fingerprint(a) for key, a in personal.items()} if personal is not None else None,
-        }
-        (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps(entry))
-        return reply
-
-    return audit
 
 
 @pytest.mark.slow
@@ -75,15 +42,23 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
 
     # The audit: replies hold only arrays and metrics ...
     assert len(train) == 6  # 3 hospitals x 2 rounds
-    for entry in entries:
+    for entry in entries:  # (SCAFFOLD: and its named control variates)
         expected = {keys.METRICS: "MetricRecord"} | (
-            {keys.ARRAYS: "ArrayRecord"} if entry["type"].startswith("train") else {}
+            {name: "ArrayRecord" for name in (keys.ARRAYS, *spec.extra_arrays)} if entry["type"].startswith("train")
+            else {}
         )
         assert entry["reply_records"] == expected, entry
-    # ... never a private array: no private value under any name (FedPer/FedRep: no final layer by name either)
+    # ... never a private array: no private value under any name (FedPer/FedRep: no final layer by name either).
+    # SCAFFOLD's Δc_i is the one array derived from private state that the algorithm sends, under its own name.
+    # MOON's private state is the model it trained and sent: its "previous local model".
     shares_base_only = not spec.has_global_model
     for entry in train:
-        assert not (shares_base_only and any(is_personal_layer(key) for key in entry["reply_arrays"]))
+        heads_sent = {key.split("/", 1)[1]: value for key, value in entry["reply_arrays"].items()
+                      if key.startswith(keys.ARRAYS + "/")}
+        assert not (shares_base_only and any(is_personal_layer(key) for key in heads_sent))
+        if name == "moon":
+            assert entry["personal"] == heads_sent
+            continue
         private = set((entry["personal"] or {}).values()) - set(entry["received"])
         # Scalars are left out: Adam moves a scalar whose gradient keeps its sign by exactly lr per step,
         # so Ditto's two temperatures can coincide bit for bit without one being copied from the other.
@@ -91,15 +66,17 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
             key
             for key, value in entry["reply_arrays"].items()
             if value in private and np.prod(entry["reply_shapes"][key]) > 1
+            and key.split("/", 1)[0] not in spec.extra_arrays
         )
         assert not leaked, f"hospital {entry['hospital']} sent private arrays {leaked} in round {entry['round']}"
     if spec.exchanges is Exchange.EMBEDDINGS:  # distillation: reference embeddings of the modalities held, no weights
         reference_size, embed_dim = cfg.reference.num_samples, cfg.heads.embed_dim
         for entry in train:
-            assert set(entry["reply_arrays"]) <= {keys.IMAGE_EMBEDDINGS, keys.REPORT_EMBEDDINGS}
+            assert set(entry["reply_arrays"]) <= {f"{keys.ARRAYS}/{keys.IMAGE_EMBEDDINGS}",
+                                                  f"{keys.ARRAYS}/{keys.REPORT_EMBEDDINGS}"}
             assert all(shape == [reference_size, embed_dim] for shape in entry["reply_shapes"].values())
         image_only = [e for e in train if e["hospital"] == 1]
-        assert all(set(e["reply_arrays"]) == {keys.IMAGE_EMBEDDINGS} for e in image_only)
+        assert all(set(e["reply_arrays"]) == {f"{keys.ARRAYS}/{keys.IMAGE_EMBEDDINGS}"} for e in image_only)
     # Private state is kept across rounds by the strategies that have one, and changes with training
     paired_hospital = sorted((e for e in train if e["hospital"] == 0), key=lambda e: e["round"])
     if spec.keeps_private_state:

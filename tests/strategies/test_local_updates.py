@@ -1,32 +1,15 @@
 """Local updates on tiny seeded inputs: FedProx's and Ditto's proximal term, FedPer/FedRep's split, Ditto."""
 
-from functools import lru_cache
-
 import torch
-from helpers import heads, strategy, tiny_split
+from helpers import heads, strategy, tiny_cfg, tiny_split, tiny_step
 from torch import nn
 
-from fedmm.compose import compose_config
-from fedmm.strategies import strategy_spec
 from fedmm.strategies.ditto import ditto_update
 from fedmm.strategies.fedper import SharedBaseFedAvg, fedper_update
 from fedmm.strategies.fedrep import fedrep_update
 from fedmm.training.local import train_heads
 from fedmm.training.regularizers import proximal_term
-from fedmm.training.updates import LocalStep, global_update, snapshot, split_personal
-
-
-@lru_cache
-def tiny_cfg(strategy: str = "fedavg", *options: str):
-    """What a user gets for `strategy`, with tiny training settings and the given strategy options."""
-    return compose_config([f"strategy={strategy}", "train.local_epochs=2", "train.batch_size=8", "train.lr=0.01",
-                           *options])
-
-
-def tiny_step(model, data, seed: int, strategy: str = "fedavg", *options: str, personal_model=None) -> LocalStep:
-    cfg = tiny_cfg(strategy, *options)
-    return LocalStep(cfg, strategy_spec(strategy).parse_options(cfg), model, personal_model or heads(9),
-                     snapshot(heads()), data, seed, torch.device("cpu"), missing=None)
+from fedmm.training.updates import global_update, snapshot, split_personal
 
 
 def distance(a: dict, b: dict) -> float:

@@ -62,7 +62,8 @@ def test_unknown_group_option_lists_the_valid_ones():
 
 
 def test_unknown_strategy_name_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"strategy.name='nope' is unknown; valid: \[.*'ditto'.*'fedavg'.*'local'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"strategy.name='nope' is unknown; valid: \[.*'ditto'.*'fedavg'.*'local'.*'scaffold'\]"):
         validate_config(compose_config(["strategy.name=nope"]))
 
 

@@ -9,7 +9,8 @@ hospital starts from the global heads x and takes K local SGD steps
 
 then sets c_i⁺ = c_i - c + (x - y) / (K η_l) and sends y and Δc_i = c_i⁺ - c_i (the `control-variates`
 record, the only array it sends besides its heads). The server averages the heads as FedAvg does (or
-per head group, modality-aware) and sets c ← c + (1/N) Σ_i Δc_i over the N hospitals of the federation.
+per head group, modality-aware) and sets c ← c + (1/N) Σ_i Δc_i over the N hospitals of the federation
+(modality-aware: c of each head group is the mean c_i of the hospitals that have trained it).
 
 The local optimizer is plain SGD with `strategy.local_lr`, as in the paper: the correction is defined for
 SGD steps (AdamW's normalization would change what c_i estimates). A parameter that got no gradient in
@@ -26,8 +27,10 @@ from flwr.app import Array, ArrayRecord, Message
 
 from fedmm import protocol as keys
 from fedmm.config import ConfigError
+from fedmm.models.heads import HeadGroup, head_group
 from fedmm.strategies.base import HospitalFedAvg
 from fedmm.strategies.fedavg import build_averaging
+from fedmm.strategies.roster import hospital_of
 from fedmm.strategies.spec import StrategySpec, register
 from fedmm.training.updates import LocalStep, LocalUpdate, StateDict, snapshot
 
@@ -38,32 +41,41 @@ class ScaffoldOptions:
 
 
 class Scaffold(HospitalFedAvg):
-    """FedAvg's averaging, plus the server control variate c sent with the heads and updated from the Δc_i."""
+    """FedAvg's averaging, plus the server control variate c sent with the heads and updated from the Δc_i.
+
+    c is the mean of the hospitals' c_i: over all N hospitals (the paper, `modality_aware=false`), or per
+    head group over the hospitals that have trained that group (`modality_aware=true`), so a federation
+    with image-only hospitals does not shrink the report head's c toward their zero variates."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.control: dict[str, np.ndarray] | None = None  # c, zero before the first round
-        self.control_sum: dict[str, np.ndarray] = {}  # Σ Δc_i over this round's replies (float64)
+        self.control_total: dict[str, np.ndarray] | None = None  # Σ_i c_i over every hospital (float64)
+        self.trainers: dict[HeadGroup, set[int]] = {group: set() for group in HeadGroup}  # who has a c_i for it
+
+    @property
+    def control(self) -> dict[str, np.ndarray]:
+        """c, per array: Σ c_i divided by N, or (modality-aware) by the hospitals that trained its head group."""
+        assert self.control_total is not None
+        hospitals = self.roster.num_hospitals
+        return {key: np.asarray(total / (max(1, len(self.trainers[head_group(key)])) if self.modality_aware
+                                         else hospitals), dtype=np.float32)
+                for key, total in self.control_total.items()}
 
     def train_extras(self) -> dict[str, ArrayRecord]:
         assert self.current_arrays is not None
-        if self.control is None:
-            self.control = {key: np.zeros_like(array.numpy()) for key, array in self.current_arrays.items()}
-        self.control_sum = {key: np.zeros(value.shape, dtype=np.float64) for key, value in self.control.items()}
+        if self.control_total is None:  # every c_i starts at zero
+            self.control_total = {key: np.zeros(array.numpy().shape, dtype=np.float64)
+                                  for key, array in self.current_arrays.items()}
         return {keys.CONTROL_VARIATES: ArrayRecord({key: Array(value) for key, value in self.control.items()})}
 
     def fold(self, average, reply: Message) -> None:
         super().fold(average, reply)
+        _, counts = self.reply_weights(reply)
+        for group in HeadGroup:
+            if counts is None or counts[group] > 0:
+                self.trainers[group].add(hospital_of(reply))
         delta = reply.content[keys.CONTROL_VARIATES]
-        for key in self.control_sum:
-            self.control_sum[key] += delta[key].numpy()
-
-    def finish_average(self, average) -> ArrayRecord:
-        assert self.control is not None
-        hospitals = self.roster.num_hospitals  # N: c is the mean of every hospital's c_i, sampled or not
-        self.control = {key: np.asarray(value + self.control_sum[key] / hospitals, dtype=value.dtype)
-                        for key, value in self.control.items()}
-        return super().finish_average(average)
+        self.control_total = {key: total + delta[key].numpy() for key, total in self.control_total.items()}
 
 
 def scaffold_update(step: LocalStep, received: StateDict, personal: StateDict | None) -> LocalUpdate:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from helpers import heads, strategy, tiny_split, tiny_step
+from helpers import heads, reply, strategy, tiny_split, tiny_step
 
 from fedmm import protocol as keys
 from fedmm.models.losses import symmetric_info_nce
@@ -43,8 +43,9 @@ def test_two_hospitals_two_steps_by_hand():
     hospitals = [(tiny_split(12), scaled(x, -0.02)), (tiny_split(20), None)]  # hospital 1: first round, c_1 = 0
     server = strategy(Scaffold, num_hospitals=2)
     server.current_arrays = ArrayRecord({key: Array(value.numpy()) for key, value in x.items()})
-    server.control = {key: value.numpy() for key, value in c.items()}
-    server.train_extras()
+    server.control_total = {key: 2 * value.numpy().astype(np.float64) for key, value in c.items()}  # N c
+    np.testing.assert_array_equal(server.train_extras()[keys.CONTROL_VARIATES]["logit_scale"].numpy(),
+                                  c["logit_scale"].numpy())
     server.roster.logs[1] = RoundLog(sampled=[0, 1])
     replies, expected_y, expected_delta = [], [], []
     for hospital, (data, own) in enumerate(hospitals):
@@ -102,3 +103,24 @@ def test_a_head_without_gradient_is_neither_corrected_nor_given_a_new_variate():
     assert all(torch.equal(update.shared[k], x[k]) and torch.equal(update.personal[k], own[k]) for k in frozen)
     assert not torch.equal(update.personal["image_head.1.weight"], own["image_head.1.weight"])
 
+
+
+def test_the_modality_aware_server_variate_averages_over_the_hospitals_that_trained_each_head():
+    x = {"image_head.0.weight": np.zeros(2, np.float32), "report_head.0.weight": np.zeros(1, np.float32),
+         "logit_scale": np.zeros((), np.float32)}
+    server = strategy(Scaffold, num_hospitals=3, modality_aware=True)
+    server.current_arrays = ArrayRecord({key: Array(value) for key, value in x.items()})
+    server.train_extras()
+    server.roster.logs[1] = RoundLog(sampled=[0, 1, 2])
+    replies = [reply(0, x, 10, 10, 10, 10), reply(1, x, 10, 0, 10, 0), reply(2, x, 10, 0, 0, 0)]  # 2: trained nothing
+    deltas = [{"image_head.0.weight": [1.0, 2.0], "report_head.0.weight": [3.0], "logit_scale": 4.0},
+              {"image_head.0.weight": [3.0, 4.0], "report_head.0.weight": [0.0], "logit_scale": 0.0},
+              {"image_head.0.weight": [0.0, 0.0], "report_head.0.weight": [0.0], "logit_scale": 0.0}]
+    for message, delta in zip(replies, deltas):
+        message.content[keys.METRICS][keys.TRAIN_STEPS] = 1
+        message.content[keys.CONTROL_VARIATES] = ArrayRecord({k: Array(np.asarray(v, np.float32))
+                                                              for k, v in delta.items()})
+    server.aggregate_train(1, replies)
+    control = server.control
+    assert control["image_head.0.weight"].tolist() == [2.0, 3.0]  # over hospitals 0 and 1
+    assert control["report_head.0.weight"].tolist() == [3.0] and control["logit_scale"] == 4.0  # hospital 0 alone

@@ -100,10 +100,12 @@ def test_the_pool_engine_writes_what_the_in_process_engine_writes(two_federated_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("state", [["strategy=ditto"], ["privacy=dp_sgd"]], ids=["personal-model", "dp-ledger"])
+@pytest.mark.parametrize("state", [["strategy=ditto"], ["privacy=dp_sgd"], ["strategy=scaffold"]],
+                         ids=["personal-model", "dp-ledger", "control-variates"])
 def test_the_pool_engine_keeps_each_hospitals_private_state_across_rounds(state, smoke_overrides, tmp_path):
     # Round 2 starts from what round 1 left in each hospital's context.state (Ditto's own model, the DP-SGD
-    # ledger whose epsilon the summary reports), which may come back from a different worker.
+    # ledger whose epsilon the summary reports, SCAFFOLD's c_i next to the server's c in a second record),
+    # which may come back from a different worker.
     runs = {engine: run_experiment(compose_config([*smoke_overrides, *state, f"simulation.engine={engine}",
                                                    f"run_dir={tmp_path / engine}"]))
             for engine in ("pool", "inprocess")}

@@ -7,6 +7,7 @@ the replies arrived in, and the server never needs more than one hospital's arra
 """
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -15,6 +16,23 @@ from fedmm.models.heads import HeadGroup, head_group
 State = Mapping[str, np.ndarray]
 
 SIZE, MODALITY, UNIFORM = "size", "modality", "uniform"  # how a RunningAverage weighs each hospital
+
+
+class Average(Protocol):
+    """What a round's aggregation offers the strategy: hospitals added one at a time (in hospital-id order),
+    then the next global arrays. `RunningAverage` (the mean), `RobustAverage` (median, trimmed mean,
+    Krum), FedNova's `NormalizedAverage` and q-FFL's `QFairAverage` provide it."""
+
+    current: State  # the global arrays at the start of the round
+    added: int  # hospitals added so far
+
+    def add(self, state: State, weight: float = 0.0, counts: Mapping[HeadGroup, float] | None = None) -> None: ...
+
+    def trained(self) -> set[HeadGroup]:
+        """The head groups that moved (a server optimizer steps only those)."""
+        ...
+
+    def result(self) -> dict[str, np.ndarray]: ...
 
 
 class RunningAverage:

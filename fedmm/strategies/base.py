@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 
 from fedmm import protocol as keys
-from fedmm.aggregation.modality import MODALITY, SIZE, UNIFORM, RunningAverage
+from fedmm.aggregation.modality import MODALITY, SIZE, UNIFORM, Average, RunningAverage
 from fedmm.aggregation.robust import RobustAverage
 from fedmm.aggregation.server_optimizers import ServerOptimizer
 from fedmm.config import AggregatorConfig
@@ -126,7 +126,7 @@ class HospitalFedAvg(FedAvg):
         """Bytes of arrays sent to each sampled hospital this round."""
         return record_bytes(RecordDict({keys.ARRAYS: self.sent_arrays})) if self.sent_arrays is not None else 0
 
-    def new_average(self) -> RunningAverage | RobustAverage:
+    def new_average(self) -> Average:
         """This round's average, empty: modality-aware or size-weighted, robust (`aggregator`), or (client-level
         DP) uniform."""
         assert self.current_arrays is not None, "configure_train stores the global model first"
@@ -138,7 +138,7 @@ class HospitalFedAvg(FedAvg):
             return RobustAverage(current, mode, self.aggregator)
         return RunningAverage(current, mode)
 
-    def fold(self, average: RunningAverage | RobustAverage, reply: Message) -> None:
+    def fold(self, average: Average, reply: Message) -> None:
         """Add one hospital's reply to `average`; its arrays are decoded one at a time, as the sum reaches them."""
         average.add(DecodedOnRead(reply.content[keys.ARRAYS]), *self.reply_weights(reply))
 
@@ -149,7 +149,7 @@ class HospitalFedAvg(FedAvg):
                   if self.modality_aware else None)
         return float(metrics[self.weighted_by_key]), counts
 
-    def finish_average(self, average: RunningAverage | RobustAverage) -> ArrayRecord:
+    def finish_average(self, average: Average) -> ArrayRecord:
         """The next global arrays: the average, then the server optimizer's step (FedAvgM, FedAdam, FedYogi)."""
         averaged = average.result()
         if self.server_optimizer is not None:
@@ -196,7 +196,7 @@ class InOrderFold:
     added, a reply's arrays are dropped; its size is kept for the round's log. A hospital that never
     answers holds the ones after it until `finish`, which adds what arrived."""
 
-    def __init__(self, sampled: list[int], average: RunningAverage, fold: Callable[[Message], None]) -> None:
+    def __init__(self, sampled: list[int], average: Average, fold: Callable[[Message], None]) -> None:
         self.pending, self.average, self.fold = sorted(sampled), average, fold
         self.waiting: dict[int, Message] = {}
         self.upload_bytes: dict[int, int] = {}

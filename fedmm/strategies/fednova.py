@@ -27,7 +27,7 @@ from fedmm.strategies.spec import NoOptions, PrivacyMode, StrategySpec, register
 
 
 class NormalizedAverage:
-    """FedNova's average, one hospital at a time (`RunningAverage`'s interface, plus the local steps)."""
+    """FedNova's average, one hospital at a time (the `Average` protocol, plus the local steps)."""
 
     def __init__(self, current: State, mode: str) -> None:
         self.current, self.mode = current, mode

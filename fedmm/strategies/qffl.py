@@ -40,7 +40,7 @@ class QFFLOptions:
 
 
 class QFairAverage:
-    """q-FedAvg's step, one hospital at a time (`RunningAverage`'s interface, plus the hospital's loss)."""
+    """q-FedAvg's step, one hospital at a time (the `Average` protocol, plus the hospital's loss)."""
 
     def __init__(self, current: State, mode: str, options: QFFLOptions) -> None:
         self.current, self.mode, self.options = current, mode, options

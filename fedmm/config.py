@@ -199,6 +199,7 @@ class SampleDPConfig:
     delta: float | None  # null: 1/(10·n) for the hospital's n paired training samples
     max_grad_norm: float  # C: every sample's gradient is clipped to this L2 norm
     max_epsilon: float | None  # the budget; null: target_epsilon (with a noise multiplier: no budget)
+    accountant: str = "rdp"  # rdp | pld: how ε is computed, reported and calibrated (`fedmm.privacy.accounting`)
 
 
 @dataclass(frozen=True)

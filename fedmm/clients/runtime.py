@@ -33,7 +33,7 @@ from fedmm.federation import (
 )
 from fedmm.models.features import FeatureSet, resolve_device
 from fedmm.models.heads import ContrastiveHeads, build_heads
-from fedmm.privacy.accounting import Ledger, SampledGaussianSteps, epsilon_spent
+from fedmm.privacy.accounting import Ledger, SampledGaussianSteps
 from fedmm.privacy.sample_level import SamplePrivacyPlan, plan_sample_privacy
 from fedmm.seeding import ADVERSARY_STREAM, FINETUNE_STREAM, HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.strategies import StrategySpec, strategy_spec
@@ -247,7 +247,7 @@ def privacy_metrics(plan: SamplePrivacyPlan | None, ledger: Ledger, exhausted: b
     if plan is None:
         return {keys.DP_EPSILON: 0.0, keys.PRIVACY_EXHAUSTED: 0}
     return {
-        keys.DP_EPSILON: epsilon_spent(ledger, plan.delta),
+        keys.DP_EPSILON: plan.epsilon(ledger),
         keys.DP_DELTA: plan.delta,
         keys.DP_NOISE_MULTIPLIER: plan.dpsgd.noise_multiplier,
         keys.DP_STEPS: sum(e.steps for e in ledger),

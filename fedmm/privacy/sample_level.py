@@ -9,7 +9,14 @@ import logging
 from dataclasses import dataclass
 
 from fedmm.config import ConfigError, ExperimentConfig, SampleDPConfig
-from fedmm.privacy.accounting import Ledger, SampledGaussianSteps, default_delta, epsilon_spent, noise_for_target
+from fedmm.privacy.accounting import (
+    ACCOUNTANTS,
+    Ledger,
+    SampledGaussianSteps,
+    default_delta,
+    epsilon_spent,
+    noise_for_target,
+)
 from fedmm.training.bank import DPSGD, sample_rate
 
 log = logging.getLogger(__name__)
@@ -25,19 +32,24 @@ class SamplePrivacyPlan:
     steps_per_round: int
     planned_rounds: int  # every round: a hospital may be sampled in all of them
     max_epsilon: float | None  # the budget; None: none
+    accountant: str = "rdp"  # how its ε is computed (`fedmm.privacy.accounting.ACCOUNTANTS`)
+
+    def epsilon(self, ledger: Ledger) -> float:
+        """The cumulative ε of `ledger` at this plan's δ, by its accountant."""
+        return epsilon_spent(ledger, self.delta, self.accountant)
 
     def round_steps(self) -> SampledGaussianSteps:
         return SampledGaussianSteps(self.dpsgd.noise_multiplier, self.dpsgd.sample_rate, self.steps_per_round)
 
     @property
     def planned_epsilon(self) -> float:
-        return epsilon_spent((self.round_steps(),) * self.planned_rounds, self.delta)
+        return self.epsilon((self.round_steps(),) * self.planned_rounds)
 
     def would_exceed(self, ledger: Ledger) -> bool:
         """Whether training one more round would take the cumulative ε past the budget."""
         if self.max_epsilon is None:
             return False
-        return epsilon_spent(ledger + (self.round_steps(),), self.delta) > self.max_epsilon
+        return self.epsilon(ledger + (self.round_steps(),)) > self.max_epsilon
 
 
 def plan_sample_privacy(cfg: ExperimentConfig, num_paired: int, hospital: int) -> SamplePrivacyPlan | None:
@@ -57,7 +69,7 @@ def plan_sample_privacy(cfg: ExperimentConfig, num_paired: int, hospital: int) -
     else:
         assert dp.target_epsilon is not None  # check_sample_privacy
         try:
-            noise = noise_for_target(dp.target_epsilon, delta, rate, rounds * steps_per_round)
+            noise = noise_for_target(dp.target_epsilon, delta, rate, rounds * steps_per_round, dp.accountant)
         except ValueError as error:
             raise ConfigError(
                 f"privacy.sample.target_epsilon={dp.target_epsilon} cannot be reached by hospital {hospital} "
@@ -66,7 +78,8 @@ def plan_sample_privacy(cfg: ExperimentConfig, num_paired: int, hospital: int) -
                 f"plan fewer rounds (federation.rounds) or local epochs"
             ) from error
     budget = dp.max_epsilon if dp.max_epsilon is not None else dp.target_epsilon
-    return SamplePrivacyPlan(DPSGD(noise, dp.max_grad_norm, rate), delta, steps_per_round, rounds, budget)
+    return SamplePrivacyPlan(DPSGD(noise, dp.max_grad_norm, rate), delta, steps_per_round, rounds, budget,
+                             dp.accountant)
 
 
 def check_sample_privacy(dp: SampleDPConfig) -> None:
@@ -86,6 +99,8 @@ def check_sample_privacy(dp: SampleDPConfig) -> None:
                           "and well below 1/n; null picks 1/(10·n)")
     if not dp.max_grad_norm > 0:
         raise ConfigError(f"privacy.sample.max_grad_norm={dp.max_grad_norm} must be > 0")
+    if dp.accountant not in ACCOUNTANTS:
+        raise ConfigError(f"privacy.sample.accountant={dp.accountant!r} is unknown; valid: {list(ACCOUNTANTS)}")
 
 
 def plan_all_hospitals(cfg: ExperimentConfig, paired_counts: dict[int, int]) -> dict[int, SamplePrivacyPlan]:

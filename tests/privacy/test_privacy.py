@@ -13,7 +13,14 @@ from opacus.accountants.analysis import rdp as opacus_rdp
 from fedmm.compose import compose_config
 from fedmm.config import ClientDPConfig, ConfigError, SampleDPConfig
 from fedmm.models.losses import reference_bank_info_nce
-from fedmm.privacy.accounting import SampledGaussianSteps, epsilon_spent, ledger_from_lists, ledger_to_lists
+from fedmm.privacy.accounting import (
+    EPSILON_TOLERANCE,
+    SampledGaussianSteps,
+    epsilon_spent,
+    ledger_from_lists,
+    ledger_to_lists,
+    noise_for_target,
+)
 from fedmm.privacy.sample_level import plan_all_hospitals, plan_sample_privacy
 from fedmm.strategies.client_dp import ClientLevelDP, new_accountant, release_noise_multiplier
 from fedmm.training.bank import DPSGD, bank_loss, make_private, per_pair_gradients, train_heads_on_bank
@@ -59,6 +66,33 @@ def test_cumulative_epsilon_agrees_with_opacus_and_dp_accounting_within_1_percen
     assert epsilon_spent((), delta) == 0.0
 
 
+def prv_epsilon(ledger, delta: float) -> float:
+    """Opacus' PRV accountant (Gopi, Lee and Wutschitz, 2021): numerical composition of privacy random
+    variables, independent of dp_accounting's privacy loss distributions."""
+    from opacus.accountants import PRVAccountant
+
+    accountant = PRVAccountant()
+    accountant.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+@pytest.mark.parametrize("delta", [1e-5, 1.6e-3])
+def test_pld_epsilon_agrees_with_opacus_prv_within_1_percent_and_is_tighter_than_rdp(delta):
+    reported = epsilon_spent(LEDGER, delta, accountant="pld")
+    assert reported == pytest.approx(prv_epsilon(LEDGER, delta), rel=0.01)
+    assert reported < epsilon_spent(LEDGER, delta, accountant="rdp")
+    assert epsilon_spent(LEDGER[:1], delta, "pld") < epsilon_spent(LEDGER[:2], delta, "pld") < reported
+    assert epsilon_spent((), delta, "pld") == 0.0
+
+
+def test_a_pld_calibrated_noise_spends_the_target_and_needs_less_noise_than_rdp():
+    target, delta, rate, steps = 4.0, 1e-5, 64 / 1000, 300
+    pld_noise = noise_for_target(target, delta, rate, steps, accountant="pld")
+    spent = epsilon_spent((SampledGaussianSteps(pld_noise, rate, steps),), delta, "pld")
+    assert target - EPSILON_TOLERANCE <= spent <= target
+    assert pld_noise < noise_for_target(target, delta, rate, steps, accountant="rdp")
+
+
 def test_ledger_survives_the_flat_lists_flower_stores():
     assert ledger_from_lists(ledger_to_lists(LEDGER)) == LEDGER
 
@@ -91,6 +125,8 @@ def test_plan_from_a_target_spends_at_most_the_target_over_the_planned_rounds():
         ),
         (configured("privacy.sample", enabled=True), "set exactly one of noise_multiplier and target_epsilon"),
         (configured("privacy.sample", enabled=True, noise_multiplier=1.0, target_epsilon=2.0), "set exactly one"),
+        (configured("privacy.sample", enabled=True, noise_multiplier=1.0, accountant="prv"),
+         r"privacy.sample.accountant='prv' is unknown; valid: \['rdp', 'pld'\]"),
     ],
 )
 def test_impossible_sample_budgets_fail_validation(sample, message):

@@ -25,10 +25,21 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Batch:
-    """The features of one training step's rows, per side, for terms that look at the batch (MOON)."""
+    """One training step's rows, for terms that look at the batch (MOON). The features are gathered only
+    when a term reads them, so a term that ignores the batch (FedProx's) costs no indexing per step."""
 
-    image_features: torch.Tensor  # (B_image, D_image): the batch's rows that train the image head
-    report_features: torch.Tensor  # (B_report, D_text): ... the report head
+    rows: TrainingRows
+    indices: torch.Tensor  # (B,) row indices of this step
+
+    @property
+    def image_features(self) -> torch.Tensor:
+        """(B_image, D_image): the image features of the batch's rows that train the image head."""
+        return self.rows.image_features[self.indices[(self.rows.pair | self.rows.image_only)[self.indices]]]
+
+    @property
+    def report_features(self) -> torch.Tensor:
+        """(B_report, D_text): the report features of the batch's rows that train the report head."""
+        return self.rows.report_features[self.indices[(self.rows.pair | self.rows.report_only)[self.indices]]]
 
 
 Regularizer = Callable[[ContrastiveHeads, Batch], torch.Tensor]  # an extra loss term on the current heads
@@ -77,7 +88,7 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
             if not terms:
                 continue
             objective = torch.stack(terms).sum()
-            loss = objective + regularizer(heads, batch_features(rows, batch)) if regularizer is not None else objective
+            loss = objective + regularizer(heads, Batch(rows, batch)) if regularizer is not None else objective
             step_rule.zero_grad(set_to_none=True)
             loss.backward()
             if correction is not None:
@@ -93,9 +104,3 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
     return TrainResult(mean_loss, len(losses), *counts)
 
-
-def batch_features(rows: TrainingRows, batch: torch.Tensor) -> Batch:
-    """The image features of `batch`'s rows that train the image head, and the report features of those
-    that train the report head (pairs, and unimodal rows a missing-modality handler trains)."""
-    with_image, with_report = batch[(rows.pair | rows.image_only)[batch]], batch[(rows.pair | rows.report_only)[batch]]
-    return Batch(rows.image_features[with_image], rows.report_features[with_report])

@@ -9,6 +9,7 @@ from helpers import heads, tiny_split, tiny_step
 from fedmm.federation import SplitTensors
 from fedmm.strategies.moon import MoonOptions, model_contrastive_loss, moon_term, moon_update
 from fedmm.training.local import Batch
+from fedmm.training.missing import paired_rows
 from fedmm.training.updates import global_update, snapshot
 
 
@@ -20,7 +21,7 @@ def test_model_contrastive_loss_by_hand():
 
 
 def batch_of(split: SplitTensors) -> Batch:
-    return Batch(split.image_features, split.report_features)
+    return Batch(paired_rows(split), torch.arange(len(split)))
 
 
 def test_the_term_has_no_gradient_when_the_previous_model_is_the_global_one():

@@ -456,6 +456,8 @@ def list_options() -> int:
     console.print(f"scenarios: {sorted(p.stem for p in (CONFIG_DIR / 'scenario').glob('*.yaml'))}")
     console.print(f"faulty or malicious hospitals (scenario.adversaries=[{{hospital: 3, kind: KIND, scale: 5}}]): "
                   f"{list(ADVERSARY_KINDS)}")
+    console.print(f"simulated conditions (conditions=NAME: offline rounds, training speed, deadline): "
+                  f"{sorted(p.stem for p in (CONFIG_DIR / 'conditions').glob('*.yaml'))}")
     console.print(f"missing-modality handlers (missing=): {sorted(MISSING_HANDLERS)}")
     console.print(f"image encoders: {sorted(IMAGE_BACKBONES)} (pooling: {sorted(POOLINGS)})")
     console.print(f"text encoders: {sorted(p.stem for p in (CONFIG_DIR / 'encoders' / 'text').glob('*.yaml'))}")

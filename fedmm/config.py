@@ -176,6 +176,37 @@ class AggregatorConfig:
 
 
 @dataclass(frozen=True)
+class AvailabilityConfig:
+    """When a sampled hospital is offline (`conditions.availability`; `fedmm.simulation.conditions`)."""
+
+    dropout: float = 0.0  # long-run share of rounds a hospital is offline; 0: always online
+    distribution: str = "fixed"  # fixed: every hospital has `dropout` | beta: each draws its own rate
+    concentration: float = 10.0  # beta: a + b of Beta(dropout·c, (1 - dropout)·c); higher: closer to the mean
+    outage_rounds: int = 1  # an outage lasts this many rounds; 1: independent rounds
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How fast each hospital trains, in virtual time (`conditions.compute`)."""
+
+    samples_per_s: float | None = None  # median training speed; null: no virtual clock
+    distribution: str = "fixed"  # fixed: every hospital at `samples_per_s` | lognormal: each draws its own
+    sigma: float = 0.5  # lognormal: std of log(speed); the median stays `samples_per_s`
+
+
+@dataclass(frozen=True)
+class ConditionsConfig:
+    """The simulated hospitals' machines: offline rounds, training speed and the round's deadline, all in
+    virtual time (`conditions=NAME`). The default, `ideal`: always online, no clock."""
+
+    name: str = "ideal"
+    availability: AvailabilityConfig = AvailabilityConfig()
+    compute: ComputeConfig = ComputeConfig()
+    deadline_s: float | None = None  # virtual seconds the server waits for a round's updates; null: the slowest
+    late: str = "drop"  # drop: a hospital past the deadline sends nothing | partial: the steps that fit
+
+
+@dataclass(frozen=True)
 class ReferenceConfig:
     """A non-private dataset the server and every hospital may read (distillation targets).
 
@@ -271,6 +302,7 @@ class ExperimentConfig:
     simulation: SimulationConfig
     deployment: DeploymentConfig
     aggregator: AggregatorConfig = AggregatorConfig()  # configs saved before robust aggregation: the mean
+    conditions: ConditionsConfig = ConditionsConfig()  # configs saved before simulated conditions: ideal
 
     @property
     def cache_path(self) -> Path:

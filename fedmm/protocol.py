@@ -28,3 +28,5 @@ CLIENT_DP_EPSILON = "client-dp-epsilon"  # the hospital's cumulative client-leve
 PRIVACY_LEDGER = "privacy-ledger"  # the client's context.state record of its DP-SGD history
 CONTROL_VARIATES = "control-variates"  # SCAFFOLD: the server's c (to hospitals), a hospital's Δc_i (replies)
 LOSS_AT_GLOBAL = "loss-at-global"  # q-FFL: the hospital's training loss of the heads it received, before training
+TRAIN_TIME = "train-time-s"  # the hospital's virtual training time this round (conditions.compute)
+LATE = "late"  # 1: the hospital missed the round's deadline and sends no update (conditions.late=drop)

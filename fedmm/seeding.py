@@ -9,6 +9,8 @@ DISTILL_STREAM = 5  # the server's distillation steps (feddistill)
 FINETUNE_STREAM = 6  # a hospital's fine-tuning before evaluation (finetune)
 DP_NOISE_STREAM = 7  # client-level DP noise added by the server (Flower's wrappers)
 ADVERSARY_STREAM = 8  # which hospitals misbehave (scenario.adversaries with a fraction), and their noise
+AVAILABILITY_STREAM = 9  # each hospital's dropout rate and offline rounds (conditions.availability)
+COMPUTE_STREAM = 10  # each hospital's training speed (conditions.compute)
 
 
 def derive_seed(seed: int, stream: int, *ids: int) -> int:

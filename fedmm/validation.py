@@ -9,6 +9,7 @@ from fedmm.federation import reference_dataset_config
 from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
 from fedmm.privacy.sample_level import ON_BUDGET, check_sample_privacy
 from fedmm.simulation import check_engine
+from fedmm.simulation.conditions import check_conditions, is_ideal
 from fedmm.strategies import PrivacyMode, strategy_spec
 from fedmm.strategies.client_dp import check_client_privacy
 from fedmm.strategies.roster import sample_size
@@ -65,6 +66,13 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"scenario.adversaries corrupt the weights a hospital sends, and {spec.name!r} "
                           f"{'runs without a federation' if spec.is_reference else 'exchanges no weights'}; "
                           "use a weight-averaging strategy (fedavg, fedprox, ...) or scenario.adversaries=[]")
+    check_conditions(cfg.conditions)
+    if spec.is_reference and not is_ideal(cfg.conditions):
+        raise ConfigError(f"conditions={cfg.conditions.name!r} simulates hospitals that drop out or lag in a "
+                          f"federation, and {spec.name!r} runs without one; use conditions=ideal")
+    if spec.local_update is None and cfg.conditions.compute.samples_per_s is not None:
+        raise ConfigError(f"conditions.compute (a virtual clock) times the local weight training, and {spec.name!r} "
+                          "trains by distillation; set conditions.compute.samples_per_s=null (dropouts still apply)")
     if spec.needs_reference:
         _check_reference(cfg)
 

@@ -9,7 +9,8 @@ from fedmm.compose import CONFIG_DIR, compose_config, load_config_file
 from fedmm.config import ConfigError, config_to_dict
 from fedmm.validation import validate_config
 
-GROUPS = ("dataset", "scenario", "strategy", "encoders/image", "encoders/text", "privacy", "missing", "aggregator")
+GROUPS = ("dataset", "scenario", "strategy", "encoders/image", "encoders/text", "privacy", "missing", "aggregator",
+          "conditions")
 
 
 def options(group: str) -> list[str]:

@@ -36,6 +36,7 @@ from fedmm.models.heads import ContrastiveHeads, build_heads
 from fedmm.privacy.accounting import Ledger, SampledGaussianSteps
 from fedmm.privacy.sample_level import SamplePrivacyPlan, plan_sample_privacy
 from fedmm.seeding import ADVERSARY_STREAM, FINETUNE_STREAM, HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
+from fedmm.simulation.conditions import Clock, hospital_clock
 from fedmm.strategies import StrategySpec, strategy_spec
 from fedmm.training.distill import ReferenceEmbeddings, embed_reference, train_with_reference
 from fedmm.training.local import TrainResult
@@ -146,7 +147,7 @@ class HospitalRuntime:
         return Path(self.cfg.run_dir) / "hospitals" / str(self.data.hospital_id) / "privacy-ledger.json"
 
     def step(self, stream: int, server_round: int, round_config: Mapping | None = None,
-             server_arrays: Mapping[str, StateDict] | None = None) -> LocalStep:
+             server_arrays: Mapping[str, StateDict] | None = None, clock: Clock | None = None) -> LocalStep:
         """What the strategy's local update (or personal model) works with, seeded for (stream, round)."""
         seed = self.seed(stream, server_round)
         plan = self.privacy_plan
@@ -155,7 +156,7 @@ class HospitalRuntime:
         return LocalStep(self.cfg, shared.options, shared.heads, shared.personal_heads, shared.initial_state,
                          data, seed, self.device, self.missing_handler(data, seed), dict(round_config or {}),
                          lambda: shared.reference, plan.dpsgd if plan is not None else None,
-                         dict(server_arrays or {}))
+                         dict(server_arrays or {}), clock)
 
     def seed(self, stream: int, server_round: int) -> int:
         return derive_seed(self.cfg.seed, stream, server_round, self.data.hospital_id)
@@ -270,7 +271,9 @@ def train_round(
     in `scenario.adversaries` then corrupts what it sends (`fedmm.clients.adversary`). Returns the update
     (what to send, what to keep), the new ledger and the reply metrics. A hospital whose next round would
     pass its privacy budget does not train: it sends the received arrays back and says so
-    (`privacy-exhausted`)."""
+    (`privacy-exhausted`). Under `conditions.compute` the training runs on a virtual clock: what fits before
+    the deadline is sent (`late=partial`), or, past it, nothing (`late`: the received arrays go back, the
+    private state and ledger stay as they were, as if the hospital had not taken part)."""
     plan = runtime.privacy_plan
     if plan is not None and plan.would_exceed(ledger):
         idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
@@ -280,12 +283,21 @@ def train_round(
             f"strategy {runtime.strategy.name!r} does not train from weights; its hospitals answer "
             f"{runtime.strategy.exchanges.value} messages"
         )
-    step = runtime.step(LOCAL_TRAIN_STREAM, server_round, round_config, server_arrays)
+    clock = hospital_clock(runtime.cfg.conditions, runtime.cfg.seed, runtime.data.hospital_id)
+    step = runtime.step(LOCAL_TRAIN_STREAM, server_round, round_config, server_arrays, clock)
     update = runtime.strategy.local_update(step, received, personal)
+    if clock is not None and clock.cut and (runtime.cfg.conditions.late == "drop" or update.result.steps == 0):
+        idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
+        late = {keys.LATE: 1, keys.TRAIN_TIME: clock.elapsed_s}
+        if runtime.cfg.privacy.sample.enabled:
+            late |= privacy_metrics(plan, ledger)
+        return idle, ledger, train_metrics(runtime, idle.result) | late
     if runtime.adversary is not None:
         update.shared = runtime.adversary.corrupt(update.shared, received, runtime.initial_state,
                                                   runtime.seed(ADVERSARY_STREAM, server_round))
     metrics = train_metrics(runtime, update.result) | update.metrics
+    if clock is not None:
+        metrics |= {keys.LATE: 0, keys.TRAIN_TIME: clock.elapsed_s}
     if runtime.cfg.privacy.sample.enabled:
         if plan is not None:
             ledger = ledger + (

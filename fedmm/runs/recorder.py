@@ -3,7 +3,8 @@
 Layout of `run_dir`:
     config.yaml       the resolved configuration; `fedmm run --config-file run_dir/config.yaml` reruns it
     metrics.jsonl     one JSON object per round (train per hospital; evaluation rounds add global,
-                      per-hospital and per-modality-group metrics)
+                      per-hospital and per-modality-group metrics; simulated conditions add who was
+                      offline or late, the round's virtual duration and the virtual clock)
     summary.json      final metrics (names in `fedmm.evaluation.metrics`), per hospital and per group,
                       with each metric's chance level and ceiling on the global test set
     heads.safetensors the trained global heads (for `local`: one set per hospital, prefixed)
@@ -25,9 +26,11 @@ from safetensors.torch import save_file
 from fedmm.clients.adversary import resolve_adversaries
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.evaluation.metrics import reference_values
+from fedmm.simulation.conditions import is_ideal
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
 PRIVACY_PREFIXES = ("dp-", "client-dp-", "privacy-")  # training metrics on privacy (fedmm.protocol)
+TIME_TO_FINAL = ("i2t_recall@10", "t2i_recall@10", "zeroshot_auroc_macro")  # summary.json's virtual_time_to_final_s
 
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:
@@ -94,6 +97,7 @@ class RunRecorder:
         self.adversaries = resolve_adversaries(cfg.scenario, cfg.seed)  # named in the summary
         self.reference = reference_values(global_labels)  # chance and ceiling of each metric on the global test set
         self.last_evaluation: dict[str, Any] = {}
+        self.clock_s = 0.0  # virtual time at the end of the last round recorded (conditions.compute)
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
         self.privacy: dict[int, dict[str, float]] = {}  # per hospital: its latest cumulative ε and DP settings
         self.started = time.perf_counter()
@@ -111,10 +115,14 @@ class RunRecorder:
 
     def record(self, server_round: int, sampled: list[int], train: Mapping[int, Mapping[str, float]],
                global_metrics: Mapping[str, float] | None = None,
-               hospital_metrics: Mapping[int, Mapping[str, float]] | None = None) -> None:
-        """Append one round. `global_metrics`/`hospital_metrics` are given on evaluation rounds only."""
+               hospital_metrics: Mapping[int, Mapping[str, float]] | None = None,
+               conditions: Mapping[str, Any] | None = None) -> None:
+        """Append one round. `global_metrics`/`hospital_metrics` are given on evaluation rounds only;
+        `conditions`: who was offline or late and the round's virtual duration (`RoundLog.conditions`)."""
         line: dict[str, Any] = {"round": server_round, "sampled": list(sampled),
-                                "train": {str(h): dict(m) for h, m in sorted(train.items())}}
+                                "train": {str(h): dict(m) for h, m in sorted(train.items())}} | dict(conditions or {})
+        if "round_time_s" in line:
+            line["clock_s"] = self.clock_s + line["round_time_s"]  # virtual time since the run started
         if global_metrics is not None:
             line["global"] = dict(global_metrics)
         if hospital_metrics is not None:
@@ -128,6 +136,8 @@ class RunRecorder:
 
     def absorb(self, line: dict[str, Any]) -> None:
         """Take one round's line into what the summary reports."""
+        if "clock_s" in line:
+            self.clock_s = line["clock_s"]
         for hospital, metrics in line["train"].items():
             for direction in self.bytes_sent:
                 if f"{direction}-bytes" in metrics:
@@ -152,6 +162,30 @@ class RunRecorder:
             if any(name in values for values in self.privacy.values())
         }
         return largest | {"hospitals": hospitals}
+
+    def conditions_summary(self) -> dict[str, Any]:
+        """Under simulated conditions: offline and late counts, the virtual time of the run and the virtual time
+        at which each global metric first reached its final value (higher is better for all of them)."""
+        lines = self.read_lines()
+        if not any("offline" in line or "clock_s" in line for line in lines) and is_ideal(self.cfg.conditions):
+            return {}
+        summary: dict[str, Any] = {
+            "conditions": self.cfg.conditions.name,
+            "offline_per_round": sum(len(line.get("offline", [])) for line in lines) / max(1, len(lines)),
+        }
+        if not any("clock_s" in line for line in lines):
+            return summary
+        summary |= {"late_per_round": sum(len(line.get("late", [])) for line in lines) / max(1, len(lines)),
+                    "virtual_time_s": self.clock_s}
+        evaluated = [line for line in lines if "global" in line]
+        if evaluated:
+            final = evaluated[-1]["global"]
+            summary["virtual_time_to_final_s"] = {
+                metric: next(line["clock_s"] for line in evaluated
+                             if line["global"].get(metric, -math.inf) >= final[metric])
+                for metric in TIME_TO_FINAL if metric in final
+            }
+        return summary
 
     def finish(
         self,
@@ -187,6 +221,7 @@ class RunRecorder:
             **({"privacy": self.privacy_summary(retired or {})} if self.privacy or retired else {}),
             **({"stopped": stopped} if stopped else {}),
             **({"lost_hospitals": {str(h): why for h, why in sorted(lost.items())}} if lost else {}),
+            **self.conditions_summary(),
             "wall_time_s": round(time.perf_counter() - self.started, 2),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False))

@@ -17,6 +17,7 @@ from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals, group_of
 from fedmm.server.folding import FoldingGrid
+from fedmm.simulation.conditions import availability
 from fedmm.strategies import strategy_spec
 from fedmm.strategies.base import Delegating, FederatedStrategy
 from fedmm.strategies.roster import HospitalsLost, Roster, RunStopped, sample_size
@@ -50,7 +51,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
                                                   cfg.federation.fraction_train),
                     evaluate_every=cfg.federation.evaluate_every, num_rounds=cfg.federation.rounds,
                     stop_run_at_budget=cfg.privacy.on_budget == "stop_run",
-                    min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s)
+                    min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s,
+                    availability=availability(cfg.conditions, data.num_hospitals, cfg.seed, cfg.federation.rounds),
+                    deadline_s=cfg.conditions.deadline_s)
     strategy: FederatedStrategy = spec.build_server(cfg, spec.parse_options(cfg), data, roster)
     if getattr(strategy, "can_fold_on_arrival", False):  # unwrapped averaging: add each reply as it arrives
         strategy.folds_on_arrival = True
@@ -72,7 +75,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
             heads.load_state_dict(arrays.to_torch_state_dict())
             global_metrics = evaluate_split(heads, global_test, prompts)
         recorder.record(server_round, round_log.sampled, round_log.train, global_metrics,
-                        round_log.evaluate if evaluating else None)
+                        round_log.evaluate if evaluating else None, round_log.conditions())
         if spec.resumable:
             save_checkpoint(run_dir, strategy.checkpoint(server_round, arrays))
         return MetricRecord(global_metrics) if global_metrics else None

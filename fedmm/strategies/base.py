@@ -32,7 +32,7 @@ from fedmm.aggregation.server_optimizers import ServerOptimizer
 from fedmm.config import AggregatorConfig
 from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
-from fedmm.strategies.roster import Roster, hospital_of, record_bytes
+from fedmm.strategies.roster import Roster, hospital_of, record_bytes, without_update
 
 MEAN = AggregatorConfig()  # the plain (or modality-aware) mean
 
@@ -114,7 +114,7 @@ class HospitalFedAvg(FedAvg):
             arrivals.finish()
         self.roster.log_train(server_round, ordered, self.download_bytes,
                               upload_bytes=arrivals.upload_bytes if arrivals is not None else None)
-        contributing = [reply for reply in ordered if not exhausted(reply)]
+        contributing = [reply for reply in ordered if not no_update(reply)]
         self.roster.retire_exhausted(server_round, ordered)
         if not contributing:  # nobody trained: the global model stays as it is
             return None, None
@@ -185,9 +185,10 @@ class HospitalFedAvg(FedAvg):
         return None
 
 
-def exhausted(reply: Message) -> bool:
-    """The hospital did not train: its next round would have passed its sample-level privacy budget."""
-    return bool(reply.content[keys.METRICS].get(keys.PRIVACY_EXHAUSTED))
+def no_update(reply: Message) -> bool:
+    """The hospital sent no update: its next round would have passed its sample-level privacy budget, or
+    it missed the round's deadline."""
+    return without_update(reply.content[keys.METRICS])
 
 
 class InOrderFold:
@@ -216,7 +217,7 @@ class InOrderFold:
 
     def add(self, reply: Message) -> None:
         self.upload_bytes[hospital_of(reply)] = record_bytes(reply.content)
-        if not exhausted(reply):
+        if not no_update(reply):
             self.fold(reply)
         for name in list(reply.content.array_records):
             reply.content[name] = ArrayRecord()

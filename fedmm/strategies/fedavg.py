@@ -35,7 +35,7 @@ def averaging_update(step: LocalStep, received: StateDict, personal: StateDict |
     """FedAvg's local step: train the received heads (under DP-SGD, on the reference-bank objective)."""
     if uses_reference_bank(step.cfg):
         return bank_update(step.heads, received, step.data, step.load_reference(), step.cfg, step.seed, step.device,
-                           step.dpsgd)
+                           step.dpsgd, step.clock)
     return global_update(step, received)
 
 

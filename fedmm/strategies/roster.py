@@ -11,6 +11,10 @@ no more messages. The run goes on while at least `min_hospitals` remain; below t
 failure ends the run before that round is recorded, an evaluation failure after it), keeping every
 finished round.
 
+Simulated conditions (`fedmm.simulation.conditions`): a sampled hospital that is offline this round is sent
+nothing and is not lost; one that reports `late` (it missed the round's virtual deadline) sent no update.
+Neither is a contributor. Each round's virtual duration is kept next to what the hospitals said.
+
 Privacy budgets: a hospital that reports `privacy-exhausted` (it did not train: one more round would pass
 its sample-level budget) is retired: it is not sent training messages any more
 (`privacy.on_budget: stop_hospital`), or the run stops after that round (`stop_run`).
@@ -19,12 +23,14 @@ its sample-level budget) is retired: it is not sent training messages any more
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.supercore import log
 
 from fedmm import protocol as keys
+from fedmm.simulation.conditions import Availability
 
 SAMPLING_STREAM = 2
 
@@ -42,15 +48,41 @@ class HospitalsLost(RunStopped):
 class RoundLog:
     """What the hospitals said in one round, keyed by hospital id."""
 
-    sampled: list[int] = field(default_factory=list)
+    sampled: list[int] = field(default_factory=list)  # drawn for training (less the retired and lost ones)
+    offline: list[int] = field(default_factory=list)  # of those, offline this round: sent nothing
     train: dict[int, dict[str, float]] = field(default_factory=dict)
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
+    time_s: float | None = None  # the round's virtual duration (`conditions.compute`); None: no clock
+
+    @property
+    def asked(self) -> list[int]:
+        """The sampled hospitals that were online: the ones sent a training message."""
+        return [hospital for hospital in self.sampled if hospital not in self.offline]
+
+    @property
+    def late(self) -> list[int]:
+        """Hospitals that missed the round's deadline: they answered, without an update."""
+        return sorted(hospital for hospital, metrics in self.train.items() if metrics.get(keys.LATE))
+
+    def conditions(self) -> dict[str, Any]:
+        """What the simulated conditions did this round (for metrics.jsonl); empty under ideal conditions."""
+        fields: dict[str, Any] = {}
+        if self.offline:
+            fields["offline"] = list(self.offline)
+        if self.time_s is not None:
+            fields |= {"late": self.late, "round_time_s": self.time_s}
+        return fields
 
 
 def sample_hospitals(num_hospitals: int, sample_size: int, seed: int, server_round: int) -> list[int]:
     """Sorted hospital ids for a round; depends only on (seed, round), never on node ids."""
     rng = np.random.default_rng([seed, SAMPLING_STREAM, server_round])
     return sorted(int(h) for h in rng.choice(num_hospitals, size=sample_size, replace=False))
+
+
+def without_update(metrics: Mapping[str, float]) -> bool:
+    """A reply that carries no update: the hospital was past its privacy budget or missed the deadline."""
+    return bool(metrics.get(keys.PRIVACY_EXHAUSTED) or metrics.get(keys.LATE))
 
 
 def sample_size(num_hospitals: int, clients_per_round: int | None, fraction: float) -> int:
@@ -74,13 +106,16 @@ class Roster:
 
     def __init__(self, node_of_hospital: Mapping[int, int], clients_per_round: int, seed: int, evaluate_every: int,
                  num_rounds: int, stop_run_at_budget: bool = False, min_hospitals: int | None = None,
-                 round_timeout_s: float = 600.0) -> None:
+                 round_timeout_s: float = 600.0, availability: Availability | None = None,
+                 deadline_s: float | None = None) -> None:
         self.node_of_hospital = dict(node_of_hospital)
         self.clients_per_round, self.seed = clients_per_round, seed
         self.evaluate_every, self.num_rounds = evaluate_every, num_rounds
         self.stop_run_at_budget = stop_run_at_budget
         self.min_hospitals = min_hospitals if min_hospitals is not None else len(node_of_hospital)
         self.round_timeout_s = round_timeout_s
+        self.availability = availability  # who is offline in which round; None: always online
+        self.deadline_s = deadline_s  # the rounds' virtual deadline; None: a round waits for the slowest
         self.retired: dict[int, str] = {}  # hospital -> why it trains no more
         self.lost: dict[int, str] = {}  # hospital -> how its node failed; it gets no more messages
         self.stop: RunStopped | None = None  # set in a round's aggregation; the next round raises it
@@ -101,12 +136,14 @@ class Roster:
         return [hospital for hospital in sample if hospital not in self.retired and hospital not in self.lost]
 
     def start_round(self, server_round: int) -> list[int]:
-        """Open the round's log with its sample; a stop decided in the last round ends the run here."""
+        """Open the round's log with its sample and return the hospitals to ask (the sample less the offline
+        ones); a stop decided in the last round ends the run here."""
         if self.stop is not None:
             raise self.stop
         sampled = self.draw(server_round)
-        self.logs[server_round] = RoundLog(sampled=sampled)
-        return sampled
+        down = set(self.availability.offline(server_round)) if self.availability is not None else set()
+        self.logs[server_round] = RoundLog(sampled=sampled, offline=[h for h in sampled if h in down])
+        return self.logs[server_round].asked
 
     def start_evaluation(self, server_round: int) -> list[int]:
         """The hospitals asked to evaluate: every reachable one on evaluation rounds, none otherwise."""
@@ -122,14 +159,14 @@ class Roster:
 
     def contributors(self, server_round: int) -> list[int]:
         """Hospitals whose update entered this round's aggregate."""
-        return [h for h, metrics in self.logs[server_round].train.items() if not metrics.get(keys.PRIVACY_EXHAUSTED)]
+        return [h for h, metrics in self.logs[server_round].train.items() if not without_update(metrics)]
 
     def answered(self, server_round: int, replies: Iterable[Message], stage: str, expected: list[int] | None = None,
                  stop_now: bool = True) -> list[Message]:
-        """The successful replies, sorted by hospital id. Hospitals in `expected` (default: the round's sample)
+        """The successful replies, sorted by hospital id. Hospitals in `expected` (default: those asked)
         without one are lost; when fewer than `min_hospitals` remain the run stops: now (`stop_now`, this
         round is not recorded) or at the next round."""
-        expected = self.logs[server_round].sampled if expected is None else expected
+        expected = self.logs[server_round].asked if expected is None else expected
         replies = list(replies)
         ordered = sorted((reply for reply in replies if not reply.has_error()), key=hospital_of)
         failed = sorted(set(expected) - {hospital_of(reply) for reply in ordered})
@@ -180,6 +217,14 @@ class Roster:
                keys.DOWNLOAD_BYTES: download_bytes}
             for reply in ordered
         }
+        self.logs[server_round].time_s = self.round_time(self.logs[server_round])
+
+    def round_time(self, round_log: RoundLog) -> float | None:
+        """The round's virtual duration: its slowest hospital, or the whole deadline when one was late."""
+        times = [metrics[keys.TRAIN_TIME] for metrics in round_log.train.values() if keys.TRAIN_TIME in metrics]
+        if not times:
+            return None
+        return self.deadline_s if round_log.late and self.deadline_s is not None else max(times)
 
     def log_evaluation(self, server_round: int, ordered: list[Message]) -> None:
         self.logs[server_round].evaluate = {hospital_of(reply): dict(reply.content[keys.METRICS]) for reply in ordered}

@@ -23,6 +23,7 @@ from fedmm.config import ExperimentConfig, TrainConfig
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import reference_bank_info_nce
+from fedmm.simulation.conditions import Clock
 from fedmm.training.local import TrainResult
 from fedmm.training.updates import LocalUpdate, StateDict, snapshot
 
@@ -50,10 +51,11 @@ def sample_rate(batch_size: int, num_samples: int) -> float:
 
 
 def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: SplitTensors, cfg: TrainConfig,
-                        seed: int, device: torch.device | str = "cpu", dp: DPSGD | None = None) -> TrainResult:
+                        seed: int, device: torch.device | str = "cpu", dp: DPSGD | None = None,
+                        clock: Clock | None = None) -> TrainResult:
     """Train `heads` in place for `cfg.local_epochs` on the pairs, with `cfg.bank_size` reference negatives
     per step; with `dp`, as DP-SGD (the temperature is then frozen, and no loss is reported: it is a
-    statistic of private data).
+    statistic of private data). `clock`: as in `train_heads`, the steps that fit before the deadline.
 
     `TrainResult.steps` counts the steps taken (what the accountant composes), including DP steps whose
     Poisson sample came out empty (they still add noise).
@@ -77,6 +79,8 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
     try:
         for epoch in range(cfg.local_epochs):
             for batch in _batches(len(paired), cfg.batch_size, dp, seed, epoch, generator):
+                if clock is not None and not clock.admit(len(batch)):
+                    break
                 batch = batch.to(device)
                 drawn = torch.randint(len(bank), (min(cfg.bank_size, len(bank)),), generator=generator).to(device)
                 images, reports = image_features[batch], report_features[batch]  # (B, D_image), (B, D_text)
@@ -92,6 +96,8 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
                         parameter.grad_sample = per_pair[name]  # (B, *shape): what DPOptimizer clips and noises
                 optimizer.step()
                 steps += 1
+            if clock is not None and clock.cut:
+                break
     finally:
         heads.logit_scale.requires_grad_(True)
     heads.eval()
@@ -175,9 +181,10 @@ def uses_reference_bank(cfg: ExperimentConfig) -> bool:
 
 
 def bank_update(heads: ContrastiveHeads, received: StateDict, data: SplitTensors, bank: SplitTensors,
-                cfg: ExperimentConfig, seed: int, device: torch.device, dp: DPSGD | None) -> LocalUpdate:
+                cfg: ExperimentConfig, seed: int, device: torch.device, dp: DPSGD | None,
+                clock: Clock | None = None) -> LocalUpdate:
     """FedAvg's local step with the reference-bank objective (DP-SGD with `dp`): train the received heads,
     send them all."""
     heads.load_state_dict(received)
-    result = train_heads_on_bank(heads, data, bank, cfg.train, seed, device, dp)
+    result = train_heads_on_bank(heads, data, bank, cfg.train, seed, device, dp, clock)
     return LocalUpdate(snapshot(heads), None, result)

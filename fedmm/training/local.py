@@ -9,6 +9,7 @@ from fedmm.config import TrainConfig
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import symmetric_info_nce
+from fedmm.simulation.conditions import Clock
 from fedmm.training.missing import HandlerFactory, TrainingRows, paired_rows
 
 
@@ -51,13 +52,14 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
                 device: torch.device | str = "cpu", *, epochs: int | None = None,
                 parameters: Iterable[str] | None = None, regularizer: Regularizer | None = None,
                 missing: HandlerFactory | None = None, correction: GradientCorrection | None = None,
-                optimizer: OptimizerFactory | None = None) -> TrainResult:
+                optimizer: OptimizerFactory | None = None, clock: Clock | None = None) -> TrainResult:
     """Train `heads` in place for `epochs` (default `cfg.local_epochs`) of symmetric InfoNCE on the pairs.
 
     `parameters` names the parameters to train (default: all; FedRep trains the final layers and the
     base in turn); `regularizer` adds a term to every step's loss (FedProx, Ditto, MOON); `correction`
     edits the gradients before each optimizer step (SCAFFOLD); `optimizer` builds the local optimizer
-    (default AdamW with `cfg.lr` and `cfg.weight_decay`).
+    (default AdamW with `cfg.lr` and `cfg.weight_decay`); `clock` (virtual time, `conditions.compute`)
+    charges every step its rows and ends the training at the first step that would pass the deadline.
     `missing` prepares a missing-modality handler from the heads as they are now: it decides which rows
     train and adds its term for image-only and report-only rows. Without one (the baseline), unimodal
     samples contribute nothing, so a hospital without pairs returns its heads unchanged and reports
@@ -77,6 +79,8 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
         order = usable[torch.randperm(len(usable), generator=generator).to(usable.device)]
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
+            if clock is not None and not clock.admit(len(batch)):
+                break
             pairs = batch[rows.pair[batch]]
             terms = []
             if len(pairs) >= 2:  # a contrastive batch needs at least one negative
@@ -95,6 +99,8 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
                 correction(heads)
             step_rule.step()
             losses.append(objective.detach())  # reported loss: without the regularizer
+        if clock is not None and clock.cut:
+            break
     heads.eval()
     counts = (
         rows.counts(data.image_mask.to(rows.pair.device), data.report_mask.to(rows.pair.device))

@@ -14,6 +14,7 @@ import torch
 from fedmm.config import ExperimentConfig
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads, is_personal_layer
+from fedmm.simulation.conditions import Clock
 from fedmm.training.local import GradientCorrection, OptimizerFactory, Regularizer, TrainResult, train_heads
 from fedmm.training.missing import HandlerFactory
 from fedmm.training.regularizers import proximal_term
@@ -47,6 +48,7 @@ class LocalStep:
     load_reference: Callable[[], SplitTensors] | None = None  # the public reference set, loaded on demand
     dpsgd: Any = None  # the hospital's DP-SGD settings (`fedmm.training.bank.DPSGD`); None: no sample-level DP
     server_arrays: Mapping[str, StateDict] = field(default_factory=dict)  # other named arrays the server sent
+    clock: Clock | None = None  # this round's virtual training time (`conditions.compute`); None: no clock
 
     def train(self, heads: ContrastiveHeads, *, seed: int | None = None, epochs: int | None = None,
               parameters: list[str] | None = None, regularizer: Regularizer | None = None,
@@ -54,7 +56,7 @@ class LocalStep:
         """`train_heads` on this hospital's data with this step's settings."""
         return train_heads(heads, self.data, self.cfg.train, self.seed if seed is None else seed, self.device,
                            epochs=epochs, parameters=parameters, regularizer=regularizer, missing=self.missing,
-                           correction=correction, optimizer=optimizer)
+                           correction=correction, optimizer=optimizer, clock=self.clock)
 
 
 def split_personal(state: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict]:

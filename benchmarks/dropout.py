@@ -24,7 +24,8 @@ from fedmm.studies.sweep import run_sweep
 RATES = ("0", "0.2", "0.5")
 FORMS = {"false": "fedavg", "true": "fedavg, modality-aware"}
 METRICS = {"i2t_recall@10": "R@10", "zeroshot_auroc_macro": "AUROC", "worst_hospital_auroc": "worst hospital AUROC",
-           "image_only_hospital_auroc": "image-only sites' AUROC", "report_only_hospital_auroc": "report-only site's AUROC"}
+           "image_only_hospital_auroc": "image-only sites' AUROC",
+           "report_only_hospital_auroc": "report-only site's AUROC"}
 BEGIN, END = "<!-- benchmarks/dropout.py: begin -->", "<!-- benchmarks/dropout.py: end -->"
 
 
@@ -46,7 +47,7 @@ def table(rows: list[dict], out: Path, seeds: list[str]) -> str:
     lines = [header, "|---" * (3 + len(METRICS)) + "|"]
     for aware, form in FORMS.items():
         for rate in RATES:
-            cell = [r for r in rows if r["strategy.modality_aware"] == aware
+            cell = [r for r in rows if r["strategy.modality_aware"].lower() == aware
                     and float(r["conditions.availability.dropout"]) == float(rate)]
             if len(cell) != len(seeds):
                 continue

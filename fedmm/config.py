@@ -264,6 +264,9 @@ class FederationConfig:
     # Hospitals that must remain for the run to go on when some fail (a node that dies, an error reply);
     # null: every hospital (the first failure stops the run). Finished rounds are kept either way.
     min_hospitals: int | None
+    # fixed: exactly m hospitals a round | poisson: each one independently with probability m/N (m from
+    # clients_per_round or fraction_train); client-level DP then reports ε amplified by the sampling
+    sampling: str = "fixed"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from fedmm.simulation import check_engine
 from fedmm.simulation.conditions import check_conditions, is_ideal
 from fedmm.strategies import PrivacyMode, strategy_spec
 from fedmm.strategies.client_dp import check_client_privacy
-from fedmm.strategies.roster import sample_size
+from fedmm.strategies.roster import SAMPLING, sample_size
 from fedmm.strategies.spec import supporting
 from fedmm.training.bank import OBJECTIVES, uses_reference_bank
 from fedmm.training.missing import check_missing, needs_reference
@@ -53,6 +53,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if federation.min_hospitals is not None and not 1 <= federation.min_hospitals <= hospitals:
         raise ConfigError(f"federation.min_hospitals={federation.min_hospitals} must lie in [1, {hospitals}] "
                           f"(scenario.num_hospitals={hospitals}); or null to stop at the first failed hospital")
+    if federation.sampling not in SAMPLING:
+        raise ConfigError(f"federation.sampling={federation.sampling!r} is unknown; valid: {list(SAMPLING)}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={cfg.device!r} is unknown; valid: ['auto', 'cpu', 'cuda']")
     if cfg.simulation.client_cpus <= 0 or cfg.simulation.client_gpus < 0:
@@ -102,7 +104,8 @@ def check_privacy(cfg: ExperimentConfig) -> None:
         _check_positive("train.bank_size", cfg.train.bank_size)
     hospitals = cfg.scenario.num_hospitals
     check_client_privacy(cfg.privacy.client, hospitals,
-                         sample_size(hospitals, cfg.federation.clients_per_round, cfg.federation.fraction_train))
+                         sample_size(hospitals, cfg.federation.clients_per_round, cfg.federation.fraction_train),
+                         cfg.federation.sampling)
 
 
 def check_missing_handler(cfg: ExperimentConfig) -> None:

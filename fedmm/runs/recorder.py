@@ -161,6 +161,10 @@ class RunRecorder:
             for name in ("dp_epsilon", "client_dp_epsilon")
             if any(name in values for values in self.privacy.values())
         }
+        if self.cfg.privacy.client.clipping != "none":
+            poisson = self.cfg.federation.sampling == "poisson"
+            largest["client_dp_sampling"] = ("poisson: ε amplified by sampling each hospital with probability m/N"
+                                             if poisson else "fixed-size: no amplification claimed")
         return largest | {"hospitals": hospitals}
 
     def conditions_summary(self) -> dict[str, Any]:

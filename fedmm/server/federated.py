@@ -53,7 +53,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
                     stop_run_at_budget=cfg.privacy.on_budget == "stop_run",
                     min_hospitals=cfg.federation.min_hospitals, round_timeout_s=cfg.federation.round_timeout_s,
                     availability=availability(cfg.conditions, data.num_hospitals, cfg.seed, cfg.federation.rounds),
-                    deadline_s=cfg.conditions.deadline_s)
+                    deadline_s=cfg.conditions.deadline_s, sampling=cfg.federation.sampling)
     strategy: FederatedStrategy = spec.build_server(cfg, spec.parse_options(cfg), data, roster)
     if getattr(strategy, "can_fold_on_arrival", False):  # unwrapped averaging: add each reply as it arrives
         strategy.folds_on_arrival = True

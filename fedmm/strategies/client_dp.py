@@ -10,9 +10,17 @@ share of the same noise multiplier z.
 `ClientLevelDP` puts the pieces in the order that keeps the guarantee:
     HospitalFedAvg (uniform average)  ->  Flower wrapper (clip, average, add noise)
     ->  server optimizer (FedAvgM/FedAdam/FedYogi: post-processing of the noised average)
-and keeps one Flower `RdpAccountant` per hospital: a hospital's ε composes only the rounds whose
-average included its update. Sampling is seeded and therefore public, so no amplification by
-subsampling is claimed (Flower's `no-amplification` model).
+and keeps one Flower `RdpAccountant` per hospital.
+
+Amplification by subsampling (`federation.sampling`):
+- `fixed` (exactly m of N hospitals a round): no amplification is claimed (Flower's `no-amplification`
+  model). A hospital's ε composes only the rounds whose average included its update.
+- `poisson` (each hospital independently with probability q = m/N): ε is that of the Poisson-subsampled
+  Gaussian (Flower's `poisson` model, add-or-remove-one hospital), composed over every round the hospital
+  could have been drawn in, whether it was or not. A round whose sample is empty (or whose hospitals were
+  all offline or late) still releases the current model plus the same noise, as the analysis assumes.
+  The guarantee holds against an observer who does not know who was sampled: the sampling, like the
+  noise, is drawn from the run's seed, so the seed (and the saved config.yaml) must stay secret.
 """
 
 import logging
@@ -28,6 +36,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_stdv
 from flwr.supercore.privacy_accounting import (
     GaussianPrivacyEvent,
     NeighboringRelation,
@@ -77,10 +86,12 @@ def release_noise_multiplier(dp: ClientDPConfig) -> float:
     return dp.noise_multiplier
 
 
-def new_accountant(dp: ClientDPConfig, num_hospitals: int) -> RdpAccountant:
+def new_accountant(dp: ClientDPConfig, num_hospitals: int, poisson: bool = False) -> RdpAccountant:
+    """A hospital's accountant: amplified by Poisson sampling of hospitals (`poisson`), or not at all."""
+    sampling = SamplingMethod.POISSON if poisson else SamplingMethod.NO_AMPLIFICATION
     return RdpAccountant(PrivacyConfig(target_delta=dp.delta, population_size=num_hospitals,
                                        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                                       sampling_method=SamplingMethod.NO_AMPLIFICATION))
+                                       sampling_method=sampling))
 
 
 class ClientLevelDP(Delegating):
@@ -94,7 +105,10 @@ class ClientLevelDP(Delegating):
         assert inner.uniform_weights and inner.server_optimizer is None, "the noise is calibrated to a plain mean"
         self.averaging, self.dp, self.server_optimizer = inner, dp, server_optimizer  # averaging: the hospital strategy
         self.roster = roster
-        self.accountants = {hospital: new_accountant(dp, roster.num_hospitals) for hospital in roster.node_of_hospital}
+        self.amplified = roster.poisson  # ε amplified by Poisson sampling of hospitals
+        self.accountants = {hospital: new_accountant(dp, roster.num_hospitals, self.amplified)
+                            for hospital in roster.node_of_hospital}
+        self.eligible: list[int] = []  # this round: every hospital that could have been drawn
         self.event = GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=roster.clients_per_round,
                                           population_size=roster.num_hospitals)
         self.current_arrays: ArrayRecord | None = None
@@ -129,14 +143,17 @@ class ClientLevelDP(Delegating):
                         grid: Grid) -> Iterable[Message]:
         self.current_arrays = arrays
         self.retire_over_budget(server_round)
+        self.eligible = [h for h in self.roster.reachable() if h not in self.roster.retired]
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def retire_over_budget(self, server_round: int) -> None:
         """Before sending: drop every sampled hospital whose ε would pass `max_epsilon` this round (or stop)."""
         if self.dp.max_epsilon is None:
             return
-        over = [h for h in self.roster.draw(server_round)
-                if self.accountants[h].would_exceed(self.event, max_epsilon=self.dp.max_epsilon)]
+        # Amplified, every round costs every hospital that could be drawn; else only the drawn ones.
+        candidates = ([h for h in self.roster.reachable() if h not in self.roster.retired] if self.amplified
+                      else self.roster.draw(server_round))
+        over = [h for h in candidates if self.accountants[h].would_exceed(self.event, max_epsilon=self.dp.max_epsilon)]
         if not over:
             return
         reason = (f"round {server_round}: hospital(s) {over} would pass privacy.client.max_epsilon="
@@ -154,9 +171,9 @@ class ClientLevelDP(Delegating):
         self.roster.log_train(server_round, ordered, self.averaging.download_bytes)
         self.roster.retire_exhausted(server_round, ordered)
         contributors = self.roster.contributors(server_round)
-        if not contributors:
-            return None, None
         assert self.current_arrays is not None
+        if not contributors and not self.amplified:
+            return None, None
         # An update of exactly zero (a hospital that had nothing to train on, or stopped at its budget) adds
         # nothing to the fixed-denominator sum; it is left out because Flower's clipping divides by its norm.
         moved = [reply for reply in ordered if hospital_of(reply) in contributors
@@ -164,8 +181,12 @@ class ClientLevelDP(Delegating):
         # Flower's wrappers draw their noise from numpy's global generator: seed it per round from the run's
         # seed, so a resumed run adds the same noise as one that never stopped.
         np.random.seed(derive_seed(self.seed, DP_NOISE_STREAM, server_round) % 2**32)
-        noised, _ = self.inner.aggregate_train(server_round, moved)
-        for hospital in contributors:  # every sampled hospital's data could have moved this release
+        if moved or not self.amplified:
+            noised, _ = self.inner.aggregate_train(server_round, moved)
+        else:
+            noised = self.noised_current()
+        # Amplified: every hospital that could have been drawn; else each one whose data could have moved it.
+        for hospital in self.eligible if self.amplified else contributors:
             self.accountants[hospital].compose(self.event)
         for hospital, train_metrics in self.roster.logs[server_round].train.items():
             train_metrics[keys.CLIENT_DP_EPSILON] = self.epsilon(hospital)
@@ -177,6 +198,15 @@ class ClientLevelDP(Delegating):
         stepped = self.server_optimizer.step(current, {key: array.numpy() for key, array in noised.items()},
                                              set(HeadGroup))
         return ArrayRecord({key: Array(value) for key, value in stepped.items()}), metrics
+
+
+    def noised_current(self) -> ArrayRecord:
+        """The release of a round in which no update moved the average: the current model plus the noise."""
+        assert self.current_arrays is not None
+        arrays = [array.numpy().copy() for array in self.current_arrays.values()]
+        add_gaussian_noise_inplace(arrays, compute_stdv(self.dp.noise_multiplier, self.dp.clipping_norm,
+                                                        self.roster.clients_per_round))
+        return ArrayRecord({key: Array(value) for key, value in zip(self.current_arrays.keys(), arrays)})
 
 
 class FixedDenominatorAverage(Delegating):
@@ -192,7 +222,7 @@ def unchanged(sent_back: ArrayRecord, current: ArrayRecord) -> bool:
     return all(np.array_equal(sent_back[key].numpy(), current[key].numpy()) for key in current)
 
 
-def check_client_privacy(dp: ClientDPConfig, num_hospitals: int, num_sampled: int) -> None:
+def check_client_privacy(dp: ClientDPConfig, num_hospitals: int, num_sampled: int, sampling: str = "fixed") -> None:
     """Impossible or unsound client-level settings, named with their fix (which strategies support client-level
     DP is each strategy's `StrategySpec.privacy`)."""
     if dp.clipping not in CLIPPING_MODES:
@@ -208,6 +238,11 @@ def check_client_privacy(dp: ClientDPConfig, num_hospitals: int, num_sampled: in
                           f"= (0, {1 / num_hospitals:.3g}); 1e-5 is usual")
     if dp.max_epsilon is not None and not dp.max_epsilon > 0:
         raise ConfigError(f"privacy.client.max_epsilon={dp.max_epsilon} is impossible: ε must be > 0")
+    if dp.clipping in ADAPTIVE and sampling == "poisson":
+        raise ConfigError(f"privacy.client.clipping={dp.clipping} with federation.sampling=poisson: the amplified "
+                          "accounting is implemented for fixed clipping (an empty round would have to release a noisy "
+                          "count too); use privacy.client.clipping=server_fixed or client_fixed, or "
+                          "federation.sampling=fixed")
     if dp.clipping in ADAPTIVE:
         sigma_b = count_stddev(dp, num_sampled)
         if not dp.noise_multiplier < 2 * sigma_b:

@@ -74,9 +74,16 @@ class RoundLog:
         return fields
 
 
-def sample_hospitals(num_hospitals: int, sample_size: int, seed: int, server_round: int) -> list[int]:
-    """Sorted hospital ids for a round; depends only on (seed, round), never on node ids."""
+SAMPLING = ("fixed", "poisson")
+
+
+def sample_hospitals(num_hospitals: int, sample_size: int, seed: int, server_round: int,
+                     poisson: bool = False) -> list[int]:
+    """Sorted hospital ids for a round; depends only on (seed, round), never on node ids. `sample_size` of
+    them, or (`poisson`) each independently with probability sample_size / num_hospitals."""
     rng = np.random.default_rng([seed, SAMPLING_STREAM, server_round])
+    if poisson:
+        return [int(h) for h in np.flatnonzero(rng.random(num_hospitals) < sample_size / num_hospitals)]
     return sorted(int(h) for h in rng.choice(num_hospitals, size=sample_size, replace=False))
 
 
@@ -107,9 +114,10 @@ class Roster:
     def __init__(self, node_of_hospital: Mapping[int, int], clients_per_round: int, seed: int, evaluate_every: int,
                  num_rounds: int, stop_run_at_budget: bool = False, min_hospitals: int | None = None,
                  round_timeout_s: float = 600.0, availability: Availability | None = None,
-                 deadline_s: float | None = None) -> None:
+                 deadline_s: float | None = None, sampling: str = "fixed") -> None:
         self.node_of_hospital = dict(node_of_hospital)
-        self.clients_per_round, self.seed = clients_per_round, seed
+        self.clients_per_round, self.seed = clients_per_round, seed  # poisson sampling: the expected count
+        self.poisson = sampling == "poisson"
         self.evaluate_every, self.num_rounds = evaluate_every, num_rounds
         self.stop_run_at_budget = stop_run_at_budget
         self.min_hospitals = min_hospitals if min_hospitals is not None else len(node_of_hospital)
@@ -132,7 +140,7 @@ class Roster:
 
     def draw(self, server_round: int) -> list[int]:
         """This round's hospitals: the seeded sample, less the retired and lost ones."""
-        sample = sample_hospitals(self.num_hospitals, self.clients_per_round, self.seed, server_round)
+        sample = sample_hospitals(self.num_hospitals, self.clients_per_round, self.seed, server_round, self.poisson)
         return [hospital for hospital in sample if hospital not in self.retired and hospital not in self.lost]
 
     def start_round(self, server_round: int) -> list[int]:

@@ -409,3 +409,60 @@ def _array(values):
 
 def _privacy(sample: SampleDPConfig):
     return configured("privacy", sample=sample)
+
+
+def test_poisson_sampled_client_level_epsilon_is_dp_accountings_amplified_one():
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=1.0, delta=1e-5)
+    amplified, plain = new_accountant(dp, 20, poisson=True), new_accountant(dp, 20)
+    for accountant in (amplified, plain):
+        accountant.compose(GaussianPrivacyEvent(1.0, sample_size=4, population_size=20), 30)
+    independent = RdpAccountant()
+    independent.compose(dp_accounting.PoissonSampledDpEvent(4 / 20, dp_accounting.GaussianDpEvent(1.0)), 30)
+    assert amplified.get_privacy_spent().epsilon == pytest.approx(independent.get_epsilon(1e-5), rel=0.01)
+    assert amplified.get_privacy_spent().epsilon < plain.get_privacy_spent().epsilon / 3  # q = 0.2 amplifies
+
+
+def test_poisson_sampling_draws_each_hospital_with_probability_m_over_n():
+    from fedmm.strategies.roster import sample_hospitals
+
+    draws = [sample_hospitals(10, 3, seed=0, server_round=r, poisson=True) for r in range(1, 4001)]
+    assert abs(np.mean([len(d) for d in draws]) - 3) < 0.1 and len({len(d) for d in draws}) > 4  # sizes vary
+    assert abs(np.mean([5 in d for d in draws]) - 0.3) < 0.03
+    assert draws[0] == sample_hospitals(10, 3, seed=0, server_round=1, poisson=True)  # seeded
+
+
+def test_poisson_client_dp_charges_every_hospital_each_round_and_noises_an_empty_round(flower_run_identity):
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedmm.strategies.base import HospitalFedAvg
+    from fedmm.strategies.roster import Roster
+
+    roster = Roster({h: 10 + h for h in range(4)}, clients_per_round=1, seed=0, evaluate_every=1, num_rounds=50,
+                    sampling="poisson")
+    dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=2.0, clipping_norm=0.5, delta=1e-5)
+    strategy = ClientLevelDP(HospitalFedAvg(roster, uniform_weights=True), dp, None, seed=0)
+    current = ArrayRecord({"w": _array(np.zeros(20_000))})
+    empty = next(r for r in range(1, 51) if not roster.draw(r))
+    for server_round in range(1, empty + 1):
+        messages = list(strategy.configure_train(server_round, current, ConfigRecord(), grid=None))
+        sampled = roster.logs[server_round].asked
+        assert len(messages) == len(sampled)
+        arrays, _ = strategy.aggregate_train(server_round, [_reply(h, {"w": np.full(20_000, 0.1)}) for h in sampled])
+    assert all(accountant.num_releases == empty for accountant in strategy.accountants.values())
+    noise = arrays["w"].numpy()  # the empty round: the current model (zeros) plus N(0, (zC/m)²)
+    assert abs(noise.std() - 2.0 * 0.5 / 1) < 0.02 and abs(noise.mean()) < 0.02
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["federation.sampling=bernoulli"], "federation.sampling='bernoulli' is unknown"),
+    (["privacy=client_fixed", "strategy.modality_aware=false", "privacy.client.clipping=server_adaptive",
+      "federation.sampling=poisson"],
+     "implemented for fixed clipping"),
+])
+def test_impossible_hospital_sampling_names_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(user_config(*overrides))

@@ -116,11 +116,11 @@ class RunRecorder:
     def record(self, server_round: int, sampled: list[int], train: Mapping[int, Mapping[str, float]],
                global_metrics: Mapping[str, float] | None = None,
                hospital_metrics: Mapping[int, Mapping[str, float]] | None = None,
-               conditions: Mapping[str, Any] | None = None) -> None:
+               fields: Mapping[str, Any] | None = None) -> None:
         """Append one round. `global_metrics`/`hospital_metrics` are given on evaluation rounds only;
-        `conditions`: who was offline or late and the round's virtual duration (`RoundLog.conditions`)."""
+        `fields`: the rest of the round's line (`RoundLog.fields`: offline, late, virtual time, client ε)."""
         line: dict[str, Any] = {"round": server_round, "sampled": list(sampled),
-                                "train": {str(h): dict(m) for h, m in sorted(train.items())}} | dict(conditions or {})
+                                "train": {str(h): dict(m) for h, m in sorted(train.items())}} | dict(fields or {})
         if "round_time_s" in line:
             line["clock_s"] = self.clock_s + line["round_time_s"]  # virtual time since the run started
         if global_metrics is not None:
@@ -138,6 +138,8 @@ class RunRecorder:
         """Take one round's line into what the summary reports."""
         if "clock_s" in line:
             self.clock_s = line["clock_s"]
+        for hospital, epsilon in line.get("client_dp_epsilon", {}).items():  # charged without training
+            self.privacy.setdefault(int(hospital), {})["client_dp_epsilon"] = epsilon
         for hospital, metrics in line["train"].items():
             for direction in self.bytes_sent:
                 if f"{direction}-bytes" in metrics:

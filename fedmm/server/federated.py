@@ -75,7 +75,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
             heads.load_state_dict(arrays.to_torch_state_dict())
             global_metrics = evaluate_split(heads, global_test, prompts)
         recorder.record(server_round, round_log.sampled, round_log.train, global_metrics,
-                        round_log.evaluate if evaluating else None, round_log.conditions())
+                        round_log.evaluate if evaluating else None, round_log.fields())
         if spec.resumable:
             save_checkpoint(run_dir, strategy.checkpoint(server_round, arrays))
         return MetricRecord(global_metrics) if global_metrics else None

@@ -143,7 +143,7 @@ class ClientLevelDP(Delegating):
                         grid: Grid) -> Iterable[Message]:
         self.current_arrays = arrays
         self.retire_over_budget(server_round)
-        self.eligible = [h for h in self.roster.reachable() if h not in self.roster.retired]
+        self.eligible = self.roster.eligible()
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def retire_over_budget(self, server_round: int) -> None:
@@ -151,8 +151,7 @@ class ClientLevelDP(Delegating):
         if self.dp.max_epsilon is None:
             return
         # Amplified, every round costs every hospital that could be drawn; else only the drawn ones.
-        candidates = ([h for h in self.roster.reachable() if h not in self.roster.retired] if self.amplified
-                      else self.roster.draw(server_round))
+        candidates = self.roster.eligible() if self.amplified else self.roster.draw(server_round)
         over = [h for h in candidates if self.accountants[h].would_exceed(self.event, max_epsilon=self.dp.max_epsilon)]
         if not over:
             return
@@ -181,15 +180,14 @@ class ClientLevelDP(Delegating):
         # Flower's wrappers draw their noise from numpy's global generator: seed it per round from the run's
         # seed, so a resumed run adds the same noise as one that never stopped.
         np.random.seed(derive_seed(self.seed, DP_NOISE_STREAM, server_round) % 2**32)
-        if moved or not self.amplified:
-            noised, _ = self.inner.aggregate_train(server_round, moved)
-        else:
-            noised = self.noised_current()
+        noised = self.inner.aggregate_train(server_round, moved)[0] if moved else self.noised_current()
         # Amplified: every hospital that could have been drawn; else each one whose data could have moved it.
         for hospital in self.eligible if self.amplified else contributors:
             self.accountants[hospital].compose(self.event)
         for hospital, train_metrics in self.roster.logs[server_round].train.items():
             train_metrics[keys.CLIENT_DP_EPSILON] = self.epsilon(hospital)
+        if self.amplified:
+            self.roster.logs[server_round].client_epsilon = {h: self.epsilon(h) for h in self.eligible}
         metrics = self.averaging.train_metrics_aggr_fn(
             [reply.content for reply in ordered if hospital_of(reply) in contributors], self.averaging.weighted_by_key)
         if noised is None or self.server_optimizer is None:

@@ -53,6 +53,7 @@ class RoundLog:
     train: dict[int, dict[str, float]] = field(default_factory=dict)
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     time_s: float | None = None  # the round's virtual duration (`conditions.compute`); None: no clock
+    client_epsilon: dict[int, float] = field(default_factory=dict)  # amplified client-level DP: every charged one
 
     @property
     def asked(self) -> list[int]:
@@ -64,13 +65,17 @@ class RoundLog:
         """Hospitals that missed the round's deadline: they answered, without an update."""
         return sorted(hospital for hospital, metrics in self.train.items() if metrics.get(keys.LATE))
 
-    def conditions(self) -> dict[str, Any]:
-        """What the simulated conditions did this round (for metrics.jsonl); empty under ideal conditions."""
+    def fields(self) -> dict[str, Any]:
+        """What else this round's line in metrics.jsonl holds: who was offline or late and the round's virtual
+        duration (simulated conditions), and the cumulative client-level ε of every hospital this round
+        charged, drawn or not (amplified accounting); empty when none of it applies."""
         fields: dict[str, Any] = {}
         if self.offline:
             fields["offline"] = list(self.offline)
         if self.time_s is not None:
             fields |= {"late": self.late, "round_time_s": self.time_s}
+        if self.client_epsilon:
+            fields["client_dp_epsilon"] = {str(h): value for h, value in sorted(self.client_epsilon.items())}
         return fields
 
 
@@ -161,6 +166,10 @@ class Roster:
     def reachable(self) -> list[int]:
         """Hospitals whose nodes have not failed."""
         return [hospital for hospital in sorted(self.node_of_hospital) if hospital not in self.lost]
+
+    def eligible(self) -> list[int]:
+        """Hospitals a round can draw: neither lost nor retired."""
+        return [hospital for hospital in self.reachable() if hospital not in self.retired]
 
     def retire(self, hospital: int, reason: str) -> None:
         self.retired.setdefault(hospital, reason)

@@ -141,11 +141,11 @@ def test_offline_hospitals_are_not_asked_nor_lost_and_late_ones_do_not_contribut
     assert fedavg.roster.lost == {} and fedavg.roster.contributors(server_round) == [on_time]
     assert arrays["image_head.0.weight"].numpy().tolist() == [1.0 + on_time]  # the late replies are not averaged
     assert log.late == late and log.time_s == (5.0 if late else 2.0)
-    assert log.conditions() == {"offline": down, "late": late, "round_time_s": log.time_s}
+    assert log.fields() == {"offline": down, "late": late, "round_time_s": log.time_s}
 
 
 def test_ideal_conditions_add_nothing_to_a_round():
-    assert RoundLog(sampled=[0, 1], train={0: {}, 1: {}}).conditions() == {}
+    assert RoundLog(sampled=[0, 1], train={0: {}, 1: {}}).fields() == {}
 
 
 @pytest.mark.parametrize("overrides, message", [

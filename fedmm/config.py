@@ -207,6 +207,22 @@ class ConditionsConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """SecAgg+ (Bell et al., 2020) over the averaging strategies (`secagg.enabled`; `fedmm.strategies.secagg`):
+    the server learns only the sum of the hospitals' weighted updates. Flower's names and defaults."""
+
+    enabled: bool = False
+    num_shares: float = 1.0  # neighbours each hospital shares its secrets with: a fraction of the round's
+    #                          hospitals (1.0: all of them, SecAgg) or, above 1, a count
+    threshold: float = 0.5  # shares that reconstruct a secret: a fraction of num_shares or, above 1, a count;
+    #                          a round needs this many hospitals left among every hospital's neighbours
+    max_weight: float = 1000.0  # W: weights are sent as w/W; keep it near the largest training-set size
+    clipping_range: float = 8.0  # R: every w/W·Δ entry is clipped to [-R, R] before quantization
+    quantization_range: int = 4194304  # Q = 2^22 levels over [-R, R]
+    modulus_range: int = 4294967296  # 2^32: masks and sums live modulo this
+
+
+@dataclass(frozen=True)
 class ReferenceConfig:
     """A non-private dataset the server and every hospital may read (distillation targets).
 
@@ -306,6 +322,7 @@ class ExperimentConfig:
     deployment: DeploymentConfig
     aggregator: AggregatorConfig = AggregatorConfig()  # configs saved before robust aggregation: the mean
     conditions: ConditionsConfig = ConditionsConfig()  # configs saved before simulated conditions: ideal
+    secagg: SecAggConfig = SecAggConfig()  # configs saved before secure aggregation: off
 
     @property
     def cache_path(self) -> Path:

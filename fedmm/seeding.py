@@ -11,6 +11,7 @@ DP_NOISE_STREAM = 7  # client-level DP noise added by the server (Flower's wrapp
 ADVERSARY_STREAM = 8  # which hospitals misbehave (scenario.adversaries with a fraction), and their noise
 AVAILABILITY_STREAM = 9  # each hospital's dropout rate and offline rounds (conditions.availability)
 COMPUTE_STREAM = 10  # each hospital's training speed (conditions.compute)
+SECAGG_STREAM = 11  # the stochastic rounding of a hospital's quantized update (secagg)
 
 
 def derive_seed(seed: int, stream: int, *ids: int) -> int:

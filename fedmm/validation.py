@@ -10,7 +10,7 @@ from fedmm.models.encoders import check_image_encoder, resolve_text_encoder_path
 from fedmm.privacy.sample_level import ON_BUDGET, check_sample_privacy
 from fedmm.simulation import check_engine
 from fedmm.simulation.conditions import check_conditions, is_ideal
-from fedmm.strategies import PrivacyMode, strategy_spec
+from fedmm.strategies import PrivacyMode, all_strategies, strategy_spec
 from fedmm.strategies.client_dp import check_client_privacy
 from fedmm.strategies.roster import SAMPLING, sample_size
 from fedmm.strategies.spec import supporting
@@ -69,6 +69,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
                           f"{'runs without a federation' if spec.is_reference else 'exchanges no weights'}; "
                           "use a weight-averaging strategy (fedavg, fedprox, ...) or scenario.adversaries=[]")
     check_conditions(cfg.conditions)
+    check_secagg(cfg)
     if spec.is_reference and not is_ideal(cfg.conditions):
         raise ConfigError(f"conditions={cfg.conditions.name!r} simulates hospitals that drop out or lag in a "
                           f"federation, and {spec.name!r} runs without one; use conditions=ideal")
@@ -77,6 +78,35 @@ def validate_config(cfg: ExperimentConfig) -> None:
                           "trains by distillation; set conditions.compute.samples_per_s=null (dropouts still apply)")
     if spec.needs_reference:
         _check_reference(cfg)
+
+
+def check_secagg(cfg: ExperimentConfig) -> None:
+    """Secure aggregation sums weighted updates: only for plainly averaging strategies, and in range."""
+    secagg, spec = cfg.secagg, strategy_spec(cfg.strategy.name)
+    if not secagg.enabled:
+        return
+    if not spec.robust_aggregation or spec.extra_arrays:
+        raise ConfigError(f"secagg.enabled=true sums the hospitals' weighted updates, and {spec.name!r} needs "
+                          f"more than their sum; strategies it runs with: "
+                          f"{[s.name for s in all_strategies() if s.robust_aggregation and not s.extra_arrays]}")
+    if cfg.aggregator.name != "mean":
+        raise ConfigError(f"secagg.enabled=true with aggregator={cfg.aggregator.name}: a robust aggregator needs "
+                          "every hospital's update, which secure aggregation hides; use aggregator=mean")
+    if cfg.privacy.client.clipping != "none":
+        raise ConfigError("secagg.enabled=true with privacy.client is not supported yet: Flower's DP wrappers clip "
+                          "and average individual updates; use one of them, not both")
+    if secagg.threshold <= 0 or secagg.num_shares <= 0:
+        raise ConfigError("secagg.num_shares and secagg.threshold must be > 0")
+    if secagg.max_weight <= 0 or secagg.clipping_range <= 0:
+        raise ConfigError("secagg.max_weight and secagg.clipping_range must be > 0")
+    if not 2 <= secagg.quantization_range < secagg.modulus_range <= 2**32:
+        raise ConfigError(f"secagg: need 2 <= quantization_range ({secagg.quantization_range}) < modulus_range "
+                          f"({secagg.modulus_range}) <= 2^32")
+    hospitals = cfg.scenario.num_hospitals or 0
+    if hospitals * secagg.quantization_range >= secagg.modulus_range:
+        raise ConfigError(f"secagg: {hospitals} hospitals' quantized sums can reach {hospitals} x quantization_range "
+                          f"= {hospitals * secagg.quantization_range}, beyond modulus_range={secagg.modulus_range}; "
+                          "lower secagg.quantization_range")
 
 
 def check_privacy(cfg: ExperimentConfig) -> None:

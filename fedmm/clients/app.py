@@ -18,6 +18,7 @@ from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedmm import protocol as keys
 from fedmm.clients.runtime import describe, distill_round, evaluate_round, hospital_runtime, train_round
+from fedmm.clients.secagg import secagg_mod
 from fedmm.config import ExperimentConfig
 from fedmm.privacy.accounting import Ledger, ledger_from_lists, ledger_to_lists
 from fedmm.run_config import config_from_run_config
@@ -45,9 +46,10 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
     def run_cfg(context: Context) -> ExperimentConfig:
         return cfg if cfg is not None else config_from_run_config(context.run_config)
 
-    # Client-side clipping (client-level DP) must see the reply last, so it is the innermost mod.
+    # Client-side clipping (client-level DP) must see the reply last, so it is the innermost mod; secure
+    # aggregation masks what leaves the hospital, so it comes before every mod but a test's audit.
     app_type = ModuleClientApp if cfg is None and not mods else ClientApp
-    app = app_type(mods=[*(mods or []), clipping_mod(run_cfg)])
+    app = app_type(mods=[*(mods or []), secagg_mod(run_cfg), clipping_mod(run_cfg)])
 
     def runtime(context: Context):
         # Deployment: the SuperNode's node config names the hospital's folder (`data-dir`); simulation: none.

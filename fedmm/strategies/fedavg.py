@@ -24,6 +24,10 @@ def build_averaging(cfg: ExperimentConfig, roster: Roster, server_optimizer: Any
     strategy = strategy_class(roster, **extra, modality_aware=bool(cfg.strategy.modality_aware),
                               uniform_weights=client_dp, server_optimizer=None if client_dp else server_optimizer,
                               aggregator=cfg.aggregator)
+    if cfg.secagg.enabled:  # validation refuses it with client-level DP
+        from fedmm.strategies.secagg import SecureAggregation
+
+        return SecureAggregation(strategy, cfg.secagg, seed=cfg.seed)
     if not client_dp:
         return strategy
     from fedmm.strategies.client_dp import ClientLevelDP

@@ -54,6 +54,7 @@ class RoundLog:
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     time_s: float | None = None  # the round's virtual duration (`conditions.compute`); None: no clock
     client_epsilon: dict[int, float] = field(default_factory=dict)  # amplified client-level DP: every charged one
+    skipped: str | None = None  # why the round's aggregate could not be formed (secure aggregation's threshold)
 
     @property
     def asked(self) -> list[int]:
@@ -67,13 +68,16 @@ class RoundLog:
 
     def fields(self) -> dict[str, Any]:
         """What else this round's line in metrics.jsonl holds: who was offline or late and the round's virtual
-        duration (simulated conditions), and the cumulative client-level ε of every hospital this round
-        charged, drawn or not (amplified accounting); empty when none of it applies."""
+        duration (simulated conditions), why no aggregate was formed (`skipped`), and the cumulative
+        client-level ε of every hospital this round charged, drawn or not (amplified accounting); empty when
+        none of it applies."""
         fields: dict[str, Any] = {}
         if self.offline:
             fields["offline"] = list(self.offline)
         if self.time_s is not None:
             fields |= {"late": self.late, "round_time_s": self.time_s}
+        if self.skipped:
+            fields["skipped"] = self.skipped
         if self.client_epsilon:
             fields["client_dp_epsilon"] = {str(h): value for h, value in sorted(self.client_epsilon.items())}
         return fields

@@ -1,0 +1,253 @@
+"""SecAgg+ around an averaging strategy: the server learns only the sum of the hospitals' weighted updates.
+
+Bell et al., 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead" (CCS), the protocol
+of Bonawitz et al., 2017 on a sparse graph: each hospital masks its vector with one pairwise mask per
+neighbour (they cancel in the sum) and one self mask, and Shamir-shares its mask seed and its pairwise key
+among its neighbours, t of which reconstruct either. A hospital that drops out after sharing its keys has
+its pairwise masks removed from the shares of its surviving neighbours; the survivors' self masks are
+removed the same way.
+
+Why a bridge: Flower 1.41 ships SecAgg+ only for its legacy API (`SecAggPlusWorkflow` drives a legacy
+`Strategy` through `LegacyContext`; `secaggplus_mod` reads a legacy `FitRes` from the reply), and fedmm's
+strategies are Message-API ones whose aggregation is modality-aware. `SecureAggregation` runs the same
+four stages (setup, share keys, collect masked vectors, unmask) with the same record keys and math as
+Flower's workflow, inside the strategy's own round: `configure_train` runs the first two stages and
+returns the training messages with the forwarded key shares; the hospitals' replies are masked vectors
+(`fedmm.clients.secagg`); `aggregate_train` sums them, runs the unmask stage and hands the unmasked sum
+(`fedmm.aggregation.secure`) to the strategy's own finish (its server optimizer). What a hospital masks
+carries its weighted update per array and its weight per head group, so the modality-aware average needs
+no individual count either.
+
+A round whose remaining hospitals leave some hospital with fewer than t live neighbours cannot be
+unmasked: it is skipped (the global model stays as it was) and says why in metrics.jsonl (`skipped`).
+Differences from Flower's workflow: the neighbour ring is shuffled from the run's seed, and a dropped
+hospital's pairwise masks are removed only against the neighbours that added them.
+"""
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_extract,
+    get_parameters_shape,
+    parameters_addition,
+    parameters_mod,
+    parameters_subtraction,
+)
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+from flwr.serverapp import Grid
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+
+from fedmm.aggregation.secure import SecureSum
+from fedmm.config import SecAggConfig
+from fedmm.models.heads import HeadGroup
+from fedmm.runs.checkpoint import Checkpoint
+from fedmm.seeding import SECAGG_STREAM
+from fedmm.strategies.base import GROUP_COUNT_KEYS, Delegating, HospitalFedAvg
+
+log = logging.getLogger(__name__)
+
+
+def shares_and_threshold(cfg: SecAggConfig, hospitals: int) -> tuple[int, int]:
+    """(neighbours per hospital including itself, shares needed), as Flower's workflow sets them."""
+    if cfg.num_shares <= 1:
+        shares = round(cfg.num_shares * hospitals)
+        if shares < hospitals and shares % 2 == 0:
+            shares += 1
+        shares = hospitals if shares <= 2 else shares
+    else:
+        shares = int(cfg.num_shares)
+    shares = min(shares, hospitals)
+    threshold = max(2, round(cfg.threshold * shares)) if cfg.threshold <= 1 else int(cfg.threshold)
+    return shares, threshold
+
+
+@dataclass
+class ProtocolRound:
+    """One round of the protocol, by node id."""
+
+    sampled: set[int]
+    neighbours: dict[int, set[int]]
+    threshold: int
+    active: set[int] = field(default_factory=set)  # still taking part after the latest stage
+    shared_keys: set[int] = field(default_factory=set)  # sent their key shares: their masks are in the sum
+    public_keys: dict[int, list[bytes]] = field(default_factory=dict)
+    forward: dict[int, tuple[list[int], list[bytes]]] = field(default_factory=dict)  # dst -> (srcs, ciphertexts)
+    training: dict[int, Message] = field(default_factory=dict)  # the strategy's training message per node
+
+    def short_of_threshold(self) -> list[int]:
+        """Sampled nodes with fewer live neighbours than the threshold."""
+        return sorted(n for n in self.sampled if len(self.neighbours[n] & self.active) < self.threshold)
+
+
+class SecureAggregation(Delegating):
+    """`inner`'s rounds under SecAgg+; `inner` is an averaging `HospitalFedAvg` (checked by the spec)."""
+
+    def __init__(self, inner: HospitalFedAvg, cfg: SecAggConfig, seed: int) -> None:
+        super().__init__(inner)
+        self.averaging, self.cfg, self.seed = inner, cfg, seed
+        self.roster = inner.roster
+        self.grid: Grid | None = None
+        self.round: ProtocolRound | None = None
+
+    @property
+    def has_global_model(self) -> bool:
+        return self.averaging.has_global_model
+
+    def initial_arrays(self, heads_state) -> ArrayRecord:
+        return self.averaging.initial_arrays(heads_state)
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
+        return self.averaging.checkpoint(server_round, arrays)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.averaging.restore(checkpoint)
+
+    def hospital_of_node(self, node: int) -> int:
+        return next(h for h, n in self.roster.node_of_hospital.items() if n == node)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(self.averaging.configure_train(server_round, arrays, config, grid))
+        self.grid, self.round = grid, None
+        nodes = sorted(message.metadata.dst_node_id for message in messages)
+        shares, threshold = shares_and_threshold(self.cfg, len(nodes))
+        if len(nodes) < max(2, threshold):
+            self.skip(server_round, f"{len(nodes)} hospital(s) asked; secure aggregation needs at least "
+                                    f"{max(2, threshold)} (secagg.threshold={self.cfg.threshold:g})")
+            return []
+        ring = list(np.random.default_rng([self.seed, SECAGG_STREAM, server_round]).permutation(nodes))
+        half = shares // 2
+        neighbours = {node: {int(ring[(index + offset) % len(ring)]) for offset in range(-half, half + 1)}
+                      for index, node in enumerate(ring)}
+        state = self.round = ProtocolRound(set(nodes), neighbours, threshold, active=set(nodes),
+                                           training={m.metadata.dst_node_id: m for m in messages})
+        setup = {Key.SAMPLE_NUMBER: len(nodes), Key.SHARE_NUMBER: shares, Key.THRESHOLD: threshold,
+                 Key.CLIPPING_RANGE: float(self.cfg.clipping_range), Key.TARGET_RANGE: self.cfg.quantization_range,
+                 Key.MOD_RANGE: self.cfg.modulus_range, Key.MAX_WEIGHT: float(self.cfg.max_weight)}
+        for reply in self.stage(Stage.SETUP, {node: dict(setup) for node in state.active}):
+            record = reply.content.config_records[RECORD_KEY_CONFIGS]
+            state.public_keys[reply.metadata.src_node_id] = [record[Key.PUBLIC_KEY_1], record[Key.PUBLIC_KEY_2]]
+        if not self.enough(server_round, "setup"):
+            return []
+        share_keys = {node: {str(n): state.public_keys[n] for n in neighbours[node] & state.active}
+                      for node in state.active}
+        state.forward = {node: ([], []) for node in state.active}
+        for reply in self.stage(Stage.SHARE_KEYS, share_keys):
+            record = reply.content.config_records[RECORD_KEY_CONFIGS]
+            for destination, ciphertext in zip(record[Key.DESTINATION_LIST], record[Key.CIPHERTEXT_LIST], strict=True):
+                if destination in state.forward:
+                    state.forward[destination][0].append(reply.metadata.src_node_id)
+                    state.forward[destination][1].append(ciphertext)
+        state.shared_keys = set(state.active)
+        if not self.enough(server_round, "share keys"):
+            return []
+        collect = []
+        for node in sorted(state.active):  # the strategy's messages share one RecordDict: a new one per node
+            message, (sources, ciphertexts) = state.training[node], state.forward[node]
+            stage = ConfigRecord({Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: ciphertexts,
+                                  Key.SOURCE_LIST: sources})
+            content = RecordDict(dict(message.content.items()) | {RECORD_KEY_CONFIGS: stage})
+            collect.append(Message(content, dst_node_id=node, message_type=message.metadata.message_type))
+        return collect
+
+    def stage(self, stage: str, configs: dict[int, dict]) -> list[Message]:
+        """Send one stage's configs to the active nodes; the nodes that do not answer leave the round."""
+        assert self.grid is not None and self.round is not None
+        messages = [Message(RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: stage, **values})}),
+                            dst_node_id=node, message_type=MessageType.TRAIN)
+                    for node, values in sorted(configs.items())]
+        replies = [r for r in self.grid.send_and_receive(messages, timeout=self.roster.round_timeout_s)
+                   if not r.has_error()]
+        self.round.active = {reply.metadata.src_node_id for reply in replies}
+        return sorted(replies, key=lambda reply: reply.metadata.src_node_id)
+
+    def enough(self, server_round: int, stage: str) -> bool:
+        """Whether every hospital still has `threshold` live neighbours; else the round is skipped."""
+        assert self.round is not None
+        short = self.round.short_of_threshold()
+        if short:
+            hospitals = [self.hospital_of_node(node) for node in short]
+            self.skip(server_round, f"after the {stage} stage, hospital(s) {hospitals} have fewer than "
+                                    f"{self.round.threshold} live neighbours (secagg.threshold)")
+        return not short
+
+    def skip(self, server_round: int, why: str) -> None:
+        log.warning("round %d: secure aggregation skipped: %s; the global model stays as it was", server_round, why)
+        self.roster.logs[server_round].skipped = why
+        self.round = None  # nobody is sent (or owes) this round's training
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        state, replies = self.round, list(replies)
+        # Every hospital asked at setup owes a reply: one that failed at any stage is lost, as without SecAgg.
+        expected = [] if state is None else [self.hospital_of_node(node) for node in sorted(state.sampled)]
+        ordered = self.roster.answered(server_round, replies, "training", expected=expected)
+        self.roster.log_train(server_round, ordered, self.averaging.download_bytes,
+                              upload_bytes={self.hospital_of_node(r.metadata.src_node_id): masked_bytes(r)
+                                            for r in ordered})
+        self.roster.retire_exhausted(server_round, ordered)
+        if state is None or not ordered:
+            return None, None
+        masked = None
+        for reply in ordered:
+            record = reply.content.config_records[RECORD_KEY_CONFIGS]
+            vector = [bytes_to_ndarray(b) for b in record[Key.MASKED_PARAMETERS]]
+            masked = vector if masked is None else parameters_addition(masked, vector)
+        assert masked is not None
+        masked = parameters_mod(masked, self.cfg.modulus_range)
+        state.active = {reply.metadata.src_node_id for reply in ordered}
+        if not self.enough(server_round, "collect masked vectors"):
+            return None, None
+        dead = state.shared_keys - state.active
+        unmask = {node: {Key.ACTIVE_NODE_ID_LIST: sorted(state.neighbours[node] & state.active),
+                         Key.DEAD_NODE_ID_LIST: sorted(state.neighbours[node] & dead)} for node in state.active}
+        contributors = set(state.active)
+        shares: dict[int, list[bytes]] = {node: [] for node in state.shared_keys}
+        for reply in self.stage(Stage.UNMASK, unmask):
+            record = reply.content.config_records[RECORD_KEY_CONFIGS]
+            for owner, share in zip(record[Key.NODE_ID_LIST], record[Key.SHARE_LIST], strict=True):
+                shares[owner].append(share)
+        short = sorted(self.hospital_of_node(node) for node, got in shares.items() if len(got) < state.threshold)
+        if short:
+            self.skip(server_round, f"too few shares came back to unmask hospital(s) {short}")
+            return None, None
+        shapes = get_parameters_shape(masked)
+        for node, got in shares.items():
+            secret = combine_shares(got)
+            if node in contributors:  # its self mask
+                masked = parameters_subtraction(masked, pseudo_rand_gen(secret, self.cfg.modulus_range, shapes))
+                continue
+            for neighbour in sorted(state.neighbours[node] & contributors):  # the masks it shared with survivors
+                key = generate_shared_key(bytes_to_private_key(secret),
+                                          bytes_to_public_key(state.public_keys[neighbour][0]))
+                mask = pseudo_rand_gen(key, self.cfg.modulus_range, shapes)
+                masked = (parameters_addition if node > neighbour else parameters_subtraction)(masked, mask)
+        summed = self.dequantize(parameters_mod(masked, self.cfg.modulus_range))
+        current = {key: array.numpy() for key, array in self.averaging.current_arrays.items()}
+        secure = SecureSum(current, summed, len(contributors), self.cfg.max_weight)
+        totals = {GROUP_COUNT_KEYS[group]: secure.weight(group) * self.cfg.max_weight for group in HeadGroup}
+        if not secure.trained():
+            return None, MetricRecord(totals)
+        return self.averaging.finish_average(secure), MetricRecord(totals)
+
+    def dequantize(self, summed: list[np.ndarray]) -> list[np.ndarray]:
+        """The float sum of the hospitals' vectors from the sum of their quantized ones (Flower's inverse
+        quantization, without its division by the number of hospitals)."""
+        factor, quantized = factor_extract(summed)
+        hospitals = round(int(factor) / self.cfg.quantization_range)
+        step = 2 * self.cfg.clipping_range / self.cfg.quantization_range
+        return [array.astype(np.float64) * step - hospitals * self.cfg.clipping_range for array in quantized]
+
+
+def masked_bytes(reply: Message) -> int:
+    """Bytes of the masked vector a hospital sent (it sends no arrays)."""
+    return sum(len(b) for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS])
+

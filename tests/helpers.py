@@ -135,12 +135,14 @@ def make_audit_mod(folder):
     the reply, and the hospital's private state afterwards (hashes of array values)."""
 
     def audit(msg, context, call_next):
+        stage = msg.content.config_records.get("secaggplus_configs", {}).get("stage")  # before a mod pops it
         reply = call_next(msg, context)
         personal = context.state.array_records.get(keys.PERSONAL)
         entry = {
             "hospital": int(context.node_config["partition-id"]),
             "type": msg.metadata.message_type,
-            "round": int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0)),
+            "round": int(msg.content.config_records.get(keys.CONFIG, {}).get(keys.SERVER_ROUND, 0)),
+            "secagg_stage": stage,
             "received": [fingerprint(a) for record in msg.content.array_records.values() for a in record.values()],
             "reply_records": {name: type(record).__name__ for name, record in reply.content.items()},
             "reply_arrays": {  # "<record>/<array>"

@@ -123,9 +123,10 @@ class SecureAggregation(Delegating):
             self.skip(server_round, f"{len(nodes)} hospital(s) asked; secure aggregation needs at least "
                                     f"{max(2, threshold)} (secagg.threshold={self.cfg.threshold:g})")
             return []
-        ring = list(np.random.default_rng([self.seed, SECAGG_STREAM, server_round]).permutation(nodes))
-        half = shares // 2
-        neighbours = {node: {int(ring[(index + offset) % len(ring)]) for offset in range(-half, half + 1)}
+        # Node ids are 64-bit unsigned: shuffle positions, never the ids through numpy (they would turn float).
+        order = np.random.default_rng([self.seed, SECAGG_STREAM, server_round]).permutation(len(nodes))
+        ring, half = [nodes[int(position)] for position in order], shares // 2
+        neighbours = {node: {ring[(index + offset) % len(ring)] for offset in range(-half, half + 1)}
                       for index, node in enumerate(ring)}
         state = self.round = ProtocolRound(set(nodes), neighbours, threshold, active=set(nodes),
                                            training={m.metadata.dst_node_id: m for m in messages})

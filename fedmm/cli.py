@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="SuperNode authentication (with --tls): each node's public key is registered, unknown nodes are refused",
     )
+    deploy.add_argument("--secagg", action="store_true",
+                        help="SecAgg+: the server sees only the sum of the hospitals' updates (secagg.enabled=true)")
     deploy.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run to finish")
     deploy.add_argument(
         "overrides",
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "data":
             return data_command(args)
         if args.command == "deploy":
-            return deploy_locally(args.folders, args.overrides, args.out, args.tls, args.auth, args.timeout)
+            overrides = [*args.overrides, *(["secagg.enabled=true"] if args.secagg else [])]
+            return deploy_locally(args.folders, overrides, args.out, args.tls, args.auth, args.timeout)
         if args.command == "sweep":
             return sweep_knobs(args.overrides, args.out, args.variant)
         if args.command == "report":

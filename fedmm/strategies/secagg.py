@@ -81,6 +81,7 @@ class ProtocolRound:
     public_keys: dict[int, list[bytes]] = field(default_factory=dict)
     forward: dict[int, tuple[list[int], list[bytes]]] = field(default_factory=dict)  # dst -> (srcs, ciphertexts)
     training: dict[int, Message] = field(default_factory=dict)  # the strategy's training message per node
+    failures: list[Message] = field(default_factory=list)  # error replies of the earlier stages (why nodes left)
 
     def short_of_threshold(self) -> list[int]:
         """Sampled nodes with fewer live neighbours than the threshold."""
@@ -165,8 +166,9 @@ class SecureAggregation(Delegating):
         messages = [Message(RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: stage, **values})}),
                             dst_node_id=node, message_type=MessageType.TRAIN)
                     for node, values in sorted(configs.items())]
-        replies = [r for r in self.grid.send_and_receive(messages, timeout=self.roster.round_timeout_s)
-                   if not r.has_error()]
+        answers = list(self.grid.send_and_receive(messages, timeout=self.roster.round_timeout_s))
+        self.round.failures += [reply for reply in answers if reply.has_error()]
+        replies = [reply for reply in answers if not reply.has_error()]
         self.round.active = {reply.metadata.src_node_id for reply in replies}
         return sorted(replies, key=lambda reply: reply.metadata.src_node_id)
 
@@ -190,7 +192,8 @@ class SecureAggregation(Delegating):
         state, replies = self.round, list(replies)
         # Every hospital asked at setup owes a reply: one that failed at any stage is lost, as without SecAgg.
         expected = [] if state is None else [self.hospital_of_node(node) for node in sorted(state.sampled)]
-        ordered = self.roster.answered(server_round, replies, "training", expected=expected)
+        failures = state.failures if state is not None else []
+        ordered = self.roster.answered(server_round, [*replies, *failures], "training", expected=expected)
         self.roster.log_train(server_round, ordered, self.averaging.download_bytes,
                               upload_bytes={self.hospital_of_node(r.metadata.src_node_id): masked_bytes(r)
                                             for r in ordered})

@@ -277,8 +277,11 @@ def test_a_loopback_deployment_computes_what_the_simulation_does_and_stops_below
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("waits")
-def test_over_tls_with_node_authentication_a_run_completes_without_a_dead_node(folders, cache_dir, tmp_path):
-    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=2", "federation.min_hospitals=2"]
+def test_over_tls_with_node_authentication_and_secagg_a_run_completes_without_a_dead_node(folders, cache_dir,
+                                                                                         tmp_path):
+    # SecAgg+ too (what `fedmm deploy --secagg` sets): the threshold (2 of 3) holds without the dead node.
+    overrides = ["+experiment=smoke", f"cache_dir={cache_dir}", "federation.rounds=2", "federation.min_hospitals=2",
+                 "secagg.enabled=true"]
     out = tmp_path / "deploy"
     status, details, run_dir, groups = run_on_loopback(
         folders, out, overrides, tls=True, node_auth=True, kill_after_round=1
@@ -289,7 +292,9 @@ def test_over_tls_with_node_authentication_a_run_completes_without_a_dead_node(f
     rounds = read_rounds(run_dir)
     assert [line["round"] for line in rounds] == [1, 2]  # round 2 without the node killed after round 1
     assert sorted(rounds[0]["hospitals"]) == ["0", "1", "2"] and sorted(rounds[-1]["hospitals"]) == ["0", "1"]
-    assert sorted(rounds[-1]["train"]) == ["0", "1"]
+    assert sorted(rounds[-1]["train"]) == ["0", "1"] and "skipped" not in rounds[-1]
+    assert all(set(metrics) <= {"hospital-id", "upload-bytes", "download-bytes"}  # masked replies: no counts
+               for line in rounds for metrics in line["train"].values())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert list(summary["lost_hospitals"]) == ["2"] and "Node Unavailable" in summary["lost_hospitals"]["2"]
     assert summary["evaluated_round"] == 2 and "stopped" not in summary

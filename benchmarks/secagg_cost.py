@@ -27,7 +27,8 @@ from fedmm.experiment import run_experiment
 BEGIN, END = "<!-- benchmarks/secagg_cost.py: begin -->", "<!-- benchmarks/secagg_cost.py: end -->"
 
 
-def measure(hospitals: int, rounds: int, secagg: bool, out: Path, shares: int | None = None) -> tuple[float, float, dict]:
+def measure(hospitals: int, rounds: int, secagg: bool, out: Path,
+            shares: int | None = None) -> tuple[float, float, dict]:
     run_dir = out / f"{hospitals}-{'secagg' if secagg else 'plain'}{f'-{shares}' if shares else ''}"
     cfg = compose_config(["+experiment=smoke", f"scenario.num_hospitals={hospitals}",
                           f"scenario.profiles=[{{count: {hospitals}, paired: 1.0}}]",

@@ -17,11 +17,11 @@ import statistics
 from pathlib import Path
 
 from fedmm.cli import run_with_progress
+from fedmm.studies.markdown import update_section
 from fedmm.studies.sweep import run_sweep
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multikrum")
 METRICS = {"i2t_recall@10": "R@10", "zeroshot_auroc_macro": "AUROC"}
-BEGIN, END = "<!-- benchmarks/attacks.py: begin -->", "<!-- benchmarks/attacks.py: end -->"
 
 
 def attack(attackers: int, kind: str, scale: float) -> str:
@@ -73,9 +73,7 @@ def main() -> None:
             + table(rows, levels, args.seeds.split(","), margins))
     print(text)
     if args.update:
-        document = args.update.read_text()
-        start, end = document.index(BEGIN) + len(BEGIN), document.index(END)
-        args.update.write_text(document[:start] + "\n" + text + "\n" + document[end:])
+        update_section(args.update, "benchmarks/attacks.py", text)
 
 
 if __name__ == "__main__":

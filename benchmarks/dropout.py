@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 from fedmm.cli import run_with_progress
+from fedmm.studies.markdown import update_section
 from fedmm.studies.sweep import run_sweep
 
 RATES = ("0", "0.2", "0.5")
@@ -26,7 +27,6 @@ FORMS = {"false": "fedavg", "true": "fedavg, modality-aware"}
 METRICS = {"i2t_recall@10": "R@10", "zeroshot_auroc_macro": "AUROC", "worst_hospital_auroc": "worst hospital AUROC",
            "image_only_hospital_auroc": "image-only sites' AUROC",
            "report_only_hospital_auroc": "report-only site's AUROC"}
-BEGIN, END = "<!-- benchmarks/dropout.py: begin -->", "<!-- benchmarks/dropout.py: end -->"
 
 
 def offline_rounds(run_dir: Path, group: str) -> float:
@@ -74,9 +74,7 @@ def main() -> None:
             "rounds\n\n" + table(rows, args.out, args.seeds.split(",")))
     print(text)
     if args.update:
-        document = args.update.read_text()
-        start, end = document.index(BEGIN) + len(BEGIN), document.index(END)
-        args.update.write_text(document[:start] + "\n" + text + "\n" + document[end:])
+        update_section(args.update, "benchmarks/dropout.py", text)
 
 
 if __name__ == "__main__":

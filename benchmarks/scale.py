@@ -40,6 +40,7 @@ from fedmm.federation import load_federated_data
 from fedmm.models.heads import build_heads
 from fedmm.models.losses import symmetric_info_nce
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
+from fedmm.studies.markdown import update_section
 
 BASE = ["strategy=fedavg", "scenario=balanced", "encoders/image=resnet18", "train.local_epochs=2",
         "federation.fraction_train=1.0"]
@@ -194,19 +195,7 @@ def main() -> None:
     text = table(rows, machine)
     print(text)
     for path in args.update:
-        update_section(path, "```bash\n" + "\n".join(commands) + "\n```\n\n" + text + "\n")
-
-
-BEGIN, END = "<!-- benchmarks/scale.py: begin -->", "<!-- benchmarks/scale.py: end -->"
-
-
-def update_section(path: Path, text: str) -> None:
-    """Replace what lies between BEGIN and END in `path` by `text`."""
-    document = path.read_text()
-    if BEGIN not in document or END not in document:
-        raise SystemExit(f"{path}: no {BEGIN} ... {END} section to update")
-    head, rest = document.split(BEGIN, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}")
+        update_section(path, "benchmarks/scale.py", "```bash\n" + "\n".join(commands) + "\n```\n\n" + text + "\n")
 
 
 def cpu_model() -> str:

@@ -23,8 +23,7 @@ from safetensors.numpy import load_file
 
 from fedmm.compose import compose_config
 from fedmm.experiment import run_experiment
-
-BEGIN, END = "<!-- benchmarks/secagg_cost.py: begin -->", "<!-- benchmarks/secagg_cost.py: end -->"
+from fedmm.studies.markdown import update_section
 
 
 def measure(hospitals: int, rounds: int, secagg: bool, out: Path,
@@ -64,9 +63,7 @@ def main() -> None:
             "engine on 2 cores; s/round: mean of rounds 2..R\n\n" + "\n".join(lines))
     print(text)
     if args.update:
-        document = args.update.read_text()
-        start, end = document.index(BEGIN) + len(BEGIN), document.index(END)
-        args.update.write_text(document[:start] + "\n" + text + "\n" + document[end:])
+        update_section(args.update, "benchmarks/secagg_cost.py", text)
 
 
 if __name__ == "__main__":

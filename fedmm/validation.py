@@ -92,9 +92,10 @@ def check_secagg(cfg: ExperimentConfig) -> None:
     if cfg.aggregator.name != "mean":
         raise ConfigError(f"secagg.enabled=true with aggregator={cfg.aggregator.name}: a robust aggregator needs "
                           "every hospital's update, which secure aggregation hides; use aggregator=mean")
-    if cfg.privacy.client.clipping != "none":
-        raise ConfigError("secagg.enabled=true with privacy.client is not supported yet: Flower's DP wrappers clip "
-                          "and average individual updates; use one of them, not both")
+    if cfg.privacy.client.clipping not in ("none", "client_fixed"):
+        raise ConfigError(f"secagg.enabled=true with privacy.client.clipping={cfg.privacy.client.clipping}: the "
+                          "server sees only the sum, so it can neither clip single updates nor count the clipped "
+                          "ones; clip at the hospitals with privacy.client.clipping=client_fixed")
     if secagg.threshold <= 0 or secagg.num_shares <= 0:
         raise ConfigError("secagg.num_shares and secagg.threshold must be > 0")
     if secagg.max_weight <= 0 or secagg.clipping_range <= 0:

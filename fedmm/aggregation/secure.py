@@ -44,12 +44,14 @@ def hospital_vector(shared: Mapping[str, np.ndarray], received: Mapping[str, np.
 
 class SecureSum:
     """The round's average from the unmasked sum of every hospital's `hospital_vector` (the `Average`
-    interface a strategy's server optimizer steps from; hospitals cannot be added one at a time)."""
+    interface a strategy's server optimizer steps from; hospitals cannot be added one at a time). With
+    `planned` (client-level DP, every weight 1): client-level DP's fixed-denominator average."""
 
     def __init__(self, current: Mapping[str, np.ndarray], summed: Sequence[np.ndarray], added: int,
-                 max_weight: float) -> None:
+                 max_weight: float, planned: int | None = None) -> None:
         *updates, totals = summed
-        self.current, self.added = current, added
+        self.current, self.added, self.max_weight = current, added, max_weight
+        self.planned = planned  # client-level DP: current + Σ Δ / m for the planned m (every weight is 1)
         self.sums = dict(zip(sorted(current), updates, strict=True))
         # Below half a sample, no hospital trained the group (quantization leaves a tiny residue).
         self.totals = {group: float(total) for group, total in zip(GROUPS, totals) if total * max_weight >= 0.5}
@@ -66,6 +68,9 @@ class SecureSum:
     def result(self) -> dict[str, np.ndarray]:
         averaged = {}
         for key, value in self.current.items():
+            if self.planned is not None:
+                averaged[key] = np.asarray(value + self.sums[key] * self.max_weight / self.planned, dtype=value.dtype)
+                continue
             total = self.totals.get(head_group(key))
             step = self.sums[key] / total if total else 0.0
             averaged[key] = np.asarray(value + step, dtype=value.dtype)

@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedmm import protocol as keys
@@ -132,6 +133,8 @@ def clipping_mod(run_cfg: Callable[[Context], ExperimentConfig]) -> Mod:
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         clipping = run_cfg(context).privacy.client.clipping
         if msg.metadata.message_type != MessageType.TRAIN or clipping not in CLIENT_CLIPPING_MODS:
+            return call_next(msg, context)
+        if RECORD_KEY_CONFIGS in msg.content.config_records:  # under SecAgg+, the secagg mod clips before masking
             return call_next(msg, context)
         reply = call_next(msg, context)
         if not reply.has_error() and unchanged(reply.content[keys.ARRAYS], msg.content[keys.ARRAYS]):

@@ -5,7 +5,9 @@ Overhead", CCS), as a mod on its training messages. The server's side and why th
 The protocol's four stages are Flower's own client code (`flwr.client.mod.secure_aggregation.secaggplus_mod`:
 key generation, Shamir shares of the mask seeds, pairwise and self masks, unmasking shares), driven by the
 Message API: what the hospital masks is `fedmm.aggregation.secure.hospital_vector` of its training reply, and
-the reply then carries the masked vector and no arrays. Its metrics keep only what the server sees anyway
+the reply then carries the masked vector and no arrays. Under client-level DP (`client_fixed`) the update
+is clipped to norm C here, by Flower's `compute_clip_model_update` (what its `fixedclipping_mod` does), before
+it is masked, and every hospital weighs 1. Its metrics keep only what the server sees anyway
 (which hospital answered, and when: late, over budget, its virtual time) and its sample-level ε.
 """
 
@@ -25,6 +27,7 @@ from flwr.client.mod.secure_aggregation.secaggplus_mod import (
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.supercore.differential_privacy import compute_clip_model_update
 
 from fedmm import protocol as keys
 from fedmm.aggregation.secure import hospital_vector
@@ -37,11 +40,14 @@ from fedmm.strategies.roster import without_update
 PUBLIC_METRICS = (keys.HOSPITAL_ID, keys.LATE, keys.TRAIN_TIME, keys.PRIVACY_EXHAUSTED)  # kept in a masked reply
 
 
-def reply_weights(metrics: MetricRecord, modality_aware: bool) -> dict[HeadGroup, float]:
-    """The hospital's weight per head group, as the plain average would use it (0: no update)."""
+def reply_weights(metrics: MetricRecord, cfg: ExperimentConfig) -> dict[HeadGroup, float]:
+    """The hospital's weight per head group, as the plain average would use it (0: no update; 1 under
+    client-level DP, whose average counts every hospital once)."""
     if without_update(metrics):
         return {}
-    if modality_aware:
+    if cfg.privacy.client.clipping != "none":
+        return dict.fromkeys(HeadGroup, 1.0)
+    if cfg.strategy.modality_aware:
         return {group: float(metrics[key]) for group, key in GROUP_COUNT_KEYS.items()}
     return dict.fromkeys(HeadGroup, float(metrics[keys.NUM_EXAMPLES]))
 
@@ -71,8 +77,12 @@ def secagg_mod(run_cfg: Callable[[Context], ExperimentConfig]) -> Mod:
             metrics = reply.content[keys.METRICS]
             received = {key: array.numpy() for key, array in msg.content[keys.ARRAYS].items()}
             shared = {key: array.numpy() for key, array in reply.content[keys.ARRAYS].items()}
-            vector = hospital_vector(shared, received, reply_weights(metrics, bool(cfg.strategy.modality_aware)),
-                                     state.max_weight)
+            moved = any(not np.array_equal(shared[key], received[key]) for key in received)
+            if cfg.privacy.client.clipping == "client_fixed" and moved:  # Flower's clipping of the update to norm C
+                clipped = [shared[key].copy() for key in received]
+                compute_clip_model_update(clipped, list(received.values()), cfg.privacy.client.clipping_norm)
+                shared = dict(zip(received, clipped))
+            vector = hospital_vector(shared, received, reply_weights(metrics, cfg), state.max_weight)
             # Flower's stochastic rounding draws from numpy's global generator: seed it from the run, so a rerun
             # sends the same quantized update (the masks are fresh randomness and cancel exactly).
             server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])

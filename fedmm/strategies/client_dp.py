@@ -52,7 +52,7 @@ from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import DP_NOISE_STREAM, derive_seed
 from fedmm.strategies.base import Delegating, HospitalFedAvg
-from fedmm.strategies.roster import RunStopped, hospital_of
+from fedmm.strategies.roster import Roster, RunStopped, hospital_of
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,72 @@ def new_accountant(dp: ClientDPConfig, num_hospitals: int, poisson: bool = False
                                        sampling_method=sampling))
 
 
+class HospitalAccounts:
+    """Each hospital's client-level ε: one Flower `RdpAccountant` per hospital, the budget check before a
+    round is sent, and the charge after its release (what `ClientLevelDP` and SecAgg+ with client-level DP
+    share)."""
+
+    def __init__(self, dp: ClientDPConfig, roster: Roster) -> None:
+        self.dp, self.roster = dp, roster
+        self.amplified = roster.poisson  # ε amplified by Poisson sampling of hospitals
+        self.accountants = {hospital: new_accountant(dp, roster.num_hospitals, self.amplified)
+                            for hospital in roster.node_of_hospital}
+        self.event = GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=roster.clients_per_round,
+                                          population_size=roster.num_hospitals)
+        self.eligible: list[int] = []  # this round: every hospital that could have been drawn
+
+    def epsilon(self, hospital: int) -> float:
+        accountant = self.accountants[hospital]
+        return accountant.get_privacy_spent().epsilon if accountant.num_releases else 0.0
+
+    def state(self) -> dict[int, dict]:
+        return {h: accountant.state_dict() for h, accountant in self.accountants.items()}
+
+    def load_state(self, states: dict[int, dict]) -> None:
+        for hospital, state in states.items():
+            self.accountants[hospital].load_state_dict(state)
+
+    def start_round(self, server_round: int) -> None:
+        """Before sending: drop every hospital whose ε would pass `max_epsilon` this round (or stop)."""
+        if self.dp.max_epsilon is not None:
+            # Amplified, every round costs every hospital that could be drawn; else only the drawn ones.
+            candidates = self.roster.eligible() if self.amplified else self.roster.draw(server_round)
+            over = [h for h in candidates
+                    if self.accountants[h].would_exceed(self.event, max_epsilon=self.dp.max_epsilon)]
+            if over:
+                reason = (f"round {server_round}: hospital(s) {over} would pass privacy.client.max_epsilon="
+                          f"{self.dp.max_epsilon} (spent: {[round(self.epsilon(h), 4) for h in over]})")
+                if self.roster.stop_run_at_budget:
+                    raise RunStopped(reason)
+                log.warning("%s; they train no more", reason)
+                for hospital in over:
+                    self.roster.retire(hospital, "client-level privacy budget")
+        self.eligible = self.roster.eligible()
+
+    def charge(self, server_round: int) -> None:
+        """After the round's release: amplified, every hospital that could have been drawn; else each one whose
+        data could have moved it. Their ε goes into the round's log."""
+        contributors = self.roster.contributors(server_round)
+        for hospital in self.eligible if self.amplified else contributors:
+            self.accountants[hospital].compose(self.event)
+        for hospital, train_metrics in self.roster.logs[server_round].train.items():
+            train_metrics[keys.CLIENT_DP_EPSILON] = self.epsilon(hospital)
+        if self.amplified:
+            self.roster.logs[server_round].client_epsilon = {h: self.epsilon(h) for h in self.eligible}
+
+    def noise(self, server_round: int, seed: int) -> None:
+        """Seed numpy's global generator (Flower's noise draws from it) for this round's release, so a resumed
+        run adds the same noise as one that never stopped."""
+        np.random.seed(derive_seed(seed, DP_NOISE_STREAM, server_round) % 2**32)
+
+    def noised(self, arrays: ArrayRecord) -> ArrayRecord:
+        """`arrays` plus the release's Gaussian noise, std z·C/m (Flower's `compute_stdv`)."""
+        values = [array.numpy().copy() for array in arrays.values()]
+        add_gaussian_noise_inplace(values, compute_stdv(self.dp.noise_multiplier, self.dp.clipping_norm,
+                                                        self.roster.clients_per_round))
+        return ArrayRecord({key: Array(value) for key, value in zip(arrays.keys(), values)})
+
+
 class ClientLevelDP(Delegating):
     """A Flower DP wrapper around a uniformly weighted `HospitalFedAvg`, the server optimizer after the
     noise, and each hospital's cumulative ε (reported as `client-dp-epsilon` in its training metrics)."""
@@ -105,12 +171,7 @@ class ClientLevelDP(Delegating):
         assert inner.uniform_weights and inner.server_optimizer is None, "the noise is calibrated to a plain mean"
         self.averaging, self.dp, self.server_optimizer = inner, dp, server_optimizer  # averaging: the hospital strategy
         self.roster = roster
-        self.amplified = roster.poisson  # ε amplified by Poisson sampling of hospitals
-        self.accountants = {hospital: new_accountant(dp, roster.num_hospitals, self.amplified)
-                            for hospital in roster.node_of_hospital}
-        self.eligible: list[int] = []  # this round: every hospital that could have been drawn
-        self.event = GaussianPrivacyEvent(release_noise_multiplier(dp), sample_size=roster.clients_per_round,
-                                          population_size=roster.num_hospitals)
+        self.accounts = HospitalAccounts(dp, roster)
         self.current_arrays: ArrayRecord | None = None
         self.seed = seed
 
@@ -118,15 +179,14 @@ class ClientLevelDP(Delegating):
         checkpoint = self.averaging.checkpoint(server_round, arrays)
         if self.server_optimizer is not None:
             checkpoint.optimizer_moments, checkpoint.optimizer_steps = self.server_optimizer.state()
-        checkpoint.accountants = {h: accountant.state_dict() for h, accountant in self.accountants.items()}
+        checkpoint.accountants = self.accounts.state()
         return checkpoint
 
     def restore(self, checkpoint: Checkpoint) -> None:
         self.averaging.restore(checkpoint)
         if self.server_optimizer is not None:
             self.server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
-        for hospital, state in checkpoint.accountants.items():
-            self.accountants[hospital].load_state_dict(state)
+        self.accounts.load_state(checkpoint.accountants)
 
     @property
     def has_global_model(self) -> bool:
@@ -136,32 +196,13 @@ class ClientLevelDP(Delegating):
         return self.averaging.initial_arrays(heads_state)
 
     def epsilon(self, hospital: int) -> float:
-        accountant = self.accountants[hospital]
-        return accountant.get_privacy_spent().epsilon if accountant.num_releases else 0.0
+        return self.accounts.epsilon(hospital)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.current_arrays = arrays
-        self.retire_over_budget(server_round)
-        self.eligible = self.roster.eligible()
+        self.accounts.start_round(server_round)
         return self.inner.configure_train(server_round, arrays, config, grid)
-
-    def retire_over_budget(self, server_round: int) -> None:
-        """Before sending: drop every sampled hospital whose ε would pass `max_epsilon` this round (or stop)."""
-        if self.dp.max_epsilon is None:
-            return
-        # Amplified, every round costs every hospital that could be drawn; else only the drawn ones.
-        candidates = self.roster.eligible() if self.amplified else self.roster.draw(server_round)
-        over = [h for h in candidates if self.accountants[h].would_exceed(self.event, max_epsilon=self.dp.max_epsilon)]
-        if not over:
-            return
-        reason = (f"round {server_round}: hospital(s) {over} would pass privacy.client.max_epsilon="
-                  f"{self.dp.max_epsilon} (spent: {[round(self.epsilon(h), 4) for h in over]})")
-        if self.roster.stop_run_at_budget:
-            raise RunStopped(reason)
-        log.warning("%s; they train no more", reason)
-        for hospital in over:
-            self.roster.retire(hospital, "client-level privacy budget")
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -171,40 +212,30 @@ class ClientLevelDP(Delegating):
         self.roster.retire_exhausted(server_round, ordered)
         contributors = self.roster.contributors(server_round)
         assert self.current_arrays is not None
-        if not contributors and not self.amplified:
+        if not contributors and not self.accounts.amplified:
             return None, None
         # An update of exactly zero (a hospital that had nothing to train on, or stopped at its budget) adds
         # nothing to the fixed-denominator sum; it is left out because Flower's clipping divides by its norm.
         moved = [reply for reply in ordered if hospital_of(reply) in contributors
                  and not unchanged(reply.content[keys.ARRAYS], self.current_arrays)]
-        # Flower's wrappers draw their noise from numpy's global generator: seed it per round from the run's
-        # seed, so a resumed run adds the same noise as one that never stopped.
-        np.random.seed(derive_seed(self.seed, DP_NOISE_STREAM, server_round) % 2**32)
-        noised = self.inner.aggregate_train(server_round, moved)[0] if moved else self.noised_current()
-        # Amplified: every hospital that could have been drawn; else each one whose data could have moved it.
-        for hospital in self.eligible if self.amplified else contributors:
-            self.accountants[hospital].compose(self.event)
-        for hospital, train_metrics in self.roster.logs[server_round].train.items():
-            train_metrics[keys.CLIENT_DP_EPSILON] = self.epsilon(hospital)
-        if self.amplified:
-            self.roster.logs[server_round].client_epsilon = {h: self.epsilon(h) for h in self.eligible}
+        self.accounts.noise(server_round, self.seed)
+        # A round in which no update moved the average still releases the current model plus the noise.
+        noised = self.inner.aggregate_train(server_round, moved)[0] if moved else self.accounts.noised(
+            self.current_arrays)
+        self.accounts.charge(server_round)
         metrics = self.averaging.train_metrics_aggr_fn(
             [reply.content for reply in ordered if hospital_of(reply) in contributors], self.averaging.weighted_by_key)
-        if noised is None or self.server_optimizer is None:
-            return noised, metrics
-        current = {key: array.numpy() for key, array in self.current_arrays.items()}
-        stepped = self.server_optimizer.step(current, {key: array.numpy() for key, array in noised.items()},
-                                             set(HeadGroup))
-        return ArrayRecord({key: Array(value) for key, value in stepped.items()}), metrics
+        return step_after_noise(self.server_optimizer, self.current_arrays, noised), metrics
 
 
-    def noised_current(self) -> ArrayRecord:
-        """The release of a round in which no update moved the average: the current model plus the noise."""
-        assert self.current_arrays is not None
-        arrays = [array.numpy().copy() for array in self.current_arrays.values()]
-        add_gaussian_noise_inplace(arrays, compute_stdv(self.dp.noise_multiplier, self.dp.clipping_norm,
-                                                        self.roster.clients_per_round))
-        return ArrayRecord({key: Array(value) for key, value in zip(self.current_arrays.keys(), arrays)})
+def step_after_noise(server_optimizer: ServerOptimizer | None, current: ArrayRecord,
+                     noised: ArrayRecord | None) -> ArrayRecord | None:
+    """The server optimizer's step from the noised average (post-processing); the noised average without one."""
+    if noised is None or server_optimizer is None:
+        return noised
+    stepped = server_optimizer.step({key: array.numpy() for key, array in current.items()},
+                                    {key: array.numpy() for key, array in noised.items()}, set(HeadGroup))
+    return ArrayRecord({key: Array(value) for key, value in stepped.items()})
 
 
 class FixedDenominatorAverage(Delegating):

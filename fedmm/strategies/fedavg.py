@@ -24,10 +24,11 @@ def build_averaging(cfg: ExperimentConfig, roster: Roster, server_optimizer: Any
     strategy = strategy_class(roster, **extra, modality_aware=bool(cfg.strategy.modality_aware),
                               uniform_weights=client_dp, server_optimizer=None if client_dp else server_optimizer,
                               aggregator=cfg.aggregator)
-    if cfg.secagg.enabled:  # validation refuses it with client-level DP
+    if cfg.secagg.enabled:  # with client-level DP (client_fixed), SecAgg adds the noise to the unmasked sum
         from fedmm.strategies.secagg import SecureAggregation
 
-        return SecureAggregation(strategy, cfg.secagg, seed=cfg.seed)
+        return SecureAggregation(strategy, cfg.secagg, seed=cfg.seed,
+                                 dp=cfg.privacy.client if client_dp else None, server_optimizer=server_optimizer)
     if not client_dp:
         return strategy
     from fedmm.strategies.client_dp import ClientLevelDP

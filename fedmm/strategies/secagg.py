@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
@@ -46,11 +46,13 @@ from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fedmm.aggregation.secure import SecureSum
-from fedmm.config import SecAggConfig
+from fedmm.aggregation.server_optimizers import ServerOptimizer
+from fedmm.config import ClientDPConfig, SecAggConfig
 from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import SECAGG_STREAM
 from fedmm.strategies.base import GROUP_COUNT_KEYS, Delegating, HospitalFedAvg
+from fedmm.strategies.client_dp import HospitalAccounts, step_after_noise
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,16 @@ class ProtocolRound:
 class SecureAggregation(Delegating):
     """`inner`'s rounds under SecAgg+; `inner` is an averaging `HospitalFedAvg` (checked by the spec)."""
 
-    def __init__(self, inner: HospitalFedAvg, cfg: SecAggConfig, seed: int) -> None:
+    def __init__(self, inner: HospitalFedAvg, cfg: SecAggConfig, seed: int, dp: ClientDPConfig | None = None,
+                 server_optimizer: ServerOptimizer | None = None) -> None:
         super().__init__(inner)
         self.averaging, self.cfg, self.seed = inner, cfg, seed
         self.roster = inner.roster
+        # Client-level DP (client_fixed): hospitals clip their updates and weigh 1 each, so W = 1 keeps the
+        # quantization grid as fine as the updates; the server adds the noise and steps after it.
+        self.accounts = HospitalAccounts(dp, self.roster) if dp is not None else None
+        self.server_optimizer = server_optimizer if dp is not None else None
+        self.max_weight = 1.0 if dp is not None else cfg.max_weight
         self.grid: Grid | None = None
         self.round: ProtocolRound | None = None
 
@@ -106,16 +114,30 @@ class SecureAggregation(Delegating):
         return self.averaging.initial_arrays(heads_state)
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
-        return self.averaging.checkpoint(server_round, arrays)
+        checkpoint = self.averaging.checkpoint(server_round, arrays)
+        if self.server_optimizer is not None:
+            checkpoint.optimizer_moments, checkpoint.optimizer_steps = self.server_optimizer.state()
+        if self.accounts is not None:
+            checkpoint.accountants = self.accounts.state()
+        return checkpoint
 
     def restore(self, checkpoint: Checkpoint) -> None:
         self.averaging.restore(checkpoint)
+        if self.server_optimizer is not None:
+            self.server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
+        if self.accounts is not None:
+            self.accounts.load_state(checkpoint.accountants)
+
+    def epsilon(self, hospital: int) -> float:
+        return self.accounts.epsilon(hospital) if self.accounts is not None else 0.0
 
     def hospital_of_node(self, node: int) -> int:
         return next(h for h, n in self.roster.node_of_hospital.items() if n == node)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        if self.accounts is not None:
+            self.accounts.start_round(server_round)
         messages = list(self.averaging.configure_train(server_round, arrays, config, grid))
         self.grid, self.round = grid, None
         nodes = sorted(message.metadata.dst_node_id for message in messages)
@@ -133,7 +155,7 @@ class SecureAggregation(Delegating):
                                            training={m.metadata.dst_node_id: m for m in messages})
         setup = {Key.SAMPLE_NUMBER: len(nodes), Key.SHARE_NUMBER: shares, Key.THRESHOLD: threshold,
                  Key.CLIPPING_RANGE: float(self.cfg.clipping_range), Key.TARGET_RANGE: self.cfg.quantization_range,
-                 Key.MOD_RANGE: self.cfg.modulus_range, Key.MAX_WEIGHT: float(self.cfg.max_weight)}
+                 Key.MOD_RANGE: self.cfg.modulus_range, Key.MAX_WEIGHT: float(self.max_weight)}
         for reply in self.stage(Stage.SETUP, {node: dict(setup) for node in state.active}):
             record = reply.content.config_records[RECORD_KEY_CONFIGS]
             state.public_keys[reply.metadata.src_node_id] = [record[Key.PUBLIC_KEY_1], record[Key.PUBLIC_KEY_2]]
@@ -198,8 +220,33 @@ class SecureAggregation(Delegating):
                               upload_bytes={self.hospital_of_node(r.metadata.src_node_id): masked_bytes(r)
                                             for r in ordered})
         self.roster.retire_exhausted(server_round, ordered)
-        if state is None or not ordered:
-            return None, None
+        secure = self.unmasked_sum(server_round, ordered) if state is not None and ordered else None
+        totals = MetricRecord({GROUP_COUNT_KEYS[group]: secure.weight(group) * self.max_weight
+                               for group in HeadGroup} if secure is not None else {})
+        if self.accounts is None:
+            if secure is None or not secure.trained():
+                return None, totals
+            return self.averaging.finish_average(secure), totals
+        # Client-level DP: current + Σ clipped Δ / m, plus N(0, (zC/m)²), then the server optimizer; a round
+        # with nothing to unmask still releases noise when the accounting assumes it (Poisson sampling).
+        if secure is None and not self.accounts.amplified:
+            return None, totals
+        average = secure.result() if secure is not None else {key: a.numpy() for key, a in self.current.items()}
+        self.accounts.noise(server_round, self.seed)
+        noised = self.accounts.noised(ArrayRecord({key: Array(value) for key, value in average.items()}))
+        self.accounts.charge(server_round)
+        return step_after_noise(self.server_optimizer, self.current, noised), totals
+
+    @property
+    def current(self) -> ArrayRecord:
+        assert self.averaging.current_arrays is not None, "configure_train stores the global model first"
+        return self.averaging.current_arrays
+
+    def unmasked_sum(self, server_round: int, ordered: list[Message]) -> SecureSum | None:
+        """The masked vectors' sum, with the survivors' self masks and the dead nodes' pairwise masks removed
+        (the unmask stage), read as the round's average; None when the round could not be unmasked."""
+        state = self.round
+        assert state is not None
         masked = None
         for reply in ordered:
             record = reply.content.config_records[RECORD_KEY_CONFIGS]
@@ -209,7 +256,7 @@ class SecureAggregation(Delegating):
         masked = parameters_mod(masked, self.cfg.modulus_range)
         state.active = {reply.metadata.src_node_id for reply in ordered}
         if not self.enough(server_round, "collect masked vectors"):
-            return None, None
+            return None
         dead = state.shared_keys - state.active
         unmask = {node: {Key.ACTIVE_NODE_ID_LIST: sorted(state.neighbours[node] & state.active),
                          Key.DEAD_NODE_ID_LIST: sorted(state.neighbours[node] & dead)} for node in state.active}
@@ -222,7 +269,7 @@ class SecureAggregation(Delegating):
         short = sorted(self.hospital_of_node(node) for node, got in shares.items() if len(got) < state.threshold)
         if short:
             self.skip(server_round, f"too few shares came back to unmask hospital(s) {short}")
-            return None, None
+            return None
         shapes = get_parameters_shape(masked)
         for node, got in shares.items():
             secret = combine_shares(got)
@@ -235,12 +282,9 @@ class SecureAggregation(Delegating):
                 mask = pseudo_rand_gen(key, self.cfg.modulus_range, shapes)
                 masked = (parameters_addition if node > neighbour else parameters_subtraction)(masked, mask)
         summed = self.dequantize(parameters_mod(masked, self.cfg.modulus_range))
-        current = {key: array.numpy() for key, array in self.averaging.current_arrays.items()}
-        secure = SecureSum(current, summed, len(contributors), self.cfg.max_weight)
-        totals = {GROUP_COUNT_KEYS[group]: secure.weight(group) * self.cfg.max_weight for group in HeadGroup}
-        if not secure.trained():
-            return None, MetricRecord(totals)
-        return self.averaging.finish_average(secure), MetricRecord(totals)
+        current = {key: array.numpy() for key, array in self.current.items()}
+        planned = self.roster.clients_per_round if self.accounts is not None else None
+        return SecureSum(current, summed, len(contributors), self.max_weight, planned)
 
     def dequantize(self, summed: list[np.ndarray]) -> list[np.ndarray]:
         """The float sum of the hospitals' vectors from the sum of their quantized ones (Flower's inverse

@@ -452,7 +452,7 @@ def test_poisson_client_dp_charges_every_hospital_each_round_and_noises_an_empty
         sampled = roster.logs[server_round].asked
         assert len(messages) == len(sampled)
         arrays, _ = strategy.aggregate_train(server_round, [_reply(h, {"w": np.full(20_000, 0.1)}) for h in sampled])
-    assert all(accountant.num_releases == empty for accountant in strategy.accountants.values())
+    assert all(accountant.num_releases == empty for accountant in strategy.accounts.accountants.values())
     charged = roster.logs[empty].fields()["client_dp_epsilon"]  # metrics.jsonl: drawn or not, everyone paid
     assert charged == {str(h): strategy.epsilon(h) for h in range(4)} and len(set(charged.values())) == 1
     noise = arrays["w"].numpy()  # the empty round: the current model (zeros) plus N(0, (zC/m)²)

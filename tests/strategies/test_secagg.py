@@ -59,7 +59,7 @@ def test_shares_and_threshold_follow_flowers_workflow():
     (["strategy=scaffold"], "needs more than their sum"),
     (["strategy=qffl"], "needs more than their sum"),
     (["aggregator=median"], "which secure aggregation hides"),
-    (["privacy=client_fixed", "strategy.modality_aware=false"], "not supported yet"),
+    (["privacy=client_fixed", "strategy.modality_aware=false"], "clip at the hospitals with"),
     (["secagg.quantization_range=4294967296"], "quantization_range"),
     (["secagg.quantization_range=2147483648"], "beyond modulus_range"),
 ])
@@ -186,3 +186,18 @@ def test_a_round_short_of_the_threshold_is_skipped_and_says_why(smoke_overrides,
                           compose_config(["+experiment=smoke"]).heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
     for key, value in initial.state_dict().items():  # the global model stayed as it was
         np.testing.assert_array_equal(secure[key], value.numpy())
+
+
+@pytest.mark.slow
+def test_with_client_level_dp_the_noise_goes_on_the_secure_sum_of_clipped_updates(smoke_overrides, tmp_path):
+    dp = ["privacy=client_fixed", "privacy.client.clipping=client_fixed", "strategy.modality_aware=false",
+          "privacy.client.noise_multiplier=1e-6", "privacy.client.clipping_norm=0.05"]  # clipping binds
+    _, plain_summary, _, plain = run(smoke_overrides, tmp_path / "plain", *dp)
+    cfg, summary, lines, secure = run(smoke_overrides, tmp_path / "secure", "secagg.enabled=true", *dp)
+    # Flower's client-side clipping and fixed-denominator average, against clip-then-mask and noise on the sum.
+    bound = average_error_bound(3, cfg.secagg.clipping_range, cfg.secagg.quantization_range, total_weight=3)
+    for key, value in plain.items():
+        assert np.abs(secure[key] - value).max() <= bound + 1e-5, key  # + the noise (std z·C/m ≈ 2e-8)
+    assert summary["privacy"]["max_client_dp_epsilon"] == plain_summary["privacy"]["max_client_dp_epsilon"] > 0
+    assert all(set(m) <= {"hospital-id", "upload-bytes", "download-bytes", "client-dp-epsilon"}
+               for m in lines[0]["train"].values())

@@ -86,8 +86,11 @@ class ProtocolRound:
     failures: list[Message] = field(default_factory=list)  # error replies of the earlier stages (why nodes left)
 
     def short_of_threshold(self) -> list[int]:
-        """Sampled nodes with fewer live neighbours than the threshold."""
-        return sorted(n for n in self.sampled if len(self.neighbours[n] & self.active) < self.threshold)
+        """Nodes whose secrets the unmasking may need, with fewer live neighbours than the threshold: once keys
+        are shared, every node that shared them (a survivor's self mask, a dead node's pairwise masks); before,
+        every node still in the round. A node that left before sharing its keys put no mask in any vector."""
+        needed = self.shared_keys or self.active
+        return sorted(n for n in needed if len(self.neighbours[n] & self.active) < self.threshold)
 
 
 class SecureAggregation(Delegating):

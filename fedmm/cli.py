@@ -326,7 +326,7 @@ class RoundPrinter:
             record = json.loads(line)
             headline = record.get("global", {}).get(HEADLINE_METRIC)
             console.print(
-                f"  round {record['round']}: hospitals {record['sampled']} trained"
+                f"  round {record['round']}: hospitals {sorted(int(h) for h in record['train'])} answered"
                 + (f", {HEADLINE_METRIC} {headline:.3f}" if headline is not None else "")
             )
         self.printed = len(lines)

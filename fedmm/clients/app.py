@@ -131,10 +131,11 @@ def clipping_mod(run_cfg: Callable[[Context], ExperimentConfig]) -> Mod:
     on training messages; every other message and setting passes through untouched."""
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        clipping = run_cfg(context).privacy.client.clipping
-        if msg.metadata.message_type != MessageType.TRAIN or clipping not in CLIENT_CLIPPING_MODS:
+        # Under SecAgg+ the secagg mod clips before masking (and its stage messages need no config at all).
+        if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS in msg.content.config_records:
             return call_next(msg, context)
-        if RECORD_KEY_CONFIGS in msg.content.config_records:  # under SecAgg+, the secagg mod clips before masking
+        clipping = run_cfg(context).privacy.client.clipping
+        if clipping not in CLIENT_CLIPPING_MODS:
             return call_next(msg, context)
         reply = call_next(msg, context)
         if not reply.has_error() and unchanged(reply.content[keys.ARRAYS], msg.content[keys.ARRAYS]):

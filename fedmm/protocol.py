@@ -1,5 +1,7 @@
 """The record keys that the server and the hospitals agree on."""
 
+from collections.abc import Mapping
+
 ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
@@ -30,3 +32,8 @@ CONTROL_VARIATES = "control-variates"  # SCAFFOLD: the server's c (to hospitals)
 LOSS_AT_GLOBAL = "loss-at-global"  # q-FFL: the hospital's training loss of the heads it received, before training
 TRAIN_TIME = "train-time-s"  # the hospital's virtual training time this round (conditions.compute)
 LATE = "late"  # 1: the hospital missed the round's deadline and sends no update (conditions.late=drop)
+
+
+def without_update(metrics: Mapping[str, float]) -> bool:
+    """A training reply that carries no update: the hospital was past its privacy budget or missed the deadline."""
+    return bool(metrics.get(PRIVACY_EXHAUSTED) or metrics.get(LATE))

@@ -2,14 +2,20 @@
 
 What a hospital keeps private across rounds (personal layers or models, its DP-SGD ledger) lives in
 `context.state` under `personal` and `privacy-ledger`; it is never put in a reply.
+
+This module imports no torch: the handlers that train, distill or evaluate import the runtime when they
+run. On the Deployment Engine every message starts a fresh ClientApp process, and the SecAgg+ stages that
+only exchange keys and shares then cost Flower's import (about 1 s), not torch's (about 5 s).
 """
+
+from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
@@ -18,14 +24,12 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedmm import protocol as keys
-from fedmm.clients.runtime import describe, distill_round, evaluate_round, hospital_runtime, train_round
 from fedmm.clients.secagg import secagg_mod
 from fedmm.config import ExperimentConfig
-from fedmm.privacy.accounting import Ledger, ledger_from_lists, ledger_to_lists
-from fedmm.run_config import config_from_run_config
-from fedmm.strategies.client_dp import unchanged
-from fedmm.training.distill import ReferenceEmbeddings
-from fedmm.training.updates import StateDict
+
+if TYPE_CHECKING:
+    from fedmm.privacy.accounting import Ledger
+    from fedmm.training.updates import StateDict
 
 
 class ModuleClientApp(ClientApp):
@@ -45,6 +49,8 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
     """A ClientApp configured by `cfg`, or (cfg=None, as under `flwr run`) by the Flower run config.
     `mods` wrap every handler (e.g. a test's audit of what leaves the hospital)."""
     def run_cfg(context: Context) -> ExperimentConfig:
+        from fedmm.run_config import config_from_run_config
+
         return cfg if cfg is not None else config_from_run_config(context.run_config)
 
     # Client-side clipping (client-level DP) must see the reply last, so it is the innermost mod; secure
@@ -53,6 +59,8 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
     app = app_type(mods=[*(mods or []), secagg_mod(run_cfg), clipping_mod(run_cfg)])
 
     def runtime(context: Context):
+        from fedmm.clients.runtime import hospital_runtime
+
         # Deployment: the SuperNode's node config names the hospital's folder (`data-dir`); simulation: none.
         data_dir = context.node_config.get("data-dir")
         return hospital_runtime(run_cfg(context), int(context.node_config["partition-id"]),
@@ -60,11 +68,15 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
+        from fedmm.clients.runtime import describe
+
         # Discovery: tell the server which hospital this node is, so sampling can be by hospital id.
         return Message(RecordDict({keys.METRICS: MetricRecord(describe(runtime(context)))}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        from fedmm.clients.runtime import train_round
+
         # 1. the global (shared) heads and the round's settings; 2. train locally, keeping what is private;
         # 3. reply with the shared heads and the counts that weight their aggregation.
         received = msg.content[keys.ARRAYS].to_torch_state_dict()
@@ -91,6 +103,11 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
 
     @app.train("distill")
     def distill(msg: Message, context: Context) -> Message:
+        import torch
+
+        from fedmm.clients.runtime import distill_round
+        from fedmm.training.distill import ReferenceEmbeddings
+
         # 1. the global heads' reference embeddings; 2. train the private heads toward them;
         # 3. reply with this hospital's reference embeddings of the modalities it holds (no weights).
         arrays, config = msg.content[keys.ARRAYS], msg.content[keys.CONFIG]
@@ -115,6 +132,8 @@ def make_client_app(cfg: ExperimentConfig | None = None, mods: list[Mod] | None 
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        from fedmm.clients.runtime import evaluate_round
+
         metrics = evaluate_round(
             runtime(context),
             msg.content[keys.ARRAYS].to_torch_state_dict(),
@@ -137,6 +156,8 @@ def clipping_mod(run_cfg: Callable[[Context], ExperimentConfig]) -> Mod:
         clipping = run_cfg(context).privacy.client.clipping
         if clipping not in CLIENT_CLIPPING_MODS:
             return call_next(msg, context)
+        from fedmm.strategies.client_dp import unchanged
+
         reply = call_next(msg, context)
         if not reply.has_error() and unchanged(reply.content[keys.ARRAYS], msg.content[keys.ARRAYS]):
             # Nothing trained: clipping a zero update is the identity, and Flower's divides by its norm.
@@ -162,6 +183,8 @@ def store_personal(context: Context, personal: StateDict) -> None:
 def load_ledger(context: Context, path: Path | None) -> Ledger:
     """This hospital's DP-SGD history over every round it trained, in this run or (from `path`, on the
     first message of a resumed run) before; it never leaves the node."""
+    from fedmm.privacy.accounting import ledger_from_lists
+
     if keys.PRIVACY_LEDGER in context.state:
         return ledger_from_lists(dict(context.state[keys.PRIVACY_LEDGER]))
     if path is not None and path.exists():
@@ -170,6 +193,8 @@ def load_ledger(context: Context, path: Path | None) -> Ledger:
 
 
 def store_ledger(context: Context, ledger: Ledger, path: Path | None) -> None:
+    from fedmm.privacy.accounting import ledger_to_lists
+
     context.state[keys.PRIVACY_LEDGER] = ConfigRecord(ledger_to_lists(ledger))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,19 +30,19 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
 from fedmm import protocol as keys
-from fedmm.aggregation.secure import hospital_vector
 from fedmm.config import ExperimentConfig
-from fedmm.models.heads import HeadGroup
+from fedmm.protocol import without_update
 from fedmm.seeding import SECAGG_STREAM, derive_seed
-from fedmm.strategies.base import GROUP_COUNT_KEYS
-from fedmm.strategies.roster import without_update
 
 PUBLIC_METRICS = (keys.HOSPITAL_ID, keys.LATE, keys.TRAIN_TIME, keys.PRIVACY_EXHAUSTED)  # kept in a masked reply
 
 
-def reply_weights(metrics: MetricRecord, cfg: ExperimentConfig) -> dict[HeadGroup, float]:
+def reply_weights(metrics: MetricRecord, cfg: ExperimentConfig) -> dict:
     """The hospital's weight per head group, as the plain average would use it (0: no update; 1 under
     client-level DP, whose average counts every hospital once)."""
+    from fedmm.models.heads import HeadGroup
+    from fedmm.strategies.base import GROUP_COUNT_KEYS
+
     if without_update(metrics):
         return {}
     if cfg.privacy.client.clipping != "none":
@@ -70,6 +70,8 @@ def secagg_mod(run_cfg: Callable[[Context], ExperimentConfig]) -> Mod:
         elif state.current_stage == Stage.SHARE_KEYS:
             result = _share_keys(state, configs)
         elif state.current_stage == Stage.COLLECT_MASKED_VECTORS:
+            from fedmm.aggregation.secure import hospital_vector  # torch: only where a hospital trains
+
             reply = call_next(msg, context)
             if reply.has_error():
                 return reply

@@ -31,8 +31,9 @@ from fedmm.aggregation.robust import RobustAverage
 from fedmm.aggregation.server_optimizers import ServerOptimizer
 from fedmm.config import AggregatorConfig
 from fedmm.models.heads import HeadGroup
+from fedmm.protocol import without_update
 from fedmm.runs.checkpoint import Checkpoint
-from fedmm.strategies.roster import Roster, hospital_of, record_bytes, without_update
+from fedmm.strategies.roster import Roster, hospital_of, record_bytes
 
 MEAN = AggregatorConfig()  # the plain (or modality-aware) mean
 

@@ -30,6 +30,7 @@ from flwr.app import Message, RecordDict
 from flwr.supercore import log
 
 from fedmm import protocol as keys
+from fedmm.protocol import without_update
 from fedmm.simulation.conditions import Availability
 
 SAMPLING_STREAM = 2
@@ -94,11 +95,6 @@ def sample_hospitals(num_hospitals: int, sample_size: int, seed: int, server_rou
     if poisson:
         return [int(h) for h in np.flatnonzero(rng.random(num_hospitals) < sample_size / num_hospitals)]
     return sorted(int(h) for h in rng.choice(num_hospitals, size=sample_size, replace=False))
-
-
-def without_update(metrics: Mapping[str, float]) -> bool:
-    """A reply that carries no update: the hospital was past its privacy budget or missed the deadline."""
-    return bool(metrics.get(keys.PRIVACY_EXHAUSTED) or metrics.get(keys.LATE))
 
 
 def sample_size(num_hospitals: int, clients_per_round: int | None, fraction: float) -> int:

@@ -176,17 +176,12 @@ class ClientLevelDP(Delegating):
         self.seed = seed
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
-        checkpoint = self.averaging.checkpoint(server_round, arrays)
-        if self.server_optimizer is not None:
-            checkpoint.optimizer_moments, checkpoint.optimizer_steps = self.server_optimizer.state()
-        checkpoint.accountants = self.accounts.state()
-        return checkpoint
+        return keep_release_state(self.averaging.checkpoint(server_round, arrays), self.server_optimizer,
+                                  self.accounts)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         self.averaging.restore(checkpoint)
-        if self.server_optimizer is not None:
-            self.server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
-        self.accounts.load_state(checkpoint.accountants)
+        restore_release_state(checkpoint, self.server_optimizer, self.accounts)
 
     @property
     def has_global_model(self) -> bool:
@@ -226,6 +221,25 @@ class ClientLevelDP(Delegating):
         metrics = self.averaging.train_metrics_aggr_fn(
             [reply.content for reply in ordered if hospital_of(reply) in contributors], self.averaging.weighted_by_key)
         return step_after_noise(self.server_optimizer, self.current_arrays, noised), metrics
+
+
+def keep_release_state(checkpoint: Checkpoint, server_optimizer: ServerOptimizer | None,
+                       accounts: HospitalAccounts | None) -> Checkpoint:
+    """Add to `checkpoint` what a noised release keeps across rounds: the optimizer that steps after the
+    noise and the hospitals' accountants (`ClientLevelDP`, SecAgg+ with client-level DP)."""
+    if server_optimizer is not None:
+        checkpoint.optimizer_moments, checkpoint.optimizer_steps = server_optimizer.state()
+    if accounts is not None:
+        checkpoint.accountants = accounts.state()
+    return checkpoint
+
+
+def restore_release_state(checkpoint: Checkpoint, server_optimizer: ServerOptimizer | None,
+                          accounts: HospitalAccounts | None) -> None:
+    if server_optimizer is not None:
+        server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
+    if accounts is not None:
+        accounts.load_state(checkpoint.accountants)
 
 
 def step_after_noise(server_optimizer: ServerOptimizer | None, current: ArrayRecord,

@@ -52,7 +52,12 @@ from fedmm.models.heads import HeadGroup
 from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import SECAGG_STREAM
 from fedmm.strategies.base import GROUP_COUNT_KEYS, Delegating, HospitalFedAvg
-from fedmm.strategies.client_dp import HospitalAccounts, step_after_noise
+from fedmm.strategies.client_dp import (
+    HospitalAccounts,
+    keep_release_state,
+    restore_release_state,
+    step_after_noise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,7 @@ class SecureAggregation(Delegating):
         self.accounts = HospitalAccounts(dp, self.roster) if dp is not None else None
         self.server_optimizer = server_optimizer if dp is not None else None
         self.max_weight = 1.0 if dp is not None else cfg.max_weight
+        self.hospital_by_node = {node: hospital for hospital, node in self.roster.node_of_hospital.items()}
         self.grid: Grid | None = None
         self.round: ProtocolRound | None = None
 
@@ -117,25 +123,15 @@ class SecureAggregation(Delegating):
         return self.averaging.initial_arrays(heads_state)
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
-        checkpoint = self.averaging.checkpoint(server_round, arrays)
-        if self.server_optimizer is not None:
-            checkpoint.optimizer_moments, checkpoint.optimizer_steps = self.server_optimizer.state()
-        if self.accounts is not None:
-            checkpoint.accountants = self.accounts.state()
-        return checkpoint
+        return keep_release_state(self.averaging.checkpoint(server_round, arrays), self.server_optimizer,
+                                  self.accounts)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         self.averaging.restore(checkpoint)
-        if self.server_optimizer is not None:
-            self.server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
-        if self.accounts is not None:
-            self.accounts.load_state(checkpoint.accountants)
-
-    def epsilon(self, hospital: int) -> float:
-        return self.accounts.epsilon(hospital) if self.accounts is not None else 0.0
+        restore_release_state(checkpoint, self.server_optimizer, self.accounts)
 
     def hospital_of_node(self, node: int) -> int:
-        return next(h for h, n in self.roster.node_of_hospital.items() if n == node)
+        return self.hospital_by_node[node]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -5,6 +5,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -159,3 +161,55 @@ def make_audit_mod(folder):
         return reply
 
     return audit
+
+
+# --- processes a test started outside Python (Flower's SuperLink, Ray nodes) -----------------------------------
+
+def all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first, then the parent); [] once it is gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has exited; only its parent's wait is missing)."""
+    fields = proc_stat(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Running processes whose command line contains `text`, and everything they started."""
+    roots = {pid for pid in all_pids() if text in command_line(pid)}
+    parents = {pid: int(fields[1]) for pid in all_pids() if len(fields := proc_stat(pid)) > 1}
+    found = set(roots)
+    while more := {pid for pid, ppid in parents.items() if ppid in found and pid not in found}:
+        found |= more
+    return sorted(pid for pid in found if running(pid))
+
+
+def stop_processes_mentioning(text: str, grace_s: float = 10.0, deadline_s: float = 20.0) -> list[int]:
+    """SIGTERM what `processes_mentioning(text)` finds, SIGKILL what is left after `grace_s`, and return what
+    still runs at `deadline_s`. It scans again on every pass: a process may exit between the scan and the
+    signal, and a dying server may still start a child."""
+    start = time.monotonic()
+    while (pids := processes_mentioning(text)) and (elapsed := time.monotonic() - start) < deadline_s:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM if elapsed < grace_s else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    return processes_mentioning(text)

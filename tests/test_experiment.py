@@ -4,17 +4,15 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import session_dir
+from helpers import processes_mentioning, session_dir, stop_processes_mentioning
 from safetensors.torch import load_file
 
 from fedmm.cli import main as cli_main
@@ -142,57 +140,15 @@ class RayCluster:
                         "if a['ActorClassName'] == 'ClientAppActor']")
 
     def stop(self) -> None:
-        """SIGTERM every process of this cluster (its command line names the temporary directory, and
-        what those processes started), then SIGKILL what is left after 10 s."""
-        pids = descendants([pid for pid in all_pids() if str(self.temp_dir) in command_line(pid)])
-        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            alive = [pid for pid in pids if running(pid)]
-            for pid in alive:
-                os.kill(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while any(running(pid) for pid in alive) and time.monotonic() < deadline:
-                time.sleep(0.2)
+        """Stop every process of this cluster (their command lines name the temporary directory) and what they
+        started: SIGTERM, then SIGKILL after 10 s."""
+        stop_processes_mentioning(str(self.temp_dir))
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def all_pids() -> list[int]:
-    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-
-
-def command_line(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def parent(pid: int) -> int | None:
-    try:
-        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def descendants(roots: list[int]) -> list[int]:
-    found, parents = set(roots), {pid: parent(pid) for pid in all_pids()}
-    while True:
-        more = {pid for pid, ppid in parents.items() if ppid in found and pid not in found}
-        if not more:
-            return sorted(found)
-        found |= more
-
-
-def running(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 @pytest.mark.slow
@@ -214,7 +170,7 @@ def test_a_simulation_on_a_two_node_ray_cluster_equals_the_one_node_run(two_fede
     assert len(set(nodes)) == 2  # one ClientApp actor on each node (one CPU each, one CPU per hospital)
     ray_run, _, (ray_summary, _) = two_federated_runs  # the same config on a private one-node Ray instance
     assert_same_run(run_dir, ray_run, summary, ray_summary)
-    assert not [pid for pid in all_pids() if str(temp_dir) in command_line(pid)]  # both nodes are gone
+    assert not processes_mentioning(str(temp_dir))  # both nodes are gone
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -2,30 +2,17 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import stop_processes_mentioning
 
 from fedmm.compose import compose_config
 from fedmm.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (its pyproject.toml names the app)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 @pytest.mark.slow
@@ -54,12 +41,8 @@ def test_flwr_run_matches_fedmm_run(tmp_path, cache_dir):
         runs = json.loads(listing.stdout)["runs"]
         assert [run["status"] for run in runs] == ["finished:completed"]  # --stream exits 0 even on failure
     finally:
-        for pid in processes_mentioning(str(home)):  # the background SuperLink outlives `flwr run`
-            os.kill(pid, signal.SIGTERM)
-        time.sleep(1)
-        for pid in processes_mentioning(str(home)):
-            os.kill(pid, signal.SIGKILL)
-    assert not processes_mentioning(str(home))
+        survivors = stop_processes_mentioning(str(home))  # the background SuperLink outlives `flwr run`
+    assert not survivors
     reference = tmp_path / "fedmm-run"
     # `fedmm run` on the in-process engine (test_end_to_end: it writes what the Ray engine writes)
     run_experiment(compose_config(["+experiment=smoke", f"cache_dir={cache_dir}", f"run_dir={reference}",

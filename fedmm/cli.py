@@ -20,6 +20,10 @@ from fedmm.simulation import SimulationFailed
 console = Console()
 
 
+SEEDS_HELP = ("comma-separated seeds, each a replicate (partition, initialization, sampling); tables show the mean "
+              "and its 95%% t-interval (default 0,1,2; a seed= override instead is used as given)")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -42,13 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
     compare = commands.add_parser(
         "compare",
-        help="run strategies x scenarios with the same seed and budget; write table.csv, table.md and comparison.png",
+        help="run strategies x scenarios x seeds with the same budget; write tables with 95%% intervals and "
+        "significance against a baseline, and comparison.png",
     )
     compare.add_argument("--strategies", default="all", help="comma-separated names, or 'all' (see `fedmm list`)")
     compare.add_argument("--scenarios", default="imbalanced,balanced", help="comma-separated scenario options")
-    compare.add_argument(
-        "--out", type=Path, default=None, help="folder for the runs and tables (default: outputs/compare-seed<seed>)"
-    )
+    compare.add_argument("--seeds", default=None, help=SEEDS_HELP)
+    compare.add_argument("--baseline", default="fedavg",
+                         help="the strategy every other is tested against (paired across seeds); 'none': no test")
+    compare.add_argument("--out", type=Path, default=None,
+                         help="folder for the runs and tables (default: outputs/compare)")
     compare.add_argument("overrides", nargs="*")
     sweep = commands.add_parser(
         "privacy-sweep",
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "Hydra's syntax) x seeds; reuses finished cells; writes results.csv",
     )
     grid.add_argument("--out", type=Path, required=True, help="folder for the cells and tables")
+    grid.add_argument("--seeds", default=None, help=SEEDS_HELP)
     grid.add_argument(
         "--variant",
         action="append",
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [*args.overrides, *(["secagg.enabled=true"] if args.secagg else [])]
             return deploy_locally(args.folders, overrides, args.out, args.tls, args.auth, args.timeout)
         if args.command == "sweep":
-            return sweep_knobs(args.overrides, args.out, args.variant)
+            return sweep_knobs(args.overrides, args.out, args.variant, args.seeds)
         if args.command == "report":
             from fedmm.studies.report import DEFAULT_METRICS, write_report
 
@@ -198,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "privacy-sweep":
             return sweep_privacy(args.epsilons, args.overrides, args.out)
-        return compare_strategies(args.strategies.split(","), args.scenarios.split(","), args.overrides, args.out)
+        return compare_strategies(args.strategies.split(","), args.scenarios.split(","), args.overrides, args.out,
+                                  args.seeds, None if args.baseline == "none" else args.baseline)
     except ConfigError as error:
         console.print(f"[bold red]configuration error:[/] {error}")
         return 2
@@ -249,15 +258,21 @@ def print_summary(summary: dict[str, Any]) -> None:
     hospitals = Table(title="local test split of each hospital (global model, and its own model where it has one)")
     hospitals.add_column("hospital")
     hospitals.add_column("group")
+    hospitals.add_column("pairs", justify="right")
     for metric in registry.GROUP_TABLE:
         hospitals.add_column(registry.label(metric), justify="right")
+    hospitals.add_column(f"{registry.label(registry.HEADLINE)} chance", justify="right")
     sites = summary.get("hospital_sites", {})  # scenario=natural: "0 (north)"
+    chance = registry.CHANCE_PREFIX + registry.HEADLINE
     for hospital, metrics in summary["hospitals"].items():
         name = f"{hospital} ({sites[hospital]})" if hospital in sites else hospital
-        hospitals.add_row(name, metrics["group"], *(_fmt(metrics.get(m)) for m in registry.GROUP_TABLE))
+        hospitals.add_row(name, metrics["group"], f"{metrics.get('num_paired', 0):.0f}",
+                          *(_fmt(metrics.get(m)) for m in registry.GROUP_TABLE), _fmt(metrics.get(chance)))
     for key in sorted(k for k in summary if k.startswith("group/")) + ["hospital_mean", "hospital_worst"]:
-        hospitals.add_row(key, "", *(_fmt(summary.get(key, {}).get(m)) for m in registry.GROUP_TABLE))
+        hospitals.add_row(key, "", "", *(_fmt(summary.get(key, {}).get(m)) for m in registry.GROUP_TABLE), "")
     console.print(hospitals)
+    console.print("–: not measured on that split (R@k and P@k need more than k pairs, AUROC both classes of a "
+                  "finding); means and worst values are over the hospitals that have the metric")
     if not any(key.startswith("zeroshot_auroc") for key in summary):
         console.print("the dataset has no label columns: retrieval only (no zero-shot AUROC, no finding-aware "
                       "precision); add 1/0 label columns to its manifest to have them")
@@ -332,18 +347,22 @@ class RoundPrinter:
         self.printed = len(lines)
 
 
-def compare_strategies(strategies: list[str], scenarios: list[str], overrides: list[str], out: Path | None) -> int:
+def compare_strategies(strategies: list[str], scenarios: list[str], overrides: list[str], out: Path | None,
+                       seeds: str | None, baseline: str | None) -> int:
     from fedmm.strategies import strategy_names, strategy_spec
     from fedmm.studies.compare import run_comparison
 
-    base = compose_config(overrides)  # fails early on a bad override
+    compose_config(overrides)  # fails early on a bad override
     strategies = strategy_names() if strategies == ["all"] else strategies
     for strategy in strategies:
         strategy_spec(strategy)  # an unknown name fails here, listing the valid ones
     for scenario in scenarios:
         compose_config([*overrides, f"scenario={scenario}"])  # fails early on an unknown scenario
-    out = out or Path("outputs") / f"compare-seed{base.seed}"
-    run_comparison(strategies, scenarios, overrides, out, run_with_progress, log=console.print)
+    if baseline is not None and baseline not in strategies:
+        raise ConfigError(f"--baseline {baseline}: not among --strategies {','.join(strategies)}; add it, or "
+                          "--baseline none")
+    out = out or Path("outputs") / "compare"
+    run_comparison(strategies, scenarios, overrides, out, run_with_progress, console.print, seeds, baseline)
     console.print((out / "table.md").read_text())
     console.print(f"written: {out / 'table.csv'}, {out / 'table.md'}, {out / 'comparison.png'}")
     return 0
@@ -413,10 +432,10 @@ def data_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def sweep_knobs(overrides: list[str], out: Path, variants: list[str]) -> int:
-    from fedmm.studies.sweep import run_sweep
+def sweep_knobs(overrides: list[str], out: Path, variants: list[str], seeds: str | None) -> int:
+    from fedmm.studies.sweep import run_sweep, with_seeds
 
-    rows = run_sweep(overrides, out, run_with_progress, log=console.print, variants=variants)
+    rows = run_sweep(with_seeds(overrides, seeds), out, run_with_progress, log=console.print, variants=variants)
     console.print(
         f"{len(rows)} cells; written: {out / 'results.csv'}, {out / 'hospitals.csv'}; next: fedmm report {out}"
     )

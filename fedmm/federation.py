@@ -34,6 +34,14 @@ class SplitTensors:
     def __len__(self) -> int:
         return len(self.availability)
 
+    def rows(self, indices: torch.Tensor) -> "SplitTensors":
+        """The split restricted to `indices` (a long or bool tensor), in that order."""
+        return SplitTensors(*(getattr(self, field.name)[indices] for field in dataclasses.fields(self)))
+
+    @classmethod
+    def concatenate(cls, splits: "list[SplitTensors]") -> "SplitTensors":
+        return cls(*(torch.cat([getattr(split, field.name) for split in splits]) for field in dataclasses.fields(cls)))
+
     def mask(self, *availabilities: Availability) -> torch.Tensor:
         """(n,) bool: rows whose availability is one of `availabilities`."""
         codes = torch.tensor([AVAILABILITY_CODES[a] for a in availabilities], dtype=torch.int8)

@@ -15,6 +15,7 @@ NUM_IMAGE_USED = "num-image-used"
 NUM_REPORT_USED = "num-report-used"
 TRAIN_LOSS = "train-loss"
 TRAIN_STEPS = "train-steps"
+TRAIN_SAMPLES = "train-samples"  # sample passes this round: the rows of every gradient step, summed
 UPLOAD_BYTES = "upload-bytes"  # arrays a hospital sent in its training reply (measured by the server)
 DOWNLOAD_BYTES = "download-bytes"  # arrays the server sent to that hospital for training
 PROXIMAL_MU = "proximal-mu"  # Flower's FedProx config key

@@ -239,28 +239,36 @@ def test_cli_rejects_bad_options_before_any_work(overrides, message, capsys, tmp
 
 
 @pytest.mark.slow
-def test_compare_writes_csv_markdown_and_plot_and_reuses_finished_cells(smoke_overrides, tmp_path, capsys):
+def test_compare_writes_tables_with_intervals_and_reuses_finished_cells(smoke_overrides, tmp_path, capsys):
     import csv
 
-    arguments = [
-        "compare",
-        "--strategies",
-        "fedavg,fedper",
-        "--scenarios",
-        "balanced",
-        "--out",
-        str(tmp_path),
-        *smoke_overrides,
-    ]
+    arguments = ["compare", "--strategies", "fedavg,fedper,fedprox", "--scenarios", "balanced", "--seeds", "0,1",
+                 "--out", str(tmp_path), *smoke_overrides]
     assert cli_main(arguments) == 0
+    per_seed = list(csv.DictReader((tmp_path / "seeds.csv").open()))
+    assert [(r["strategy"], r["seed"]) for r in per_seed] == [
+        (strategy, seed) for strategy in ("fedavg", "fedper", "fedprox") for seed in ("0", "1")]
     rows = list(csv.DictReader((tmp_path / "table.csv").open()))
-    assert [(r["scenario"], r["strategy"]) for r in rows] == [("balanced", "fedavg"), ("balanced", "fedper")]
-    assert float(rows[0]["i2t_recall@10"]) >= 0 and rows[1]["i2t_recall@10"] == ""  # FedPer has no global model
-    assert rows[1]["hospital_worst_auroc_own"] != "" and float(rows[0]["upload_kib"]) > 0
-    assert "### balanced" in (tmp_path / "table.md").read_text()
+    assert [(r["scenario"], r["strategy"], r["seeds"]) for r in rows] == [
+        ("balanced", strategy, "2") for strategy in ("fedavg", "fedper", "fedprox")]
+    fedavg, fedper, fedprox = rows
+    values = [float(r["i2t_recall@10"]) for r in per_seed[:2]]
+    assert float(fedavg["i2t_recall@10"]) == pytest.approx(sum(values) / 2)
+    # 95% t-interval with 1 degree of freedom: t = 12.706, sd of two values = |a - b| / sqrt(2)
+    assert float(fedavg["i2t_recall@10_ci"]) == pytest.approx(12.706 * abs(values[0] - values[1]) / 2, rel=1e-3)
+    assert fedper["i2t_recall@10"] == ""  # FedPer has no global model
+    assert fedper["hospital_worst_auroc_own"] != "" and float(fedavg["upload_kib"]) > 0
+    assert float(fedavg["sample_passes"]) > 0
+    # FedProx is tested against FedAvg, paired by seed; the baseline is not tested against itself
+    differences = [float(b["zeroshot_auroc_macro"]) - float(a["zeroshot_auroc_macro"])
+                   for a, b in zip(per_seed[:2], per_seed[4:])]
+    assert float(fedprox["zeroshot_auroc_macro_diff"]) == pytest.approx(sum(differences) / 2)
+    assert fedprox["zeroshot_auroc_macro_sig"] in ("-1", "0", "1") and fedavg["zeroshot_auroc_macro_diff"] == ""
+    table = (tmp_path / "table.md").read_text()
+    assert "### balanced" in table and "95% Student-t" in table and "sample passes" in table
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
-    first = (tmp_path / "balanced" / "fedavg" / "metrics.jsonl").read_text()
+    first = (tmp_path / "cells" / "strategy=fedavg,seed=0" / "metrics.jsonl").read_text()
     capsys.readouterr()
-    assert cli_main(arguments) == 0  # second time: both cells reused, nothing rerun
-    assert capsys.readouterr().out.count("reusing") == 2
-    assert (tmp_path / "balanced" / "fedavg" / "metrics.jsonl").read_text() == first
+    assert cli_main(arguments) == 0  # second time: every cell reused, nothing rerun
+    assert capsys.readouterr().out.count("reusing") == 6
+    assert (tmp_path / "cells" / "strategy=fedavg,seed=0" / "metrics.jsonl").read_text() == first

@@ -1,29 +1,33 @@
 """Reference: every hospital's training data pooled in one place, same model and training budget.
 
 No federation and no privacy: the upper reference a federated strategy is measured against.
-Round r trains `train.local_epochs` epochs over the pooled data, so the budget in epochs equals a
-federated run in which every hospital takes part in every round.
+The budget is the federation's, in sample passes (rows through a gradient step): round r trains
+`train.local_epochs` epochs over the share of the pooled rows that a round of the federation trains on
+in expectation, m/N (m hospitals sampled of N, `roster.sample_size`), drawn afresh each round. With every
+hospital in every round that is the whole pool, so the budget equals the federation's exactly; with
+hospitals of unequal size the federation's per-round count varies around it. summary.json's
+`sample_passes` says what each run got.
 """
 
 import torch
 
+from fedmm import protocol as keys
 from fedmm.config import ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.federation import FederatedData, SplitTensors, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
+from fedmm.strategies.roster import sample_size
 from fedmm.strategies.spec import StrategySpec, register
-from fedmm.training.local import train_heads
+from fedmm.training.local import TrainResult, train_heads
 from fedmm.training.missing import handler_factory, needs_reference
 
 POOLED = -1  # the "hospital id" under which pooled training is logged
 
 
 def pool_training_data(data: FederatedData) -> SplitTensors:
-    splits = [data.hospital(h).train for h in range(data.num_hospitals)]
-    return SplitTensors(*(torch.cat([getattr(split, name) for split in splits])
-                          for name in ("image_features", "report_features", "availability", "labels")))
+    return SplitTensors.concatenate([data.hospital(h).train for h in range(data.num_hospitals)])
 
 
 def run_centralized(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder) -> dict[str, torch.Tensor]:
@@ -32,18 +36,32 @@ def run_centralized(cfg: ExperimentConfig, data: FederatedData, recorder: RunRec
     hospitals = [data.hospital(h) for h in range(data.num_hospitals)]
     prompts = Prompts.from_features(data.features)
     reference = load_reference(cfg) if needs_reference(cfg.missing) else None
+    share = sample_size(data.num_hospitals, cfg.federation.clients_per_round,
+                        cfg.federation.fraction_train) / data.num_hospitals
     for server_round in range(1, cfg.federation.rounds + 1):
         seed = derive_seed(cfg.seed, LOCAL_TRAIN_STREAM, server_round)
-        missing = handler_factory(cfg.missing, pooled, reference, seed)
-        result = train_heads(heads, pooled, cfg.train, seed, missing=missing)
-        train = {POOLED: {"train-loss": result.loss if result.steps else 0.0, "train-steps": result.steps,
-                          "num-paired-used": result.num_paired_used}}
+        rows = pooled if share >= 1 else round_share(pooled, share, seed)
+        missing = handler_factory(cfg.missing, rows, reference, seed)
+        result = train_heads(heads, rows, cfg.train, seed, missing=missing)
+        train = {POOLED: reference_train_metrics(result)}
         if is_evaluation_round(cfg, server_round):
             recorder.record(server_round, [], train, evaluate_split(heads, global_test, prompts),
                             {h.hospital_id: evaluate_split(heads, h.test, prompts) for h in hospitals})
         else:
             recorder.record(server_round, [], train)
     return heads.state_dict()
+
+
+def round_share(pooled: SplitTensors, share: float, seed: int) -> SplitTensors:
+    """A seeded random `share` of the pooled rows (at least one)."""
+    count = max(1, round(share * len(pooled)))
+    return pooled.rows(torch.randperm(len(pooled), generator=torch.Generator().manual_seed(seed))[:count])
+
+
+def reference_train_metrics(result: TrainResult) -> dict[str, float]:
+    """What a reference run logs for one training pass, under the names a hospital's reply uses."""
+    return {keys.TRAIN_LOSS: result.loss if result.steps else 0.0, keys.TRAIN_STEPS: result.steps,
+            keys.TRAIN_SAMPLES: result.samples, keys.NUM_PAIRED_USED: result.num_paired_used}
 
 
 def is_evaluation_round(cfg: ExperimentConfig, server_round: int) -> bool:

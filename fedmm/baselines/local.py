@@ -7,7 +7,7 @@ A hospital without pairs cannot train in the baseline, so its model stays at the
 
 import torch
 
-from fedmm.baselines.centralized import is_evaluation_round
+from fedmm.baselines.centralized import is_evaluation_round, reference_train_metrics
 from fedmm.config import ExperimentConfig
 from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.federation import FederatedData, load_reference
@@ -31,8 +31,7 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
             seed = derive_seed(cfg.seed, LOCAL_TRAIN_STREAM, server_round, hospital.hospital_id)
             missing = handler_factory(cfg.missing, hospital.train, reference, seed)
             result = train_heads(heads, hospital.train, cfg.train, seed, missing=missing)
-            train[hospital.hospital_id] = {"train-loss": result.loss if result.steps else 0.0,
-                                           "train-steps": result.steps, "num-paired-used": result.num_paired_used}
+            train[hospital.hospital_id] = reference_train_metrics(result)
         if not is_evaluation_round(cfg, server_round):
             recorder.record(server_round, [h.hospital_id for h in hospitals], train)
             continue

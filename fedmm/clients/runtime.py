@@ -235,6 +235,7 @@ def train_metrics(runtime: HospitalRuntime, result: TrainResult) -> dict[str, fl
         keys.NUM_IMAGE_USED: result.num_image_used,
         keys.NUM_REPORT_USED: result.num_report_used,
         keys.TRAIN_STEPS: result.steps,
+        keys.TRAIN_SAMPLES: result.samples,
     }
     if not result.steps:
         metrics[keys.TRAIN_LOSS] = 0.0
@@ -276,7 +277,7 @@ def train_round(
     private state and ledger stay as they were, as if the hospital had not taken part)."""
     plan = runtime.privacy_plan
     if plan is not None and plan.would_exceed(ledger):
-        idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
+        idle = LocalUpdate(received, personal, TrainResult.idle())
         return idle, ledger, train_metrics(runtime, idle.result) | privacy_metrics(plan, ledger, exhausted=True)
     if runtime.strategy.local_update is None:
         raise ValueError(
@@ -287,7 +288,7 @@ def train_round(
     step = runtime.step(LOCAL_TRAIN_STREAM, server_round, round_config, server_arrays, clock)
     update = runtime.strategy.local_update(step, received, personal)
     if clock is not None and clock.cut and (runtime.cfg.conditions.late == "drop" or update.result.steps == 0):
-        idle = LocalUpdate(received, personal, TrainResult(float("nan"), 0, 0, 0, 0))
+        idle = LocalUpdate(received, personal, TrainResult.idle())
         late = {keys.LATE: 1, keys.TRAIN_TIME: clock.elapsed_s}
         if runtime.cfg.privacy.sample.enabled:
             late |= privacy_metrics(plan, ledger)

@@ -28,3 +28,6 @@ class Availability(str, Enum):
 
 # Integer codes used in arrays (np.int8 per sample); order matches the Enum.
 AVAILABILITY_CODES = {availability: code for code, availability in enumerate(Availability)}
+
+# A hospital's modality group is the availability of most of its samples; tables list the groups in this order.
+GROUPS = tuple(availability.value for availability in Availability)

@@ -1,11 +1,17 @@
-"""All metrics of a pair of heads on one split: retrieval, finding-aware precision, zero-shot AUROC."""
+"""All metrics of a pair of heads on one split: retrieval, finding-aware precision, zero-shot AUROC.
+
+A metric is reported only where the split can support it: R@k and P@k need more than k candidates (with
+k or fewer, R@k is 1 for any model and P@k is its chance level), retrieval needs two pairs, AUROC both
+classes of a finding. Next to each registered metric the split's chance level is reported as
+`chance_<metric>` (`fedmm.evaluation.metrics`), so a small hospital's figure can be read against it.
+"""
 
 import math
 from dataclasses import dataclass
 
 import torch
 
-from fedmm.evaluation.metrics import KS
+from fedmm.evaluation.metrics import CHANCE_PREFIX, KS, METRICS
 from fedmm.evaluation.retrieval import finding_precision_at_k, recall_at_k
 from fedmm.evaluation.zeroshot import auroc, prompt_embeddings, zero_shot_scores
 from fedmm.federation import SplitTensors
@@ -42,19 +48,21 @@ def evaluate_split(heads: ContrastiveHeads, split: SplitTensors, prompts: Prompt
     paired, has_image, has_report = split.paired_mask, split.image_mask, split.report_mask
     metrics.update(num_paired=float(paired.sum()), num_image=float(has_image.sum()), num_report=float(has_report.sum()))
 
-    if paired.sum() >= 2:
+    supported_ks = [k for k in KS if paired.sum() > k]  # more candidates than k
+    paired_labels = split.labels[paired]
+    if paired.sum() >= 2 and supported_ks:
         images = embed_images(split.image_features[paired])
         reports = embed_reports(split.report_features[paired])
-        labels = split.labels[paired]
         for direction, queries, gallery in (("i2t", images, reports), ("t2i", reports, images)):
-            for k, value in recall_at_k(queries, gallery, KS).items():
+            for k, value in recall_at_k(queries, gallery, supported_ks).items():
                 metrics[f"{direction}_recall@{k}"] = value
-            if labels.shape[1] and bool((labels >= 0).all()):  # finding-aware precision needs every label
-                for k, value in finding_precision_at_k(queries, gallery, labels, labels, KS).items():
+            if paired_labels.shape[1] and bool((paired_labels >= 0).all()):  # precision needs every label
+                for k, value in finding_precision_at_k(queries, gallery, paired_labels, paired_labels,
+                                                       supported_ks).items():
                     metrics[f"{direction}_precision@{k}"] = value
 
     if not prompts.finding_names:  # a dataset without label columns: retrieval only
-        return metrics
+        return with_chance(metrics, paired_labels)
     positive, negative = prompt_embeddings(embed_reports(prompts.features), prompts.finding,
                                            prompts.is_positive, len(prompts.finding_names))
     if has_image.any():
@@ -65,7 +73,15 @@ def evaluate_split(heads: ContrastiveHeads, split: SplitTensors, prompts: Prompt
         scores = zero_shot_scores(embed_reports(split.report_features[has_report]), positive, negative)
         metrics.update(_auroc_metrics("report_zeroshot_auroc", scores, split.labels[has_report],
                                        prompts.finding_names))
-    return metrics
+    return with_chance(metrics, paired_labels)
+
+
+def with_chance(metrics: dict[str, float], paired_labels: torch.Tensor) -> dict[str, float]:
+    """`metrics` and, for each registered one with a chance level, `chance_<name>` on this split (retrieval
+    chance depends on the number of candidates, `paired_labels`; AUROC's is 0.5)."""
+    chance = {f"{CHANCE_PREFIX}{name}": METRICS[name].chance(paired_labels) for name in metrics
+              if name in METRICS and METRICS[name].chance is not None}
+    return metrics | chance
 
 
 def _auroc_metrics(prefix: str, scores: torch.Tensor, labels: torch.Tensor,

@@ -15,6 +15,7 @@ from fedmm.evaluation.retrieval import chance_finding_precision, oracle_recall_a
 
 KS = (1, 5, 10)  # k of recall@k and precision@k
 PERSONAL_PREFIX = "personal_"  # a hospital's own model (FedPer/FedRep/Ditto/finetune/distillation)
+CHANCE_PREFIX = "chance_"  # a metric's chance level on the split it was measured on (`evaluate_split`)
 
 Bound = Callable[[torch.Tensor], float]  # (N, F) labels of the evaluated split -> a reference value
 

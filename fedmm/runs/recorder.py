@@ -23,9 +23,10 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from fedmm import protocol as keys
 from fedmm.clients.adversary import resolve_adversaries
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
-from fedmm.evaluation.metrics import reference_values
+from fedmm.evaluation.metrics import CHANCE_PREFIX, reference_values
 from fedmm.simulation.conditions import is_ideal
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
@@ -59,7 +60,9 @@ def claim_run_dir(cfg: ExperimentConfig) -> Path:
 def summarize_hospitals(per_hospital: Mapping[int, Mapping[str, float]],
                         groups: Mapping[int, str]) -> dict[str, dict[str, float]]:
     """Per modality group: mean of each metric over the group's hospitals that report it.
-    Across all hospitals: mean, worst (minimum) and spread (max - min) of each metric."""
+    Across all hospitals: mean, worst (minimum) and spread (max - min) of each metric, over the hospitals
+    whose split supports it (`evaluate_split` leaves a metric out where it cannot be measured), and how
+    many those are (`hospital_support`)."""
     summary: dict[str, dict[str, float]] = {}
     by_group: dict[str, list[Mapping[str, float]]] = {}
     for hospital, metrics in per_hospital.items():
@@ -70,11 +73,12 @@ def summarize_hospitals(per_hospital: Mapping[int, Mapping[str, float]],
     summary["hospital_mean"] = _reduce(everyone, lambda values: sum(values) / len(values))
     summary["hospital_worst"] = _reduce(everyone, min)
     summary["hospital_spread"] = _reduce(everyone, lambda values: max(values) - min(values))
+    summary["hospital_support"] = _reduce(everyone, len)
     return summary
 
 
 def _reduce(members: list[Mapping[str, float]], reduce: Callable[[list[float]], float]) -> dict[str, float]:
-    names = sorted({name for metrics in members for name in metrics if not name.startswith("num_")})
+    names = sorted({name for metrics in members for name in metrics if not name.startswith(("num_", CHANCE_PREFIX))})
     reduced = {}
     for name in names:
         values = [m[name] for m in members if name in m and not math.isnan(m[name])]
@@ -100,6 +104,7 @@ class RunRecorder:
         self.clock_s = 0.0  # virtual time at the end of the last round recorded (conditions.compute)
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
         self.privacy: dict[int, dict[str, float]] = {}  # per hospital: its latest cumulative ε and DP settings
+        self.sample_passes = 0  # every hospital's (or the pooled reference's) training rows, over every step
         self.started = time.perf_counter()
         # The saved config reruns the whole run from scratch (the same rounds, seeds and results).
         saved = config_to_dict(cfg) | {"resume": False}
@@ -141,6 +146,7 @@ class RunRecorder:
         for hospital, epsilon in line.get("client_dp_epsilon", {}).items():  # charged without training
             self.privacy.setdefault(int(hospital), {})["client_dp_epsilon"] = epsilon
         for hospital, metrics in line["train"].items():
+            self.sample_passes += int(metrics.get(keys.TRAIN_SAMPLES, 0))
             for direction in self.bytes_sent:
                 if f"{direction}-bytes" in metrics:
                     self.bytes_sent[direction].append(int(metrics[f"{direction}-bytes"]))
@@ -213,6 +219,7 @@ class RunRecorder:
             "seed": self.cfg.seed,
             "rounds": self.cfg.federation.rounds,
             "evaluated_round": evaluation.get("round"),
+            "sample_passes": self.sample_passes,
             **evaluation.get("global", {}),
             **{key: value for key, value in evaluation.items() if key.startswith(("group/", "hospital_"))},
             "hospitals": evaluation.get("hospitals", {}),

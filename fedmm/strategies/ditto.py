@@ -23,9 +23,9 @@ def ditto_update(step: LocalStep, received: StateDict, personal: StateDict | Non
     """FedAvg's step on the received heads (sent), and λ-regularized steps on the private model (kept)."""
     update = global_update(step, received)
     step.personal_heads.load_state_dict(personal if personal is not None else received)  # v starts at w_global
-    step.train(step.personal_heads, seed=step.seed + 1,
-               regularizer=proximal_to(received, step.options.ditto_lambda, step.device))
-    return LocalUpdate(update.shared, snapshot(step.personal_heads), update.result)
+    private = step.train(step.personal_heads, seed=step.seed + 1,
+                         regularizer=proximal_to(received, step.options.ditto_lambda, step.device))
+    return LocalUpdate(update.shared, snapshot(step.personal_heads), update.result.with_extra(private))
 
 
 def private_model(step: LocalStep, received: StateDict, personal: StateDict | None) -> ContrastiveHeads:

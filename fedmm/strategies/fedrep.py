@@ -20,8 +20,8 @@ def fedrep_update(step: LocalStep, received: StateDict, personal: StateDict | No
     """Private final layers first (`head_epochs`, base frozen), then the base (final layers frozen)."""
     personal = private_layers(step, personal)
     step.heads.load_state_dict(received | personal)
-    step.train(step.heads, epochs=step.options.head_epochs, parameters=list(personal))
-    result = step.train(step.heads, seed=step.seed + 1, parameters=list(received))
+    head_phase = step.train(step.heads, epochs=step.options.head_epochs, parameters=list(personal))
+    result = step.train(step.heads, seed=step.seed + 1, parameters=list(received)).with_extra(head_phase)
     shared, personal = split_personal(snapshot(step.heads))
     return LocalUpdate(shared, personal, result)
 

@@ -1,53 +1,46 @@
-"""Every strategy on each scenario with the same seed and budget: one table (CSV, Markdown) and one plot.
+"""Every strategy on each scenario with the same seeds and budget: tables with intervals, and one plot.
 
-Layout of `out`:
-    <scenario>/<strategy>/   one run directory per cell (a finished cell is reused, not rerun)
-    table.csv                one row per (scenario, strategy), every column below
-    table.md                 the same, one section per scenario
-    comparison.png           headline metrics per strategy, one row of panels per scenario
+The cells are a sweep (`fedmm.studies.sweep.run_grid`): scenario x strategy x seed, each a run directory
+under `out/cells/`, reused when finished with the same config. Layout of `out`:
+    sweep.json, cells/       the grid and its run directories
+    seeds.csv                one row per (scenario, strategy, seed): every column below
+    table.csv                one row per (scenario, strategy): each column's mean over seeds, the half-width
+                             of its 95% t-interval, and the paired difference from the baseline strategy
+                             with its p-value and significance (`fedmm.studies.tables`)
+    table.md                 the same, one section per scenario, with the budget each row was given
+    comparison.png           headline metrics per strategy with 95% intervals, one row of panels per scenario
 """
 
-import csv
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedmm.compose import compose_config
-from fedmm.config import ExperimentConfig
+from fedmm.data.modality import GROUPS
 from fedmm.evaluation.metrics import label
+from fedmm.studies.sweep import run_grid, with_seeds
+from fedmm.studies.tables import Column, RunFn, csv_fields, legend, markdown_rows, seeded_rows, write_csv
 
-RunFn = Callable[[ExperimentConfig], dict[str, Any]]
-GROUPS = ("paired", "image_only", "report_only")  # a hospital counts in its dominant modality group
+KEYS = ("scenario", "strategy")
+
 
 def _section_metric(section: str, metric: str) -> Callable[[dict], Any]:
     """Reads `summary[section][metric]` (None where the run has none)."""
     return lambda summary: summary.get(section, {}).get(metric)
 
 
-# (column, header, how to read it from a summary). Global metrics are on the server's global test set;
-# hospital metrics on each hospital's own test split, of the global model and of its own model (personal_).
-COLUMNS: tuple[tuple[str, str, Callable[[dict], Any]], ...] = (
+def _group_auroc(group: str) -> Callable[[dict], Any]:
+    metric = "report_zeroshot_auroc_macro" if group == "report_only" else "zeroshot_auroc_macro"
+    return lambda summary: summary.get(f"group/{group}", {}).get(metric)
+
+
+# Global metrics are on the server's global test set; hospital metrics on each hospital's own test split, of
+# the global model and of its own model (personal_), over the hospitals whose split supports the metric.
+COLUMNS: tuple[Column, ...] = (
+    *(Column(name, label(name), (lambda n: lambda s: s.get(n))(name))
+      for name in ("i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")),
+    *(Column(f"{group}_auroc", f"{group}: 0-shot AUROC", _group_auroc(group)) for group in GROUPS),
     *(
-        (name, label(name), (lambda n: lambda s: s.get(n))(name))  # global metrics, straight from the summary
-        for name in ("i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
-    ),
-    *(
-        (
-            f"{group}_auroc",
-            f"{group}: 0-shot AUROC",
-            (
-                lambda g: (
-                    lambda s: s.get(f"group/{g}", {}).get(
-                        "report_zeroshot_auroc_macro" if g == "report_only" else "zeroshot_auroc_macro"
-                    )
-                )
-            )(group),
-        )
-        for group in GROUPS
-    ),
-    *(
-        (column, header, _section_metric(section, metric))
+        Column(column, header, _section_metric(section, metric))
         for column, header, section, metric in (
             ("hospital_mean_auroc", "hospitals mean AUROC (global)", "hospital_mean", "zeroshot_auroc_macro"),
             ("hospital_worst_auroc", "hospitals worst AUROC (global)", "hospital_worst", "zeroshot_auroc_macro"),
@@ -58,8 +51,10 @@ COLUMNS: tuple[tuple[str, str, Callable[[dict], Any]], ...] = (
             ("hospital_mean_recall_own", "hospitals mean i2t R@10 (own)", "hospital_mean", "personal_i2t_recall@10"),
         )
     ),
-    ("upload_kib", "upload KiB/round", lambda s: _kib(s.get("upload_bytes_per_round"))),
-    ("download_kib", "download KiB/round", lambda s: _kib(s.get("download_bytes_per_round"))),
+    Column("sample_passes", "sample passes", lambda s: s.get("sample_passes"), compare=False, digits=0),
+    Column("upload_kib", "upload KiB/round", lambda s: _kib(s.get("upload_bytes_per_round")), compare=False, digits=0),
+    Column("download_kib", "download KiB/round", lambda s: _kib(s.get("download_bytes_per_round")), compare=False,
+           digits=0),
 )
 
 
@@ -74,60 +69,52 @@ def run_comparison(
     out: Path,
     run: RunFn,
     log: Callable[[str], None] = print,
+    seeds: str | None = None,
+    baseline: str | None = "fedavg",
 ) -> list[dict[str, Any]]:
-    """Run (or reuse) every (scenario, strategy) cell under `out`; write table.csv, table.md and the plot."""
-    rows = []
-    for scenario in scenarios:
-        for strategy in strategies:
-            run_dir = out / scenario / strategy
-            summary_path = run_dir / "summary.json"
-            if summary_path.exists():  # finished cells are kept, not rerun
-                log(f"{scenario}/{strategy}: reusing {summary_path}")
-                summary = json.loads(summary_path.read_text())
-            else:
-                summary = run(
-                    compose_config([*overrides, f"scenario={scenario}", f"strategy={strategy}", f"run_dir={run_dir}"])
-                )
-            rows.append(
-                {"scenario": scenario, "strategy": strategy, **{column: read(summary) for column, _, read in COLUMNS}}
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "table.csv", ["scenario", "strategy", *(c for c, _, _ in COLUMNS)])
-    (out / "table.md").write_text(markdown_table(rows))
+    """Run (or reuse) every (scenario, strategy, seed) cell under `out`; write seeds.csv, table.csv, table.md and
+    the plot. `seeds`: comma-separated (default `fedmm.studies.sweep.DEFAULT_SEEDS`, or a `seed=` override);
+    `baseline`: the strategy every other is tested against, per scenario (None, or absent: no test)."""
+    grid = [*overrides, f"scenario={','.join(scenarios)}", f"strategy={','.join(strategies)}"]
+    _, finished = run_grid(with_seeds(grid, seeds), out, run, log)
+    # a run is keyed by the scenario and strategy options it was given (an experiment may rename its scenario);
+    # a single value is not a sweep axis, so it is not among the cell's values
+    given = {"scenario": scenarios[0], "strategy": strategies[0]}
+    summaries = [summary | {key: cell.values.get(key, given[key]) for key in KEYS} for cell, summary in finished]
+    baseline = baseline if baseline in strategies else None
+    write_csv([{**{key: s[key] for key in (*KEYS, "seed")}, **{c.name: c.read(s) for c in COLUMNS}} for s in summaries],
+              out / "seeds.csv", [*KEYS, "seed", *(c.name for c in COLUMNS)])
+    rows = seeded_rows(summaries, KEYS, COLUMNS,
+                       (lambda setting: {**setting, "strategy": baseline}) if baseline else None)
+    write_csv(rows, out / "table.csv", csv_fields(KEYS, COLUMNS))
+    (out / "table.md").write_text(markdown_table(rows, summaries, baseline))
     plot_comparison(rows, out / "comparison.png")
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path, fieldnames: Sequence[str]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fieldnames))
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """One section per scenario; columns no strategy has (e.g. a group absent from the scenario) are dropped."""
-    sections = []
+def markdown_table(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], baseline: str | None) -> str:
+    """One section per scenario, with the budget of its runs and what the intervals and arrows mean."""
+    sections = [legend(baseline)]
     for scenario in dict.fromkeys(row["scenario"] for row in rows):
         members = [row for row in rows if row["scenario"] == scenario]
-        columns = [(c, header) for c, header, _ in COLUMNS if any(row[c] is not None for row in members)]
-        lines = [
-            f"### {scenario}",
-            "",
-            "| strategy | " + " | ".join(h for _, h in columns) + " |",
-            "|---|" + "---|" * len(columns),
-        ]
-        for row in members:
-            cells = [format_cell(row[c], c) for c, _ in columns]
-            lines.append(f"| {row['strategy']} | " + " | ".join(cells) + " |")
-        sections.append("\n".join(lines))
+        runs = [s for s in summaries if s["scenario"] == scenario]
+        sections.append("\n".join([f"### {scenario}", "", budget_line(runs), "",
+                                    *markdown_rows(members, "strategy", COLUMNS)]))
     return "\n\n".join(sections) + "\n"
 
 
-def format_cell(value: Any, column: str) -> str:
-    if value is None:
-        return "–"
-    return f"{value:,.0f}" if column.endswith("_kib") else f"{value:.3f}"
+def budget_line(summaries: list[dict[str, Any]]) -> str:
+    """The budget the runs were given: rounds (or the round early stopping selected) and sample passes."""
+    rounds = sorted({s["rounds"] for s in summaries})
+    evaluated = sorted({s.get("evaluated_round") for s in summaries if s.get("evaluated_round") is not None})
+    passes = [s["sample_passes"] for s in summaries if s.get("sample_passes") is not None]
+    text = f"Budget: {', '.join(map(str, rounds))} rounds"
+    if evaluated != rounds:
+        text += f" (the tables show the round each run selected: {evaluated[0]}–{evaluated[-1]})"
+    if passes:
+        text += (f"; sample passes (one sample through one gradient step) per run: {min(passes):,.0f}"
+                 + (f"–{max(passes):,.0f}" if max(passes) != min(passes) else ""))
+    return text + "."
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
@@ -149,13 +136,16 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         names = [row["strategy"] for row in members]
         for ax, (column, title) in zip(row_axes, panels):
             values = [row[column] if row[column] is not None else 0.0 for row in members]
-            ax.barh(names, values, color="tab:blue", label="global model")
+            errors = [row.get(f"{column}_ci") or 0.0 for row in members]
+            ax.barh(names, values, xerr=errors, capsize=2, color="tab:blue", label="global model")
             if column == "hospital_worst_auroc":
                 own = [row["hospital_worst_auroc_own"] for row in members]
                 positions = [i for i, v in enumerate(own) if v is not None]
-                ax.scatter([own[i] for i in positions], positions, color="tab:orange", zorder=3, label="own model")
+                ax.errorbar([own[i] for i in positions], positions, fmt="o", color="tab:orange", zorder=3,
+                            xerr=[members[i].get("hospital_worst_auroc_own_ci") or 0.0 for i in positions],
+                            label="own model")
                 ax.legend(fontsize=7)
-            ax.set_title(f"{scenario}: {title}", fontsize=9)
+            ax.set_title(f"{scenario}: {title} (bars: 95% t-interval)", fontsize=9)
             ax.tick_params(labelsize=7)
             ax.invert_yaxis()
     figure.tight_layout()

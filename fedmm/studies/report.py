@@ -2,11 +2,12 @@
 
 The x axis is one swept knob (by default the first numeric axis other than `seed`); every other axis but
 `seed` names a variant (e.g. `strategy=fedavg, missing=prototype`); seeds give the spread. Figures:
-    <metric>_vs_x.png      each chosen metric against x, per variant: mean over seeds, band = min..max
+    <metric>_vs_x.png      each chosen metric against x, per variant: mean over seeds, band = the 95% t-interval
     hospital_heatmap.png   hospital x variant, each hospital's 0-shot AUROC (the model it uses, the modality
                            it holds), mean over seeds; one panel per x value
     group_bars.png         the same AUROC averaged per modality group, per variant; one panel per x value
-Tables: each metric (mean ± std over seeds) per variant and x; fairness per variant and x: the mean, the
+Tables: each metric (mean ± the half-width of its 95% t-interval over seeds, `fedmm.studies.stats`) per
+variant and x; fairness per variant and x: the mean, the
 worst hospital's AUROC (and which hospital it most often is) and the spread between hospitals.
 """
 
@@ -19,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from fedmm.config import ConfigError
+from fedmm.data.modality import GROUPS
 from fedmm.evaluation.metrics import REPORT_DEFAULT
-from fedmm.studies.compare import GROUPS
-from fedmm.studies.sweep import HOSPITAL_METRIC, VARIANT_AXIS
-
-SEED_AXIS = "seed"
+from fedmm.studies.stats import INTERVAL_NAME, t_interval
+from fedmm.studies.sweep import HOSPITAL_METRIC, SEED_AXIS, VARIANT_AXIS
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:
@@ -114,7 +114,7 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
             line
             for metric in metrics
             for line in (
-                f"## {metric} (global test set): mean ± std over seeds",
+                f"## {metric} (global test set): mean ± {INTERVAL_NAME}",
                 "",
                 metric_table(rows, variants, xs, metric, x),
                 "",
@@ -144,10 +144,9 @@ def _values(rows: list[dict], variant: str, x: Any, column: str) -> list[float]:
     return [row[column] for row in rows if row["variant"] == variant and row["x"] == x and row[column] is not None]
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+def _mean_ci(values: list[float]) -> str:
+    interval = t_interval(values)
+    return "–" if interval is None else interval.format()
 
 
 def metric_table(rows: list[dict], variants: list[str], xs: list, metric: str, x: str | None) -> str:
@@ -156,7 +155,7 @@ def metric_table(rows: list[dict], variants: list[str], xs: list, metric: str, x
         "|---|" + "---|" * len(xs),
     ]
     for variant in variants:
-        lines.append(f"| {variant} | " + " | ".join(_mean_std(_values(rows, variant, v, metric)) for v in xs) + " |")
+        lines.append(f"| {variant} | " + " | ".join(_mean_ci(_values(rows, variant, v, metric)) for v in xs) + " |")
     return "\n".join(lines)
 
 
@@ -176,10 +175,10 @@ def fairness_table(rows: list[dict], variants: list[str], xs: list, x: str | Non
             ).most_common(1)
             lines.append(
                 f"| {variant} | {_text(v) if x else ''} | "
-                f"{_mean_std(_values(rows, variant, v, f'mean_{HOSPITAL_METRIC}'))} | "
-                f"{_mean_std(_values(rows, variant, v, f'worst_{HOSPITAL_METRIC}'))} | "
+                f"{_mean_ci(_values(rows, variant, v, f'mean_{HOSPITAL_METRIC}'))} | "
+                f"{_mean_ci(_values(rows, variant, v, f'worst_{HOSPITAL_METRIC}'))} | "
                 f"{worst[0][0] if worst else '–'} | "
-                f"{_mean_std(_values(rows, variant, v, f'spread_{HOSPITAL_METRIC}'))} |"
+                f"{_mean_ci(_values(rows, variant, v, f'spread_{HOSPITAL_METRIC}'))} |"
             )
     return "\n".join(lines)
 
@@ -204,11 +203,13 @@ def plot_metric_vs_x(rows: list[dict], variants: list[str], xs: list, metric: st
         if not points:
             continue
         where = [p for p, _ in points]
-        ax.plot(where, [statistics.fmean(v) for _, v in points], marker="o", color=f"C{index}", label=variant)
-        ax.fill_between(where, [min(v) for _, v in points], [max(v) for _, v in points], color=f"C{index}", alpha=0.15)
+        intervals = [t_interval(v) for _, v in points]
+        ax.plot(where, [i.mean for i in intervals], marker="o", color=f"C{index}", label=variant)
+        ax.fill_between(where, [i.mean if i.low is None else i.low for i in intervals],
+                        [i.mean if i.high is None else i.high for i in intervals], color=f"C{index}", alpha=0.15)
     if not numeric:
         ax.set_xticks(positions, [_text(v) for v in xs])
-    ax.set(xlabel=x or "", ylabel=metric, title=f"{metric} (global test set); band: min..max over seeds")
+    ax.set(xlabel=x or "", ylabel=metric, title=f"{metric} (global test set); band: 95% t-interval over seeds")
     ax.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=90)

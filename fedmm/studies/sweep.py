@@ -2,9 +2,11 @@
 
 An override with a comma-separated value is an axis, in Hydra's sweep syntax (`seed=0,1,2`,
 `strategy=fedavg,feddistill`, `scenario.hospital_mix.unimodal=0,0.25,0.5`, `range(0,3)`); the others
-apply to every cell. `variants` adds one more axis, `variant`, whose values are sets of overrides that go
-together (`strategy=feddistill`, `strategy=fedavg missing=prototype`), for comparisons that are
-not a full cartesian product. Layout of `out`:
+apply to every cell. Every sweep runs several seeds: `seeds` (default `DEFAULT_SEEDS`) becomes the last
+axis unless the overrides set `seed` themselves (`fedmm.studies.stats` turns them into intervals).
+`variants` adds one more axis, `variant`, whose values are sets of overrides that go together
+(`strategy=feddistill`, `strategy=fedavg missing=prototype`), for comparisons that are not a full
+cartesian product. Layout of `out`:
     sweep.json            the fixed overrides, the axes and the cells of the last invocation
     cells/<k=v,k=v>/      one run directory per cell (Hydra's override_dirname)
     results.csv           one row per cell: its axis values, global, per-group and fairness metrics
@@ -29,14 +31,17 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
+from fedmm.data.modality import GROUPS
 from fedmm.strategies import strategy_spec
-from fedmm.studies.compare import GROUPS, RunFn, write_csv
+from fedmm.studies.tables import RunFn, write_csv
 from fedmm.validation import validate_config
 
 GLOBAL_METRICS = ("i2t_recall@1", "i2t_recall@10", "t2i_recall@10", "i2t_precision@5", "zeroshot_auroc_macro",
                   "report_zeroshot_auroc_macro")
 HOSPITAL_METRIC = "hospital_auroc"  # see `hospital_auroc`
 VARIANT_AXIS = "variant"
+SEED_AXIS = "seed"
+DEFAULT_SEEDS = "0,1,2"  # three replicates: the fewest that give an interval with some power (t(0.975, 2) = 4.30)
 RUN_ONLY_KEYS = (
     "run_dir",
     "resume",
@@ -77,6 +82,25 @@ def parse_sweep(overrides: Sequence[str], variants: Sequence[str] = ()) -> tuple
     return fixed, axes
 
 
+def with_seeds(overrides: Sequence[str], seeds: str | None = None) -> list[str]:
+    """`overrides` with the seed axis appended: `seeds` (comma-separated), or `DEFAULT_SEEDS` when neither is
+    given. Setting `seed` in the overrides and in `seeds` both is refused (which one would win is unclear)."""
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(list(overrides))
+    except Exception as error:  # Hydra's OverrideParseException names the bad override
+        raise ConfigError(f"cannot parse the overrides: {error}") from error
+    if any(override.get_key_element() == SEED_AXIS for override in parsed):
+        if seeds is not None:
+            raise ConfigError("the seeds are given twice (--seeds and a seed= override); keep one")
+        return list(overrides)
+    chosen = DEFAULT_SEEDS if seeds is None else seeds
+    values = [value.strip() for value in chosen.split(",")]
+    if not values or not all(value.isdigit() for value in values) or len(set(values)) != len(values):
+        raise ConfigError(f"--seeds={chosen!r}: give distinct non-negative integers, comma-separated (e.g. 0,1,2)")
+    return [*overrides, f"{SEED_AXIS}={','.join(values)}"]
+
+
 def make_cells(fixed: Sequence[str], axes: dict[str, list[str]]) -> list[Cell]:
     """The cartesian product of the axes, in command-line order (the last axis varies fastest)."""
     cells = []
@@ -105,10 +129,11 @@ def compose_cells(cells: Sequence[Cell], out: Path) -> list[ExperimentConfig]:
     return configs
 
 
-def run_sweep(
+def run_grid(
     overrides: Sequence[str], out: Path, run: RunFn, log: Callable[[str], None] = print, variants: Sequence[str] = ()
-) -> list[dict]:
-    """Run (or reuse) every cell under `out`; write sweep.json, results.csv and hospitals.csv."""
+) -> tuple[dict[str, list[str]], list[tuple[Cell, dict[str, Any]]]]:
+    """Run (or reuse) every cell under `out` and write sweep.json; returns the axes and each cell's summary.
+    Every cell's config is composed and validated before the first run starts."""
     fixed, axes = parse_sweep(overrides, variants)
     cells = make_cells(fixed, axes)
     configs = compose_cells(cells, out)
@@ -116,12 +141,21 @@ def run_sweep(
     (out / "sweep.json").write_text(
         json.dumps({"fixed": fixed, "axes": axes, "cells": [cell.name for cell in cells]}, indent=2)
     )
-    rows, hospital_rows = [], []
+    finished = []
     for index, (cell, cfg) in enumerate(zip(cells, configs), start=1):
-        log(f"[{index}/{len(cells)}] {cell.name}")
-        summary = run_or_reuse(cfg, run, log)
-        rows.append(cell_row(cell, summary))
-        hospital_rows += [{"cell": cell.name, **cell.values, **row} for row in hospital_table(summary)]
+        log(f"({index}/{len(cells)}) {cell.name}")  # parentheses: Rich reads [..] as markup
+        finished.append((cell, run_or_reuse(cfg, run, log)))
+    return axes, finished
+
+
+def run_sweep(
+    overrides: Sequence[str], out: Path, run: RunFn, log: Callable[[str], None] = print, variants: Sequence[str] = ()
+) -> list[dict]:
+    """Run (or reuse) every cell under `out`; write sweep.json, results.csv and hospitals.csv."""
+    axes, finished = run_grid(overrides, out, run, log, variants)
+    rows = [cell_row(cell, summary) for cell, summary in finished]
+    hospital_rows = [{"cell": cell.name, **cell.values, **row} for cell, summary in finished
+                     for row in hospital_table(summary)]
     write_csv(rows, out / "results.csv", ["cell", *axes, *RESULT_COLUMNS])
     write_csv(hospital_rows, out / "hospitals.csv", ["cell", *axes, *HOSPITAL_COLUMNS])
     return rows

@@ -62,7 +62,7 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
     """
     paired = data.paired_mask.nonzero().flatten()
     if len(paired) == 0:  # an unimodal hospital: no pair to learn from (see the missing-modality handlers)
-        return TrainResult(float("nan"), 0, 0, 0, 0)
+        return TrainResult.idle()
     image_features = data.image_features[paired].to(device)  # (P, D_image)
     report_features = data.report_features[paired].to(device)  # (P, D_text)
     bank_image_features, bank_report_features = bank.image_features.to(device), bank.report_features.to(device)
@@ -75,7 +75,7 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
         optimizer = make_private(optimizer, dp, expected_batch_size=max(1, round(dp.sample_rate * len(paired))),
                                  seed=seed)
     heads.train()
-    losses, steps = [], 0
+    losses, steps, samples = [], 0, 0
     try:
         for epoch in range(cfg.local_epochs):
             for batch in _batches(len(paired), cfg.batch_size, dp, seed, epoch, generator):
@@ -96,13 +96,14 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
                         parameter.grad_sample = per_pair[name]  # (B, *shape): what DPOptimizer clips and noises
                 optimizer.step()
                 steps += 1
+                samples += len(batch)
             if clock is not None and clock.cut:
                 break
     finally:
         heads.logit_scale.requires_grad_(True)
     heads.eval()
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
-    return TrainResult(mean_loss, steps, len(paired), len(paired), len(paired))
+    return TrainResult(mean_loss, steps, len(paired), len(paired), len(paired), samples)
 
 
 def bank_loss(heads: ContrastiveHeads, images: torch.Tensor, reports: torch.Tensor, bank_images: torch.Tensor,

@@ -98,9 +98,10 @@ def train_with_reference(
     )
     optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     heads.train()
-    losses = []
+    losses, samples = [], 0
     for _ in range(cfg.local_epochs * steps_per_epoch):
         batch = next(reference_batches)
+        samples += len(batch)
         students = ReferenceEmbeddings(
             heads.embed_images(reference.image_features[batch].to(device)) if holds_image else None,
             heads.embed_reports(reference.report_features[batch].to(device)) if holds_report else None,
@@ -115,6 +116,7 @@ def train_with_reference(
             ).total
             loss = loss + contrastive
             losses.append(contrastive.detach())
+            samples += len(rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -122,7 +124,7 @@ def train_with_reference(
     num_image, num_report = int(data.image_mask.sum()), int(data.report_mask.sum())
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
     return TrainResult(
-        mean_loss, cfg.local_epochs * steps_per_epoch, len(paired) if losses else 0, num_image, num_report
+        mean_loss, cfg.local_epochs * steps_per_epoch, len(paired) if losses else 0, num_image, num_report, samples
     )
 
 

@@ -1,5 +1,6 @@
 """A hospital's local training of the contrastive heads on its cached features (plain PyTorch)."""
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -22,6 +23,17 @@ class TrainResult:
     num_paired_used: int  # the hospital's own pairs that entered the contrastive loss (imputed ones excluded)
     num_image_used: int  # samples whose image features trained the image head
     num_report_used: int  # samples whose report features trained the report head
+    samples: int  # sample passes: the rows of every step taken, summed (the budget tables compare runs by)
+
+    @classmethod
+    def idle(cls) -> "TrainResult":
+        """No step taken: nothing to learn from, a spent privacy budget, a missed deadline."""
+        return cls(float("nan"), 0, 0, 0, 0, 0)
+
+    def with_extra(self, other: "TrainResult") -> "TrainResult":
+        """This result, charged also the sample passes of `other` (a second training phase of the same round,
+        such as FedRep's head epochs or Ditto's private model)."""
+        return dataclasses.replace(self, samples=self.samples + other.samples)
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
     step_rule = (optimizer(trainable) if optimizer is not None
                  else torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay))
     heads.train()
-    losses = []
+    losses, samples = [], 0
     for _ in range(cfg.local_epochs if epochs is None else epochs):
         order = usable[torch.randperm(len(usable), generator=generator).to(usable.device)]
         for start in range(0, len(order), cfg.batch_size):
@@ -99,6 +111,7 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
                 correction(heads)
             step_rule.step()
             losses.append(objective.detach())  # reported loss: without the regularizer
+            samples += len(batch)
         if clock is not None and clock.cut:
             break
     heads.eval()
@@ -108,5 +121,5 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
         else (0, 0, 0)
     )
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
-    return TrainResult(mean_loss, len(losses), *counts)
+    return TrainResult(mean_loss, len(losses), *counts, samples)
 

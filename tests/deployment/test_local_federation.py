@@ -32,8 +32,8 @@ from fedmm.models.heads import build_heads
 # metrics of its own test split. Anything else in a reply fails the audit.
 ALLOWED_METRICS = re.compile(
     r"(hospital-id|group|num-examples|num-paired|num-image|num-report|num-paired-used|num-image-used|num-report-used"
-    r"|train-loss|train-steps|privacy-exhausted|dp-epsilon|dp-delta|dp-noise-multiplier|dp-steps"
-    r"|(personal_)?(num_paired|num_image|num_report|[it]2[it]_(recall|precision)@\d+"
+    r"|train-loss|train-steps|train-samples|privacy-exhausted|dp-epsilon|dp-delta|dp-noise-multiplier|dp-steps"
+    r"|(personal_)?(chance_)?(num_paired|num_image|num_report|[it]2[it]_(recall|precision)@\d+"
     r"|(report_)?zeroshot_auroc_\w+))"
 )
 

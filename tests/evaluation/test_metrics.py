@@ -113,3 +113,39 @@ def test_the_registry_names_what_evaluation_reports_and_labels_its_prefixed_form
     reference = registry.reference_values(labels)
     assert reference["chance"]["i2t_recall@1"] == 1 / 4 and reference["chance"]["zeroshot_auroc_macro"] == 0.5
     assert reference["ceiling"]["i2t_recall@1"] == (0.5 + 0.5 + 1 + 1) / 4  # min(1, k / group size), averaged
+
+
+@pytest.mark.parametrize("pairs, reported", [(8, (1, 5)), (10, (1, 5)), (11, (1, 5, 10)), (5, (1,)), (1, ())])
+def test_a_split_reports_r_at_k_only_with_more_than_k_pairs_and_each_metrics_chance(pairs, reported):
+    """With k or fewer candidates R@k is 1 for any model: it is left out, not reported as a success."""
+    from dataclasses import replace
+
+    from helpers import heads, tiny_split
+
+    from fedmm.evaluation.evaluate import Prompts, evaluate_split
+
+    split = tiny_split(pairs)
+    split = replace(split, labels=(torch.arange(pairs * 10).reshape(pairs, 10) % 3 == 0).to(torch.int8))
+    no_findings = Prompts(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool), ())
+    metrics = evaluate_split(heads(), split, no_findings)
+    for direction in ("i2t", "t2i"):
+        assert tuple(k for k in (1, 5, 10) if f"{direction}_recall@{k}" in metrics) == reported
+        assert tuple(k for k in (1, 5, 10) if f"{direction}_precision@{k}" in metrics) == reported
+    for k in reported:
+        assert metrics[f"chance_i2t_recall@{k}"] == k / pairs
+        assert metrics[f"chance_i2t_precision@{k}"] == chance_finding_precision(split.labels)
+    assert not [name for name in metrics if name.startswith("chance_") and name.removeprefix("chance_") not in metrics]
+
+
+def test_hospital_means_and_worst_values_are_over_the_hospitals_that_have_the_metric():
+    from fedmm.runs.recorder import summarize_hospitals
+
+    per_hospital = {0: {"i2t_recall@10": 0.4, "zeroshot_auroc_macro": 0.7, "chance_i2t_recall@10": 0.1},
+                    1: {"zeroshot_auroc_macro": 0.9, "chance_i2t_recall@5": 0.5},  # 8 pairs: no R@10
+                    2: {"i2t_recall@10": 0.2, "zeroshot_auroc_macro": 0.8, "chance_i2t_recall@10": 0.05}}
+    summary = summarize_hospitals(per_hospital, {0: "paired", 1: "paired", 2: "image_only"})
+    assert summary["hospital_mean"]["i2t_recall@10"] == pytest.approx(0.3)
+    assert summary["hospital_worst"]["i2t_recall@10"] == 0.2
+    assert summary["hospital_support"] == {"i2t_recall@10": 2, "zeroshot_auroc_macro": 3}
+    assert summary["group/paired"]["i2t_recall@10"] == 0.4  # hospital 1 has none to average
+    assert not any(name.startswith("chance_") for section in summary.values() for name in section)

@@ -48,6 +48,19 @@ def test_bad_sweeps_are_named(overrides, variants, message):
         parse_sweep(overrides, variants)
 
 
+def test_seeds_become_the_last_axis_unless_the_overrides_set_them():
+    from fedmm.studies.sweep import DEFAULT_SEEDS, with_seeds
+
+    assert with_seeds(["strategy=fedavg,fedprox"]) == ["strategy=fedavg,fedprox", f"seed={DEFAULT_SEEDS}"]
+    assert with_seeds(["a=1"], "3, 5") == ["a=1", "seed=3,5"]
+    assert with_seeds(["seed=4"]) == ["seed=4"]  # given as an override: used as given
+    with pytest.raises(ConfigError, match="given twice"):
+        with_seeds(["seed=4"], "0,1")
+    for bad in ("0,0", "a,b", "-1", ""):
+        with pytest.raises(ConfigError, match="--seeds"):
+            with_seeds([], bad)
+
+
 def test_hospital_auroc_takes_the_model_and_modality_the_hospital_uses():
     assert hospital_auroc({"zeroshot_auroc_macro": 0.6, "report_zeroshot_auroc_macro": 0.7}) == 0.6
     assert hospital_auroc({"report_zeroshot_auroc_macro": 0.7}) == 0.7  # a report-only hospital
@@ -78,7 +91,7 @@ def test_cell_row_groups_worst_and_spread_by_hand():
 def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overrides, tmp_path):
     from fedmm.cli import main as cli_main
     from fedmm.studies.report import write_report
-    from fedmm.studies.sweep import run_sweep
+    from fedmm.studies.sweep import run_sweep, with_seeds
 
     out = tmp_path / "sweep"
     overrides = [
@@ -90,10 +103,11 @@ def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overri
         "strategy=fedavg",
         "missing=ignore,prototype",
     ]
-    assert cli_main(["sweep", "--out", str(out), *overrides]) == 0
+    assert cli_main(["sweep", "--out", str(out), "--seeds", "0,1", *overrides]) == 0
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["missing"] for row in rows] == ["ignore", "prototype"]
+    assert [(row["missing"], row["seed"]) for row in rows] == [("ignore", "0"), ("ignore", "1"), ("prototype", "0"),
+                                                              ("prototype", "1")]
     for row in rows:  # the table holds what each cell's summary says
         summary = json.loads((out / "cells" / row["cell"] / "summary.json").read_text())
         assert float(row["i2t_recall@10"]) == summary["i2t_recall@10"]
@@ -104,13 +118,14 @@ def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overri
     def must_not_run(cfg):
         raise AssertionError(f"cell {cfg.run_dir} was run again")
 
-    run_sweep(overrides, out, must_not_run, log=lambda line: None)
+    run_sweep(with_seeds(overrides, "0,1"), out, must_not_run, log=lambda line: None)
     assert (out / "results.csv").read_text() == first
     with pytest.raises(ConfigError, match="holds a finished run of another configuration"):
-        run_sweep([*overrides, "federation.rounds=3"], out, must_not_run, log=lambda line: None)
+        run_sweep(with_seeds([*overrides, "federation.rounds=3"], "0,1"), out, must_not_run, log=lambda line: None)
 
     report = write_report(out).read_text()
     assert "| missing=ignore |" in report and "| missing=prototype |" in report
+    assert "seeds per point: 2" in report and "95% Student-t" in report
     for figure in (
         "i2t_recall_at_10_vs_x.png",
         "zeroshot_auroc_macro_vs_x.png",

@@ -276,6 +276,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     if not any(key.startswith("zeroshot_auroc") for key in summary):
         console.print("the dataset has no label columns: retrieval only (no zero-shot AUROC, no finding-aware "
                       "precision); add 1/0 label columns to its manifest to have them")
+    selection = summary.get("selection")
+    if selection and selection.get("selected_round") is not None:
+        console.print(f"round {selection['selected_round']} selected on the validation split ({selection['metric']} "
+                      f"{selection['validation_value']:.3f}); its test metrics above, its heads in heads.safetensors")
     console.print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']} s)")
 
 

@@ -286,6 +286,15 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Model selection on a validation split held out from the server's global test pool (`fedmm.runs.selection`)."""
+
+    metric: str | None = None  # a registered metric, higher is better; None: no validation, the last round counts
+    patience: int | None = 5  # evaluations without improvement before the run stops; None: run on, only select
+    validation_fraction: float = 0.5  # of the global test pool; the test set is the rest
+
+
+@dataclass(frozen=True)
 class DeploymentConfig:
     """Flower's Deployment Engine: each SuperNode reads its own hospital folder (node config `data-dir`)."""
 
@@ -323,6 +332,7 @@ class ExperimentConfig:
     aggregator: AggregatorConfig = AggregatorConfig()  # configs saved before robust aggregation: the mean
     conditions: ConditionsConfig = ConditionsConfig()  # configs saved before simulated conditions: ideal
     secagg: SecAggConfig = SecAggConfig()  # configs saved before secure aggregation: off
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()  # configs saved before model selection: none
 
     @property
     def cache_path(self) -> Path:

@@ -6,6 +6,7 @@ from fedmm.config import ExperimentConfig
 from fedmm.federation import load_federated_data, load_reference, resolve_hospitals
 from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir, default_run_dir
+from fedmm.runs.selection import server_splits
 from fedmm.strategies import strategy_spec
 from fedmm.training.bank import uses_reference_bank
 from fedmm.training.missing import needs_reference
@@ -27,9 +28,11 @@ def run_experiment(cfg: ExperimentConfig, on_round: RoundCallback | None = None,
     plan_all_hospitals(cfg, data.paired_counts())  # an unreachable privacy target fails here, before training
     if spec.is_reference:
         run_dir = claim_run_dir(cfg)
-        recorder = RunRecorder(cfg, data.groups(), data.global_test().labels, run_dir, on_round, sites=data.sites())
-        state = spec.run_reference(cfg, data, recorder)
-        return recorder.finish(state) | {"run_dir": str(run_dir)}
+        _, test = server_splits(cfg, data.global_test())
+        recorder = RunRecorder(cfg, data.groups(), test.labels, run_dir, on_round, sites=data.sites())
+        state = spec.run_reference(cfg, data, recorder)  # its round loop ends early where recorder.should_stop
+        stopped = recorder.selection.stop_reason() if recorder.should_stop else None
+        return recorder.finish(state, stopped=stopped) | {"run_dir": str(run_dir)}
     from fedmm.simulation import run_in_simulation
 
     return run_in_simulation(cfg, on_round, verbose, client_mods)

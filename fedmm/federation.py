@@ -185,6 +185,7 @@ class ServerData:
     global_test: SplitTensors
     features: FeatureSet  # its prompt features are the zero-shot prompts
     sites: dict[int, str] = dataclasses.field(default_factory=dict)  # scenario=natural: hospital -> its site
+    validation: SplitTensors | None = None  # early stopping: held out from the global test pool
 
     @property
     def image_dim(self) -> int:
@@ -197,10 +198,13 @@ class ServerData:
 
 def load_server_data(cfg: ExperimentConfig) -> ServerData:
     """The server's data: `deployment.server_test_dir` when set, else the simulated partition's global test."""
+    from fedmm.runs.selection import server_splits
+
     folder = cfg.deployment.server_test_dir
     if folder is None:
         data = load_federated_data(cfg)
-        return ServerData(data.num_hospitals, data.global_test(), data.features, data.sites())
+        validation, test = server_splits(cfg, data.global_test())
+        return ServerData(data.num_hospitals, test, data.features, data.sites(), validation)
     features, studies = load_folder_features(cfg, Path(folder))
     unpaired = int((studies.availability != AVAILABILITY_CODES[Availability.PAIRED]).sum())
     if unpaired:
@@ -209,7 +213,8 @@ def load_server_data(cfg: ExperimentConfig) -> ServerData:
             "an image or a report; the global test set needs both for every study"
         )
     everything = np.arange(len(studies))
-    return ServerData(cfg.scenario.num_hospitals, folder_split(features, studies, everything), features)
+    validation, test = server_splits(cfg, folder_split(features, studies, everything))
+    return ServerData(cfg.scenario.num_hospitals, test, features, validation=validation)
 
 
 def load_folder_features(cfg: ExperimentConfig, folder: Path) -> tuple[FeatureSet, MultimodalDataset]:

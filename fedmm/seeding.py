@@ -12,6 +12,7 @@ ADVERSARY_STREAM = 8  # which hospitals misbehave (scenario.adversaries with a f
 AVAILABILITY_STREAM = 9  # each hospital's dropout rate and offline rounds (conditions.availability)
 COMPUTE_STREAM = 10  # each hospital's training speed (conditions.compute)
 SECAGG_STREAM = 11  # the stochastic rounding of a hospital's quantized update (secagg)
+VALIDATION_STREAM = 12  # which studies of the global test pool form the validation split (early_stopping)
 
 
 def derive_seed(seed: int, stream: int, *ids: int) -> int:

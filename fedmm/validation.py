@@ -33,6 +33,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
         check_scenario(cfg.scenario, cfg.dataset.num_samples, cfg.dataset.global_test_fraction)
     check_image_encoder(cfg.encoders.image)
     resolve_text_encoder_path(cfg.encoders.text)
+    check_early_stopping(cfg)
     _check_positive("federation.rounds", cfg.federation.rounds)
     _check_positive("federation.evaluate_every", cfg.federation.evaluate_every)
     _check_positive("train.local_epochs", cfg.train.local_epochs)
@@ -78,6 +79,24 @@ def validate_config(cfg: ExperimentConfig) -> None:
                           "trains by distillation; set conditions.compute.samples_per_s=null (dropouts still apply)")
     if spec.needs_reference:
         _check_reference(cfg)
+
+
+def check_early_stopping(cfg: ExperimentConfig) -> None:
+    from fedmm.evaluation.metrics import METRICS
+
+    settings = cfg.early_stopping
+    if settings.metric is None:
+        return
+    if settings.metric not in METRICS or not METRICS[settings.metric].higher_is_better:
+        choices = sorted(name for name, metric in METRICS.items() if metric.higher_is_better)
+        raise ConfigError(f"early_stopping.metric={settings.metric!r} is not a registered metric; choose one of "
+                          f"{choices}, or null for no early stopping")
+    if settings.patience is not None and settings.patience < 1:
+        raise ConfigError(f"early_stopping.patience={settings.patience} must be at least 1 (evaluations without "
+                          "improvement), or null to run every round and only select")
+    if not 0 < settings.validation_fraction < 1:
+        raise ConfigError(f"early_stopping.validation_fraction={settings.validation_fraction} must lie in (0, 1): "
+                          "the share of the global test pool held out for validation")
 
 
 def check_secagg(cfg: ExperimentConfig) -> None:

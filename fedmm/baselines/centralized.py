@@ -17,6 +17,7 @@ from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.federation import FederatedData, SplitTensors, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder
+from fedmm.runs.selection import server_splits
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.strategies.roster import sample_size
 from fedmm.strategies.spec import StrategySpec, register
@@ -32,7 +33,8 @@ def pool_training_data(data: FederatedData) -> SplitTensors:
 
 def run_centralized(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder) -> dict[str, torch.Tensor]:
     heads = build_heads(data.image_dim, data.report_dim, cfg.heads, derive_seed(cfg.seed, HEADS_INIT_STREAM))
-    pooled, global_test = pool_training_data(data), data.global_test()
+    pooled = pool_training_data(data)
+    validation, global_test = server_splits(cfg, data.global_test())
     hospitals = [data.hospital(h) for h in range(data.num_hospitals)]
     prompts = Prompts.from_features(data.features)
     reference = load_reference(cfg) if needs_reference(cfg.missing) else None
@@ -44,11 +46,15 @@ def run_centralized(cfg: ExperimentConfig, data: FederatedData, recorder: RunRec
         missing = handler_factory(cfg.missing, rows, reference, seed)
         result = train_heads(heads, rows, cfg.train, seed, missing=missing)
         train = {POOLED: reference_train_metrics(result)}
-        if is_evaluation_round(cfg, server_round):
-            recorder.record(server_round, [], train, evaluate_split(heads, global_test, prompts),
-                            {h.hospital_id: evaluate_split(heads, h.test, prompts) for h in hospitals})
-        else:
+        if not is_evaluation_round(cfg, server_round):
             recorder.record(server_round, [], train)
+            continue
+        recorder.record(server_round, [], train, evaluate_split(heads, global_test, prompts),
+                        {h.hospital_id: evaluate_split(heads, h.test, prompts) for h in hospitals},
+                        validation=evaluate_split(heads, validation, prompts) if validation is not None else None,
+                        state=heads.state_dict())
+        if recorder.should_stop:
+            break
     return heads.state_dict()
 
 

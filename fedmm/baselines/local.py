@@ -13,6 +13,7 @@ from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.federation import FederatedData, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder, summarize_hospitals
+from fedmm.runs.selection import server_splits
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.strategies.spec import StrategySpec, register
 from fedmm.training.local import train_heads
@@ -23,7 +24,8 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
     hospitals = [data.hospital(h) for h in range(data.num_hospitals)]
     init_seed = derive_seed(cfg.seed, HEADS_INIT_STREAM)  # every hospital starts where the federation would
     models = [build_heads(data.image_dim, data.report_dim, cfg.heads, init_seed) for _ in hospitals]
-    global_test, prompts = data.global_test(), Prompts.from_features(data.features)
+    validation, global_test = server_splits(cfg, data.global_test())
+    prompts = Prompts.from_features(data.features)
     reference = load_reference(cfg) if needs_reference(cfg.missing) else None
     for server_round in range(1, cfg.federation.rounds + 1):
         train = {}
@@ -35,10 +37,23 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
         if not is_evaluation_round(cfg, server_round):
             recorder.record(server_round, [h.hospital_id for h in hospitals], train)
             continue
-        per_model_global = {h.hospital_id: evaluate_split(m, global_test, prompts) for h, m in zip(hospitals, models)}
-        global_mean = summarize_hospitals(per_model_global, {h: "all" for h in per_model_global})["hospital_mean"]
-        recorder.record(server_round, [h.hospital_id for h in hospitals], train, global_mean,
-                        {h.hospital_id: evaluate_split(m, h.test, prompts) for h, m in zip(hospitals, models)})
+        own_tests = {h.hospital_id: evaluate_split(m, h.test, prompts) for h, m in zip(hospitals, models)}
+        recorder.record(server_round, [h.hospital_id for h in hospitals], train,
+                        mean_over(models, global_test, prompts), own_tests,
+                        validation=mean_over(models, validation, prompts) if validation is not None else None,
+                        state=state_of(hospitals, models))
+        if recorder.should_stop:
+            break
+    return state_of(hospitals, models)
+
+
+def mean_over(models: list, split, prompts: Prompts) -> dict[str, float]:
+    """Each hospital's model on `split`, averaged over the hospitals (`hospital_mean`)."""
+    per_model = {index: evaluate_split(model, split, prompts) for index, model in enumerate(models)}
+    return summarize_hospitals(per_model, dict.fromkeys(per_model, "all"))["hospital_mean"]
+
+
+def state_of(hospitals: list, models: list) -> dict[str, torch.Tensor]:
     return {f"hospital{h.hospital_id}.{key}": value
             for h, heads in zip(hospitals, models) for key, value in heads.state_dict().items()}
 

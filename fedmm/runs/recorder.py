@@ -6,13 +6,16 @@ Layout of `run_dir`:
                       per-hospital and per-modality-group metrics; simulated conditions add who was
                       offline or late, the round's virtual duration and the virtual clock)
     summary.json      final metrics (names in `fedmm.evaluation.metrics`), per hospital and per group,
-                      with each metric's chance level and ceiling on the global test set
-    heads.safetensors the trained global heads (for `local`: one set per hospital, prefixed)
+                      with each metric's chance level and ceiling on the global test set; with early
+                      stopping, those of the round selected on the validation split (`fedmm.runs.selection`)
+    heads.safetensors the trained global heads (for `local`: one set per hospital, prefixed); with early
+                      stopping the selected round's, and heads-last.safetensors the last round's
     metrics.png       metrics per round
 """
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -21,12 +24,12 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from fedmm import protocol as keys
 from fedmm.clients.adversary import resolve_adversaries
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.evaluation.metrics import CHANCE_PREFIX, reference_values
+from fedmm.runs.selection import BEST_HEADS, LAST_HEADS, ModelSelection, save_heads
 from fedmm.simulation.conditions import is_ideal
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
@@ -101,6 +104,8 @@ class RunRecorder:
         self.adversaries = resolve_adversaries(cfg.scenario, cfg.seed)  # named in the summary
         self.reference = reference_values(global_labels)  # chance and ceiling of each metric on the global test set
         self.last_evaluation: dict[str, Any] = {}
+        self.selection = ModelSelection(cfg.early_stopping, run_dir) if cfg.early_stopping.metric else None
+        self.selected_evaluation: dict[str, Any] = {}  # the evaluation line of the selected round
         self.clock_s = 0.0  # virtual time at the end of the last round recorded (conditions.compute)
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
         self.privacy: dict[int, dict[str, float]] = {}  # per hospital: its latest cumulative ε and DP settings
@@ -121,9 +126,12 @@ class RunRecorder:
     def record(self, server_round: int, sampled: list[int], train: Mapping[int, Mapping[str, float]],
                global_metrics: Mapping[str, float] | None = None,
                hospital_metrics: Mapping[int, Mapping[str, float]] | None = None,
-               fields: Mapping[str, Any] | None = None) -> None:
+               fields: Mapping[str, Any] | None = None, validation: Mapping[str, float] | None = None,
+               state: Mapping[str, torch.Tensor] | None = None) -> None:
         """Append one round. `global_metrics`/`hospital_metrics` are given on evaluation rounds only;
-        `fields`: the rest of the round's line (`RoundLog.fields`: offline, late, virtual time, client ε)."""
+        `fields`: the rest of the round's line (`RoundLog.fields`: offline, late, virtual time, client ε).
+        `validation`: the validation split's metrics (early stopping), with `state`, the heads they measure,
+        saved when the round is the best so far."""
         line: dict[str, Any] = {"round": server_round, "sampled": list(sampled),
                                 "train": {str(h): dict(m) for h, m in sorted(train.items())}} | dict(fields or {})
         if "round_time_s" in line:
@@ -133,7 +141,11 @@ class RunRecorder:
         if hospital_metrics is not None:
             line["hospitals"] = {str(h): {"group": self.groups[h], **m} for h, m in sorted(hospital_metrics.items())}
             line.update(summarize_hospitals(hospital_metrics, self.groups))
+        if validation is not None:
+            line["validation"] = dict(validation)
         self.absorb(line)
+        if validation is not None and self.selection is not None and self.selection.best_round == server_round:
+            save_heads(state or {}, self.run_dir / BEST_HEADS)
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(line, sort_keys=True, allow_nan=True) + "\n")
         if self.on_round is not None:
@@ -156,6 +168,22 @@ class RunRecorder:
                 self.privacy.setdefault(int(hospital), {}).update(reported)
         if "global" in line or "hospitals" in line:
             self.last_evaluation = line
+        if "validation" in line and self.selection is not None and self.selection.observe(line["round"],
+                                                                                           line["validation"]):
+            self.selected_evaluation = line
+
+    @property
+    def should_stop(self) -> bool:
+        """Early stopping's patience has run out."""
+        return self.selection is not None and self.selection.exhausted
+
+    def selection_summary(self) -> dict[str, Any]:
+        if self.selection is None:
+            return {}
+        if self.selection.best_round is None:
+            return {"selection": {"metric": self.selection.metric, "selected_round": None,
+                                  "note": "no validation metric was measured (no global model): the last round"}}
+        return {"selection": self.selection.summary()}
 
     def privacy_summary(self, retired: Mapping[int, str]) -> dict[str, Any]:
         """Each hospital's cumulative ε (sample- and client-level) at the end, and the largest of each."""
@@ -209,7 +237,8 @@ class RunRecorder:
         """Write summary.json, the heads and the plot; return the summary. `stopped`: why the run ended
         before its last round; `retired`: hospitals that stopped training, and why; `lost`: hospitals whose
         node failed, and how."""
-        evaluation = self.last_evaluation
+        selected = self.selection is not None and self.selection.best_round is not None
+        evaluation = self.selected_evaluation if selected else self.last_evaluation
         summary: dict[str, Any] = {
             "strategy": self.cfg.strategy.name,
             "scenario": self.cfg.scenario.name,
@@ -219,6 +248,7 @@ class RunRecorder:
             "seed": self.cfg.seed,
             "rounds": self.cfg.federation.rounds,
             "evaluated_round": evaluation.get("round"),
+            **({"last_evaluated_round": self.last_evaluation.get("round")} if selected else {}),
             "sample_passes": self.sample_passes,
             **evaluation.get("global", {}),
             **{key: value for key, value in evaluation.items() if key.startswith(("group/", "hospital_"))},
@@ -235,13 +265,13 @@ class RunRecorder:
             **({"stopped": stopped} if stopped else {}),
             **({"lost_hospitals": {str(h): why for h, why in sorted(lost.items())}} if lost else {}),
             **self.conditions_summary(),
+            **self.selection_summary(),
             "wall_time_s": round(time.perf_counter() - self.started, 2),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False))
-        save_file(
-            {key: value.detach().cpu().contiguous() for key, value in heads_state.items()},
-            self.run_dir / "heads.safetensors",
-        )
+        save_heads(heads_state, self.run_dir / (LAST_HEADS if selected else "heads.safetensors"))
+        if selected:  # the selected round's heads are the run's heads
+            shutil.copyfile(self.run_dir / BEST_HEADS, self.run_dir / "heads.safetensors")
         from fedmm.runs.plot import plot_metrics
 
         plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", title=self.run_dir.name)

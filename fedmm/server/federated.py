@@ -14,6 +14,7 @@ from fedmm.models.heads import build_heads
 from fedmm.privacy.sample_level import plan_all_hospitals
 from fedmm.runs.checkpoint import load_checkpoint, save_checkpoint
 from fedmm.runs.recorder import RoundCallback, RunRecorder, claim_run_dir
+from fedmm.runs.selection import EarlyStopped
 from fedmm.seeding import HEADS_INIT_STREAM, derive_seed
 from fedmm.server.discovery import discover_hospitals, group_of
 from fedmm.server.folding import FoldingGrid
@@ -70,14 +71,19 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
         server_round += done  # Flower counts the rounds of this call; a resumed run goes on from `done`
         round_log = roster.logs[server_round]
         evaluating = roster.is_evaluation_round(server_round)
-        global_metrics = None
+        global_metrics = validation = None
         if evaluating and strategy.has_global_model:  # FedPer/FedRep: the server holds no complete model
             heads.load_state_dict(arrays.to_torch_state_dict())
             global_metrics = evaluate_split(heads, global_test, prompts)
+            if data.validation is not None:
+                validation = evaluate_split(heads, data.validation, prompts)
         recorder.record(server_round, round_log.sampled, round_log.train, global_metrics,
-                        round_log.evaluate if evaluating else None, round_log.fields())
+                        round_log.evaluate if evaluating else None, round_log.fields(), validation,
+                        heads.state_dict() if validation is not None else None)
         if spec.resumable:
             save_checkpoint(run_dir, strategy.checkpoint(server_round, arrays))
+        if recorder.should_stop:
+            raise EarlyStopped(recorder.selection.stop_reason())
         return MetricRecord(global_metrics) if global_metrics else None
 
     if checkpoint is not None:
@@ -96,9 +102,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, on_round: RoundCallback | N
             train_config=ConfigRecord(),
             evaluate_fn=end_of_round,
         )
-    except RunStopped as stop:  # a privacy budget, or too few hospitals left: the rounds recorded so far are kept
+    except RunStopped as stop:  # a privacy budget, too few hospitals, early stopping: the rounds so far are kept
         stopped = stop
-        log.warning("the run stops early: %s", stop)
+        log.log(logging.INFO if isinstance(stop, EarlyStopped) else logging.WARNING, "the run stops early: %s", stop)
     final_arrays = latest["arrays"] if latest["arrays"] is not None else initial_arrays
     final_state = {key: torch.as_tensor(value) for key, value in final_arrays.to_torch_state_dict().items()}
     summary = recorder.finish(

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "write table.csv, table.md and privacy_utility.png",
     )
     sweep.add_argument("--epsilons", default="1,2,4,8,inf", help="comma-separated target epsilons; inf: no noise")
+    sweep.add_argument("--seeds", default=None, help=SEEDS_HELP)
     sweep.add_argument(
         "--out",
         type=Path,
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"written: {write_report(args.sweep_dir, args.metric or DEFAULT_METRICS, args.x)}")
             return 0
         if args.command == "privacy-sweep":
-            return sweep_privacy(args.epsilons, args.overrides, args.out)
+            return sweep_privacy(args.epsilons, args.overrides, args.out, args.seeds)
         return compare_strategies(args.strategies.split(","), args.scenarios.split(","), args.overrides, args.out,
                                   args.seeds, None if args.baseline == "none" else args.baseline)
     except ConfigError as error:
@@ -446,7 +447,7 @@ def sweep_knobs(overrides: list[str], out: Path, variants: list[str], seeds: str
     return 0
 
 
-def sweep_privacy(epsilons: str, overrides: list[str], out: Path | None) -> int:
+def sweep_privacy(epsilons: str, overrides: list[str], out: Path | None, seeds: str | None) -> int:
     from fedmm.studies.privacy_sweep import cell_overrides, run_privacy_sweep
     from fedmm.validation import validate_config
 
@@ -459,8 +460,8 @@ def sweep_privacy(epsilons: str, overrides: list[str], out: Path | None) -> int:
     base = compose_config(overrides)
     for target in [*targets, None]:  # every cell's config is valid before the first run starts
         validate_config(compose_config([*overrides, *cell_overrides(target)[1]]))
-    out = out or Path("outputs") / f"privacy-{base.strategy.name}-{base.scenario.name}-seed{base.seed}"
-    run_privacy_sweep(targets, overrides, out, run_with_progress, log=console.print)
+    out = out or Path("outputs") / f"privacy-{base.strategy.name}-{base.scenario.name}"
+    run_privacy_sweep(targets, overrides, out, run_with_progress, console.print, seeds)
     console.print((out / "table.md").read_text())
     console.print(f"written: {out / 'table.csv'}, {out / 'table.md'}, {out / 'privacy_utility.png'}")
     return 0

@@ -1,57 +1,67 @@
-"""The privacy/utility trade-off in one command: one strategy and scenario, DP-SGD at a range of target ε.
+"""The privacy/utility trade-off in one command: one strategy and scenario, DP-SGD at a range of target ε,
+over several seeds.
 
-Cells (each a run directory under `out`; a finished cell is reused, not rerun):
-    eps-<ε>/        sample-level DP-SGD with privacy.sample.target_epsilon=ε, reference-bank negatives
-    eps-inf/        the same objective without noise or clipping: what the noise alone costs
-    no-dp-in-batch/ the usual CLIP objective without DP: what the DP-compatible objective costs
-Outputs: table.csv, table.md (one row per cell) and privacy_utility.png (metrics against ε, per modality
-group, with the no-DP references as horizontal lines).
+Settings (the `variant` axis of a sweep grid, `fedmm.studies.sweep.run_grid`, times the seeds; each cell a
+run directory under `out/cells/`, reused when finished with the same config):
+    eps-<ε>         sample-level DP-SGD with privacy.sample.target_epsilon=ε, reference-bank negatives
+    eps-inf         the same objective without noise or clipping: what the noise alone costs (the baseline
+                    every ε is tested against, paired by seed)
+    no-dp-in-batch  the usual CLIP objective without DP: what the DP-compatible objective costs
+Outputs: seeds.csv (one row per cell), table.csv and table.md (one row per setting: mean, 95% t-interval
+and the paired test against eps-inf, `fedmm.studies.tables`) and privacy_utility.png (metrics against ε
+with their intervals, per modality group, with the no-DP reference as dotted lines).
 """
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedmm.compose import compose_config
-from fedmm.studies.compare import COLUMNS, RunFn, format_cell, write_csv
+from fedmm.studies.compare import COLUMNS
+from fedmm.studies.sweep import VARIANT_AXIS, run_grid, with_seeds
+from fedmm.studies.tables import Column, RunFn, csv_fields, legend, markdown_rows, seeded_rows, write_csv
 
 NO_DP_IN_BATCH = "no-dp-in-batch"
+NOISE_FREE = "eps-inf"
+KEYS = ("cell", "target_epsilon")
 SWEEP_COLUMNS = ("i2t_recall@10", "t2i_recall@10", "zeroshot_auroc_macro", "paired_auroc", "image_only_auroc",
                  "report_only_auroc", "hospital_worst_auroc")
-HEADERS = {column: header for column, header, _ in COLUMNS}
+HEADERS = {column.name: column.header for column in COLUMNS}
+PRIVACY_COLUMNS = (
+    Column("spent_epsilon", "largest ε spent", lambda s: s.get("privacy", {}).get("max_dp_epsilon"), compare=False,
+           digits=2),
+    Column("noise_multiplier", "mean σ", lambda s: _mean_noise(s.get("privacy", {})), compare=False, digits=2),
+    *(column for column in COLUMNS if column.name in SWEEP_COLUMNS),
+)
 
 
 def cell_overrides(epsilon: float | None) -> tuple[str, list[str]]:
-    """(cell name, overrides): ε = inf is the bank objective without DP; None is CLIP without DP."""
+    """(setting name, overrides): ε = inf is the bank objective without DP; None is CLIP without DP."""
     if epsilon is None:
         return NO_DP_IN_BATCH, ["train.objective=in_batch"]
     if math.isinf(epsilon):
-        return "eps-inf", ["train.objective=reference_bank"]
+        return NOISE_FREE, ["train.objective=reference_bank"]
     return f"eps-{epsilon:g}", ["privacy=dp_sgd", f"privacy.sample.target_epsilon={epsilon}"]
 
 
 def run_privacy_sweep(epsilons: Sequence[float], overrides: Sequence[str], out: Path, run: RunFn,
-                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run (or reuse) every cell; write table.csv, table.md and privacy_utility.png under `out`."""
-    rows = []
-    for epsilon in [*epsilons, None]:
-        name, cell = cell_overrides(epsilon)
-        run_dir = out / name
-        if (run_dir / "summary.json").exists():
-            log(f"{name}: reusing {run_dir / 'summary.json'}")
-            summary = json.loads((run_dir / "summary.json").read_text())
-        else:
-            summary = run(compose_config([*overrides, *cell, f"run_dir={run_dir}"]))
-        privacy = summary.get("privacy", {})
-        rows.append({"cell": name, "target_epsilon": "" if epsilon is None else epsilon,
-                     "spent_epsilon": privacy.get("max_dp_epsilon"),
-                     "noise_multiplier": _mean_noise(privacy),
-                     **{column: read(summary) for column, _, read in COLUMNS if column in SWEEP_COLUMNS}})
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "table.csv", ["cell", "target_epsilon", "spent_epsilon", "noise_multiplier", *SWEEP_COLUMNS])
-    (out / "table.md").write_text(markdown_table(rows))
+                      log: Callable[[str], None] = print, seeds: str | None = None) -> list[dict[str, Any]]:
+    """Run (or reuse) every (setting, seed) cell; write seeds.csv, table.csv, table.md and privacy_utility.png."""
+    settings = {" ".join(cell): (name, epsilon) for epsilon in [*epsilons, None]
+                for name, cell in [cell_overrides(epsilon)]}
+    _, finished = run_grid(with_seeds(overrides, seeds), out, run, log, variants=list(settings))
+    runs = []
+    for cell, summary in finished:
+        name, epsilon = settings[cell.values[VARIANT_AXIS]]
+        runs.append(summary | {"cell": name, "target_epsilon": "" if epsilon is None else epsilon})
+    write_csv([{"cell": r["cell"], "seed": r["seed"], "target_epsilon": r["target_epsilon"],
+                **{c.name: c.read(r) for c in PRIVACY_COLUMNS}} for r in runs],
+              out / "seeds.csv", ["cell", "seed", "target_epsilon", *(c.name for c in PRIVACY_COLUMNS)])
+    tested = any(r["cell"] == NOISE_FREE for r in runs)  # every ε against the same objective without noise
+    rows = seeded_rows(runs, KEYS, PRIVACY_COLUMNS,
+                       (lambda setting: {"cell": NOISE_FREE, "target_epsilon": math.inf}) if tested else None)
+    write_csv(rows, out / "table.csv", csv_fields(KEYS, PRIVACY_COLUMNS))
+    (out / "table.md").write_text(markdown_table(rows, NOISE_FREE if tested else None))
     plot_privacy_utility(rows, out / "privacy_utility.png")
     return rows
 
@@ -61,17 +71,12 @@ def _mean_noise(privacy: dict) -> float | None:
     return sum(noises) / len(noises) if noises else None
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    columns = [c for c in SWEEP_COLUMNS if any(row[c] is not None for row in rows)]
-    lines = ["| cell | target ε | largest ε spent | mean σ | " + " | ".join(HEADERS[c] for c in columns) + " |",
-             "|---|---|---|---|" + "---|" * len(columns)]
+def markdown_table(rows: list[dict[str, Any]], baseline: str | None) -> str:
     for row in rows:
         target = row["target_epsilon"]
-        cells = [row["cell"], "–" if target == "" else ("∞" if math.isinf(target) else f"{target:g}"),
-                 format_cell(row["spent_epsilon"], ""), format_cell(row["noise_multiplier"], ""),
-                 *(format_cell(row[c], c) for c in columns)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        row["setting"] = f"{row['cell']} (target ε " + ("–" if target == "" else "∞" if math.isinf(target)
+                                                         else f"{target:g}") + ")"
+    return legend(baseline) + "\n\n" + "\n".join(markdown_rows(rows, "setting", PRIVACY_COLUMNS)) + "\n"
 
 
 def plot_privacy_utility(rows: list[dict[str, Any]], path: Path) -> None:
@@ -96,12 +101,14 @@ def plot_privacy_utility(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(1, len(panels), figsize=(13, 4.5))
     for ax, (title, columns) in zip(axes, panels):
         for index, column in enumerate(columns):
-            points = [(x, row[column]) for x, row in zip(xs, swept) if row[column] is not None]
+            points = [(x, row[column], row.get(f"{column}_ci") or 0.0) for x, row in zip(xs, swept)
+                      if row.get(column) is not None]
             if not points:
                 continue
             color = f"C{index}"
-            ax.plot(*zip(*points), marker="o", color=color, label=HEADERS[column])
-            if reference is not None and reference[column] is not None:
+            where, means, errors = zip(*points)
+            ax.errorbar(where, means, yerr=errors, marker="o", capsize=3, color=color, label=HEADERS[column])
+            if reference is not None and reference.get(column) is not None:
                 ax.axhline(reference[column], color=color, linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ticks = sorted(set(xs))
@@ -114,7 +121,8 @@ def plot_privacy_utility(rows: list[dict[str, Any]], path: Path) -> None:
         )
         ax.set(title=title, xlabel="target ε (DP-SGD, per hospital, whole run)")
         ax.legend(fontsize=7)
-    figure.suptitle("privacy/utility: dotted lines = CLIP in-batch objective without DP")
+    figure.suptitle("privacy/utility: mean over seeds, bars = 95% t-interval; dotted lines = CLIP in-batch objective "
+                    "without DP")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

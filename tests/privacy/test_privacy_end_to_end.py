@@ -1,6 +1,7 @@
 """Privacy through the Simulation Engine (3 hospitals): cumulative ε per round against an independent
 accountant, budgets that stop a hospital or the run, and client-level DP with seeded noise."""
 
+import csv
 import json
 
 import dp_accounting
@@ -142,15 +143,21 @@ def test_privacy_sweep_writes_its_table_and_plot_and_reuses_finished_cells(smoke
     from fedmm.cli import main as cli_main
 
     out = tmp_path / "sweep"
-    assert cli_main(["privacy-sweep", "--epsilons", "8,inf", "--out", str(out), *smoke_overrides]) == 0
-    rows = (out / "table.csv").read_text().splitlines()
-    assert rows[0].startswith("cell,target_epsilon,spent_epsilon") and len(rows) == 4  # eps-8, eps-inf, no-dp-in-batch
-    eps_8 = json.loads((out / "eps-8" / "summary.json").read_text())
+    arguments = ["privacy-sweep", "--epsilons", "8,inf", "--seeds", "0,1", "--out", str(out), *smoke_overrides]
+    assert cli_main(arguments) == 0
+    with open(out / "table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["cell"], row["seeds"]) for row in rows] == [("eps-8", "2"), ("eps-inf", "2"), ("no-dp-in-batch", "2")]
+    cells = out / "cells"
+    eps_8 = json.loads((cells / "privacy=dp_sgd+privacy.sample.target_epsilon=8.0,seed=0" / "summary.json")
+                       .read_text())
     assert 7.98 <= eps_8["privacy"]["max_dp_epsilon"] <= 8.0  # the whole planned run spends the target
-    assert "privacy" not in json.loads((out / "eps-inf" / "summary.json").read_text())  # no DP there
-    assert "| eps-inf | ∞ |" in (out / "table.md").read_text()
+    noise_free = cells / "train.objective=reference_bank,seed=1" / "summary.json"
+    assert "privacy" not in json.loads(noise_free.read_text())  # no DP there
+    assert rows[0]["i2t_recall@10_diff"] != "" and rows[1]["i2t_recall@10_diff"] == ""  # tested against eps-inf
+    assert "| eps-inf (target ε ∞) | 2 |" in (out / "table.md").read_text()
     assert (out / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
-    stamp = (out / "eps-8" / "summary.json").stat().st_mtime_ns
-    assert cli_main(["privacy-sweep", "--epsilons", "8,inf", "--out", str(out), *smoke_overrides]) == 0
-    assert (out / "eps-8" / "summary.json").stat().st_mtime_ns == stamp  # reused, not rerun
+    stamp = noise_free.stat().st_mtime_ns
+    assert cli_main(arguments) == 0
+    assert noise_free.stat().st_mtime_ns == stamp  # reused, not rerun
     assert cli_main(["privacy-sweep", "--epsilons", "0", "--out", str(out), *smoke_overrides]) == 2  # named error

@@ -1,0 +1,138 @@
+"""Known results fedmm must reproduce at its default budget, each with pass/fail and its figures.
+
+    python benchmarks/sanity.py --out outputs/sanity [--seeds 0,1,2] [--only NAME] [--update docs/strategies.md]
+                                [overrides ...]
+
+Every check is a comparison over the same seeds (`fedmm.studies.compare` / `privacy_sweep`, cells reused
+when finished with the same config), read with `fedmm.studies.stats` (mean over seeds, 95% Student-t
+interval, paired t-test):
+  iid        FedAvg on `balanced` (6 IID hospitals of equal size, all paired) reaches at least 95% of
+             `centralized` in global i2t R@10 (ratio of the means over seeds).
+  local      On `imbalanced`, `local` (each hospital alone, at its round selected on validation) is worse
+             than FedAvg: lower mean global R@10, with the paired 95% interval of the difference below 0.
+  dp         DP-SGD's global 0-shot AUROC and R@10 fall monotonically as ε falls (means over seeds at
+             ε = 1, 4, 16 and the noise-free objective).
+  identical  On `balanced` (identical hospitals up to sampling), every averaging strategy that reduces
+             to FedAvg there agrees with it: |mean difference| in R@10 and AUROC within the half-width
+             of FedAvg's own 95% seed interval.
+Exit status 1 when a check fails. `--update FILE` writes the result table between
+`<!-- benchmarks/sanity.py: begin -->` and `<!-- benchmarks/sanity.py: end -->`.
+"""
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmm.cli import run_with_progress
+from fedmm.studies.compare import run_comparison
+from fedmm.studies.markdown import update_section
+from fedmm.studies.privacy_sweep import run_privacy_sweep
+from fedmm.studies.stats import INTERVAL_NAME
+
+R10, AUROC = "i2t_recall@10", "zeroshot_auroc_macro"
+AGREEING = ("fedavg", "fedprox", "fednova", "scaffold", "qffl")  # reduce to FedAvg on IID, equal-size hospitals
+EPSILONS = (1.0, 4.0, 16.0, math.inf)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    claim: str
+    passed: bool
+    figures: str
+
+
+def interval(row: dict, column: str) -> str:
+    half = row.get(f"{column}_ci")
+    return f"{row[column]:.3f}" + ("" if half is None else f" ± {half:.3f}")
+
+
+def by_strategy(rows: list[dict]) -> dict[str, dict]:
+    return {row["strategy"]: row for row in rows}
+
+
+def check_iid(out: Path, overrides: list[str], seeds: str, log: Callable[[str], None]) -> Result:
+    rows = by_strategy(run_comparison(["centralized", "fedavg"], ["balanced"], overrides, out / "iid",
+                                      run_with_progress, log, seeds, baseline="centralized"))
+    ratio = rows["fedavg"][R10] / rows["centralized"][R10]
+    return Result("iid", "FedAvg on IID hospitals reaches ≥ 95% of centralized (global R@10)", ratio >= 0.95,
+                  f"fedavg {interval(rows['fedavg'], R10)}, centralized {interval(rows['centralized'], R10)}: "
+                  f"{100 * ratio:.1f}%")
+
+
+def check_local(out: Path, overrides: list[str], seeds: str, log: Callable[[str], None]) -> Result:
+    rows = by_strategy(run_comparison(["fedavg", "local"], ["imbalanced"], overrides, out / "local",
+                                      run_with_progress, log, seeds, baseline="fedavg"))
+    local = rows["local"]
+    passed = local[f"{R10}_sig"] == -1
+    return Result("local", "local training alone is worse than FedAvg on `imbalanced` (global R@10, paired)", passed,
+                  f"local {interval(local, R10)} vs fedavg {interval(rows['fedavg'], R10)}: difference "
+                  f"{local[f'{R10}_diff']:+.3f} (p = {local[f'{R10}_p']:.3g}); hospitals' mean AUROC "
+                  f"{interval(local, 'hospital_mean_auroc')} vs {interval(rows['fedavg'], 'hospital_mean_auroc')}")
+
+
+def check_dp(out: Path, overrides: list[str], seeds: str, log: Callable[[str], None]) -> Result:
+    rows = [row for row in run_privacy_sweep(EPSILONS, overrides, out / "dp", run_with_progress, log, seeds)
+            if row["target_epsilon"] != ""]  # the in-batch reference is another objective
+    rows.sort(key=lambda row: row["target_epsilon"])
+    monotone = {metric: all(a[metric] <= b[metric] for a, b in zip(rows, rows[1:])) for metric in (AUROC, R10)}
+    figures = "; ".join(f"{metric}: " + " ≤ ".join(f"ε={row['target_epsilon']:g} {row[metric]:.3f}" for row in rows)
+                        for metric in (AUROC, R10))
+    return Result("dp", "DP-SGD utility falls monotonically as ε falls (means over seeds)", all(monotone.values()),
+                  figures)
+
+
+def check_identical(out: Path, overrides: list[str], seeds: str, log: Callable[[str], None]) -> Result:
+    rows = by_strategy(run_comparison(list(AGREEING), ["balanced"], overrides, out / "identical",
+                                      run_with_progress, log, seeds, baseline="fedavg"))
+    fedavg, parts, passed = rows["fedavg"], [], True
+    for name in AGREEING[1:]:
+        for metric in (R10, AUROC):
+            gap, tolerance = abs(rows[name][metric] - fedavg[metric]), fedavg[f"{metric}_ci"] or 0.0
+            passed &= gap <= tolerance
+            parts.append(f"{name} {metric} {rows[name][metric]:.3f} (|Δ| {gap:.3f} {'≤' if gap <= tolerance else '>'} "
+                         f"{tolerance:.3f})")
+    return Result("identical", "with identical hospitals every averaging strategy agrees with FedAvg (within "
+                  "FedAvg's seed interval)", passed, f"fedavg R@10 {interval(fedavg, R10)}, AUROC "
+                  f"{interval(fedavg, AUROC)}; " + "; ".join(parts))
+
+
+CHECKS = {"iid": check_iid, "local": check_local, "dp": check_dp, "identical": check_identical}
+
+
+def table(results: list[Result], command: str, seeds: str, minutes: float) -> str:
+    lines = [f"```bash\n{command}\n```", "",
+             f"Seeds {seeds}; intervals: {INTERVAL_NAME}; {minutes:.0f} min on this machine.", "",
+             "| check | claim | result | figures |", "|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.claim} | {'pass' if r.passed else '**fail**'} | {r.figures} |" for r in results]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--only", action="append", choices=sorted(CHECKS), default=None)
+    parser.add_argument("--update", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    started, results = time.perf_counter(), []
+    for name in args.only or CHECKS:
+        result = CHECKS[name](args.out, args.overrides, args.seeds, print)
+        print(f"{'PASS' if result.passed else 'FAIL'} {result.name}: {result.claim}\n     {result.figures}", flush=True)
+        results.append(result)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"{sum(r.passed for r in results)}/{len(results)} checks pass ({minutes:.0f} min)")
+    if args.update:
+        command = " ".join(["python benchmarks/sanity.py", "--out", str(args.out), "--seeds", args.seeds,
+                            *(f"--only {n}" for n in args.only or []), *args.overrides])
+        update_section(args.update, "benchmarks/sanity.py", table(results, command, args.seeds, minutes))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

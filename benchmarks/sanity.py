@@ -72,10 +72,10 @@ def check_local(out: Path, overrides: list[str], seeds: str, log: Callable[[str]
     rows = by_strategy(run_comparison(["fedavg", "local"], ["imbalanced"], overrides, out / "imbalanced",
                                       run_with_progress, log, seeds, baseline="fedavg"))
     local = rows["local"]
-    passed = local[f"{R10}_sig"] == -1
+    passed, p_value = local[f"{R10}_sig"] == -1, local.get(f"{R10}_p") or float("nan")
     return Result("local", "local training alone is worse than FedAvg on `imbalanced` (global R@10, paired)", passed,
                   f"local {interval(local, R10)} vs fedavg {interval(rows['fedavg'], R10)}: difference "
-                  f"{local[f'{R10}_diff']:+.3f} (p = {local.get(f'{R10}_p') or float('nan'):.3g}); hospitals' mean AUROC "
+                  f"{local[f'{R10}_diff']:+.3f} (p = {p_value:.3g}); hospitals' mean AUROC "
                   f"{interval(local, 'hospital_mean_auroc')} vs {interval(rows['fedavg'], 'hospital_mean_auroc')}")
 
 

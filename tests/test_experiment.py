@@ -212,6 +212,23 @@ def test_reference_runs(strategy, smoke_overrides, tmp_path):
     assert comparable(summary) == comparable(again)
 
 
+def test_centralized_gets_the_federations_budget_in_sample_passes(smoke_overrides, tmp_path):
+    """Every hospital every round: the same rows as FedAvg exactly. One of three: a third of the pool a round."""
+    def passes(strategy: str, sampled: int) -> list[int]:
+        cfg = compose_config([*smoke_overrides, f"strategy={strategy}", f"federation.clients_per_round={sampled}",
+                              "federation.rounds=3", f"run_dir={tmp_path / f'{strategy}-{sampled}'}"])
+        summary = run_experiment(cfg)
+        lines = read_lines(Path(cfg.run_dir))
+        per_round = [sum(m.get("train-samples", 0) for m in line["train"].values()) for line in lines]
+        assert summary["sample_passes"] == sum(per_round) > 0
+        return per_round
+
+    everyone = passes("centralized", 3)
+    assert everyone == passes("fedavg", 3)
+    third = passes("centralized", 1)  # a fresh third of the pooled rows each round (the usable ones are counted)
+    assert 0.2 < sum(third) / sum(everyone) < 0.5
+
+
 def test_finished_run_dir_is_never_overwritten(smoke_overrides, tmp_path):
     cfg = compose_config([*smoke_overrides, "strategy=centralized", f"run_dir={tmp_path}"])
     run_experiment(cfg)

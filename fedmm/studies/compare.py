@@ -114,6 +114,11 @@ def budget_line(summaries: list[dict[str, Any]]) -> str:
     if passes:
         text += (f"; sample passes (one sample through one gradient step) per run: {min(passes):,.0f}"
                  + (f"–{max(passes):,.0f}" if max(passes) != min(passes) else ""))
+    chance = summaries[0].get("chance", {}) if summaries else {}
+    if chance:
+        text += ". Chance on the test set: " + ", ".join(f"{label(name)} {chance[name]:.3f}" for name in
+                                                        ("i2t_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
+                                                        if name in chance)
     return text + "."
 
 

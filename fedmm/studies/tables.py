@@ -7,7 +7,6 @@ whether it is significant (`<column>_sig`: +1 above, -1 below, 0 neither); see `
 """
 
 import csv
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +99,3 @@ def legend(baseline: str | None) -> str:
     if baseline:
         text += f" ↑/↓: significantly above/below `{baseline}` ({TEST_NAME}); no arrow: not significant."
     return text
-
-
-def read_summaries(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    return [json.loads((run_dir / "summary.json").read_text()) for run_dir in run_dirs]

@@ -127,16 +127,17 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     started, results = time.perf_counter(), []
+    command = " ".join(["python benchmarks/sanity.py", "--out", str(args.out), "--seeds", args.seeds,
+                        *(f"--only {n}" for n in args.only or []), *args.overrides])
     for name in args.only or CHECKS:
         result = CHECKS[name](args.out, args.overrides, args.seeds, print)
         print(f"{'PASS' if result.passed else 'FAIL'} {result.name}: {result.claim}\n     {result.figures}", flush=True)
         results.append(result)
+        if args.update:  # after every check: a stopped suite keeps what it measured
+            minutes = (time.perf_counter() - started) / 60
+            update_section(args.update, "benchmarks/sanity.py", table(results, command, args.seeds, minutes))
     minutes = (time.perf_counter() - started) / 60
     print(f"{sum(r.passed for r in results)}/{len(results)} checks pass ({minutes:.0f} min)")
-    if args.update:
-        command = " ".join(["python benchmarks/sanity.py", "--out", str(args.out), "--seeds", args.seeds,
-                            *(f"--only {n}" for n in args.only or []), *args.overrides])
-        update_section(args.update, "benchmarks/sanity.py", table(results, command, args.seeds, minutes))
     return 0 if all(r.passed for r in results) else 1
 
 

@@ -100,7 +100,7 @@ def check_identical(out: Path, overrides: list[str], seeds: str, log: Callable[[
         for metric in (R10, AUROC):
             gap, tolerance = abs(rows[name][metric] - fedavg[metric]), fedavg[f"{metric}_ci"] or 0.0
             passed &= gap <= tolerance
-            parts.append(f"{name} {metric} {rows[name][metric]:.3f} (|Δ| {gap:.3f} {'≤' if gap <= tolerance else '>'} "
+            parts.append(f"{name} {metric} {rows[name][metric]:.3f} (Δ {gap:.3f} {'≤' if gap <= tolerance else '>'} "
                          f"{tolerance:.3f})")
     return Result("identical", "with identical hospitals every averaging strategy agrees with FedAvg (within "
                   "FedAvg's seed interval)", passed, f"fedavg R@10 {interval(fedavg, R10)}, AUROC "

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedmm.config import EarlyStoppingConfig, ExperimentConfig
+from fedmm.config import ConfigError, EarlyStoppingConfig, ExperimentConfig
 from fedmm.federation import SplitTensors
 from fedmm.seeding import VALIDATION_STREAM, derive_seed
 from fedmm.strategies.roster import RunStopped
@@ -35,7 +35,16 @@ def server_splits(cfg: ExperimentConfig, pool: SplitTensors) -> tuple[SplitTenso
         return None, pool
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, VALIDATION_STREAM)))
     count = round(cfg.early_stopping.validation_fraction * len(pool))
-    return pool.rows(order[:count].sort().values), pool.rows(order[count:].sort().values)
+    validation, test = pool.rows(order[:count].sort().values), pool.rows(order[count:].sort().values)
+    metric = cfg.early_stopping.metric
+    k = int(metric.split("@")[1]) if "@" in metric else 1  # R@k and P@k need more than k pairs, the rest two
+    pairs = int(validation.paired_mask.sum())
+    if pairs <= k:
+        raise ConfigError(f"early_stopping.metric={metric} needs more than {k} paired studies in the validation "
+                          f"split, which holds {pairs} of the {len(pool)} in the global test pool; raise "
+                          "early_stopping.validation_fraction, choose another metric, or set "
+                          "early_stopping.metric=null")
+    return validation, test
 
 
 @dataclass

@@ -18,14 +18,22 @@ def test_the_validation_split_is_a_seeded_disjoint_share_of_the_pool():
     pool = tiny_split(40)
     pool = type(pool)(pool.image_features, pool.report_features, pool.availability,
                       torch.arange(40, dtype=torch.int8).unsqueeze(1))  # the label column is the row's index
-    cfg = user_config("early_stopping.metric=i2t_recall@10", "early_stopping.validation_fraction=0.25")
+    cfg = user_config("early_stopping.metric=i2t_recall@10", "early_stopping.validation_fraction=0.3")
     validation, test = server_splits(cfg, pool)
     rows = lambda split: set(split.labels[:, 0].tolist())  # noqa: E731
-    assert len(rows(validation)) == 10 and len(rows(test)) == 30 and not rows(validation) & rows(test)
+    assert len(rows(validation)) == 12 and len(rows(test)) == 28 and not rows(validation) & rows(test)
     assert rows(server_splits(cfg, pool)[0]) == rows(validation)  # the same seed, the same split
-    other = user_config("early_stopping.metric=i2t_recall@10", "early_stopping.validation_fraction=0.25", "seed=1")
+    other = user_config("early_stopping.metric=i2t_recall@10", "early_stopping.validation_fraction=0.3", "seed=1")
     assert rows(server_splits(other, pool)[0]) != rows(validation)
     assert server_splits(user_config("early_stopping.metric=null"), pool) == (None, pool)  # the pool is the test set
+
+
+def test_a_validation_split_too_small_for_the_metric_fails_before_training_naming_the_fix():
+    cfg = user_config("early_stopping.metric=i2t_recall@10", "early_stopping.validation_fraction=0.5")
+    with pytest.raises(ConfigError, match="needs more than 10 paired studies in the validation split, which holds 8"):
+        server_splits(cfg, tiny_split(16))
+    validation, _ = server_splits(cfg, tiny_split(24))  # 12 pairs: enough
+    assert len(validation) == 12
 
 
 def test_model_selection_keeps_the_first_best_round_and_counts_patience(tmp_path):

@@ -104,7 +104,7 @@ class RunRecorder:
         self.adversaries = resolve_adversaries(cfg.scenario, cfg.seed)  # named in the summary
         self.reference = reference_values(global_labels)  # chance and ceiling of each metric on the global test set
         self.last_evaluation: dict[str, Any] = {}
-        self.selection = ModelSelection(cfg.early_stopping, run_dir) if cfg.early_stopping.metric else None
+        self.selection = ModelSelection(cfg.early_stopping) if cfg.early_stopping.metric else None
         self.selected_evaluation: dict[str, Any] = {}  # the evaluation line of the selected round
         self.clock_s = 0.0  # virtual time at the end of the last round recorded (conditions.compute)
         self.bytes_sent: dict[str, list[int]] = {"upload": [], "download": []}  # per hospital and round
@@ -145,7 +145,9 @@ class RunRecorder:
             line["validation"] = dict(validation)
         self.absorb(line)
         if validation is not None and self.selection is not None and self.selection.best_round == server_round:
-            save_heads(state or {}, self.run_dir / BEST_HEADS)
+            if state is None:
+                raise ValueError("record(validation=...) needs the heads it measured (state=) to keep the best round")
+            save_heads(state, self.run_dir / BEST_HEADS)
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(line, sort_keys=True, allow_nan=True) + "\n")
         if self.on_round is not None:

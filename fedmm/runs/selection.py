@@ -9,7 +9,7 @@ run stops. The summary then reports the test metrics of the selected round (`eva
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,9 @@ class ModelSelection:
     """The best round so far on the validation metric, and whether patience has run out."""
 
     settings: EarlyStoppingConfig
-    run_dir: Path
     best_round: int | None = None
     best_value: float = float("-inf")
     since_best: int = 0  # evaluations since the best one
-    history: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def metric(self) -> str:
@@ -69,7 +67,6 @@ class ModelSelection:
         if value is None:
             raise ValueError(f"early_stopping.metric={self.metric!r} is not measured on the validation split; "
                              f"measured: {sorted(name for name in validation if not name.startswith('chance_'))}")
-        self.history.append((server_round, value))
         if value > self.best_value:
             self.best_round, self.best_value, self.since_best = server_round, value, 0
             return True

@@ -36,8 +36,8 @@ def test_a_validation_split_too_small_for_the_metric_fails_before_training_namin
     assert len(validation) == 12
 
 
-def test_model_selection_keeps_the_first_best_round_and_counts_patience(tmp_path):
-    selection = ModelSelection(EarlyStoppingConfig(metric="m", patience=2), tmp_path)
+def test_model_selection_keeps_the_first_best_round_and_counts_patience():
+    selection = ModelSelection(EarlyStoppingConfig(metric="m", patience=2))
     improved = [selection.observe(r, {"m": v}) for r, v in ((2, 0.3), (4, 0.5), (6, 0.5), (8, 0.4))]
     assert improved == [True, True, False, False] and selection.best_round == 4 and selection.exhausted
     with pytest.raises(ValueError, match="not measured on the validation split"):

@@ -24,7 +24,7 @@ from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import reference_bank_info_nce
 from fedmm.simulation.conditions import Clock
-from fedmm.training.local import TrainResult
+from fedmm.training.local import TrainResult, local_optimizer
 from fedmm.training.updates import LocalUpdate, StateDict, snapshot
 
 if TYPE_CHECKING:  # opacus loads only when DP-SGD runs (about 1 s of every process start otherwise)
@@ -70,7 +70,7 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
     if dp is not None:
         heads.logit_scale.requires_grad_(False)
     trainable = {name: p for name, p in heads.named_parameters() if p.requires_grad}
-    optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer: torch.optim.Optimizer = local_optimizer(trainable.values(), cfg)
     if dp is not None:
         optimizer = make_private(optimizer, dp, expected_batch_size=max(1, round(dp.sample_rate * len(paired))),
                                  seed=seed)

@@ -16,7 +16,7 @@ from fedmm.config import TrainConfig
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import symmetric_info_nce
-from fedmm.training.local import TrainResult
+from fedmm.training.local import TrainResult, local_optimizer
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def train_with_reference(
     steps_per_epoch = max(
         -(-len(paired) // cfg.batch_size) if pair_batches else 0, -(-len(reference) // cfg.batch_size)
     )
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = local_optimizer(heads.parameters(), cfg)
     heads.train()
     losses, samples = [], 0
     for _ in range(cfg.local_epochs * steps_per_epoch):

@@ -60,6 +60,13 @@ GradientCorrection = Callable[[ContrastiveHeads], None]  # edits the gradients b
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
+def local_optimizer(parameters: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    """The hospitals' optimizer: AdamW with `cfg.lr` and `cfg.weight_decay`, fused (one kernel over all
+    parameters: a step of the default heads costs about 2 ms instead of 13-16 ms on one CPU core, the same update
+    up to float rounding; benchmarks/step_cost.py)."""
+    return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
 def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, seed: int,
                 device: torch.device | str = "cpu", *, epochs: int | None = None,
                 parameters: Iterable[str] | None = None, regularizer: Regularizer | None = None,
@@ -70,7 +77,7 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
     `parameters` names the parameters to train (default: all; FedRep trains the final layers and the
     base in turn); `regularizer` adds a term to every step's loss (FedProx, Ditto, MOON); `correction`
     edits the gradients before each optimizer step (SCAFFOLD); `optimizer` builds the local optimizer
-    (default AdamW with `cfg.lr` and `cfg.weight_decay`); `clock` (virtual time, `conditions.compute`)
+    (default `local_optimizer`); `clock` (virtual time, `conditions.compute`)
     charges every step its rows and ends the training at the first step that would pass the deadline.
     `missing` prepares a missing-modality handler from the heads as they are now: it decides which rows
     train and adds its term for image-only and report-only rows. Without one (the baseline), unimodal
@@ -83,8 +90,7 @@ def train_heads(heads: ContrastiveHeads, data: SplitTensors, cfg: TrainConfig, s
     generator = torch.Generator().manual_seed(seed)
     names = set(parameters) if parameters is not None else None
     trainable = [p for name, p in heads.named_parameters() if names is None or name in names]
-    step_rule = (optimizer(trainable) if optimizer is not None
-                 else torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    step_rule = optimizer(trainable) if optimizer is not None else local_optimizer(trainable, cfg)
     heads.train()
     losses, samples = [], 0
     for _ in range(cfg.local_epochs if epochs is None else epochs):

@@ -7,8 +7,10 @@ gradient to L2 norm C, sums, adds N(0, σ²C²) and divides by the expected batc
 reference studies drawn for the step, embedded by the same heads *with* gradient, so negatives are
 pushed apart as in CLIP. Its gradient is a function of one private pair and public data, so clipping it
 bounds that pair's influence. Opacus' layer hooks would count the bank rows as extra samples, so the
-per-pair gradients (bank path included) are computed with `torch.func` (vmap of grad) and handed to
-`DPOptimizer` as `grad_sample`.
+clipped sum of the per-pair gradients (bank path included) is computed by `fedmm.training.ghost` (ghost
+clipping: the norms from Gram matrices, the sum from one backward pass) and handed to Opacus'
+`DPOptimizerFastGradientClipping`, which adds the noise. The temperature and the LayerNorms' affine
+parameters stay frozen under DP (`ghost.FROZEN_UNDER_DP`).
 
 Why the gradient through the bank: embedded without it, whether once per round or at every step, the
 heads drifted away from the stale bank or collapsed (loss at log(K+1)) during development.
@@ -24,11 +26,12 @@ from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
 from fedmm.models.losses import reference_bank_info_nce
 from fedmm.simulation.conditions import Clock
+from fedmm.training.ghost import clipped_gradient_sum, dp_trainable, frozen_under_dp
 from fedmm.training.local import TrainResult, local_optimizer
 from fedmm.training.updates import LocalUpdate, StateDict, snapshot
 
 if TYPE_CHECKING:  # opacus loads only when DP-SGD runs (about 1 s of every process start otherwise)
-    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers import DPOptimizerFastGradientClipping
 
 OBJECTIVES = ("auto", "in_batch", "reference_bank")
 REFERENCE_BANK = "reference_bank"
@@ -54,8 +57,9 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
                         seed: int, device: torch.device | str = "cpu", dp: DPSGD | None = None,
                         clock: Clock | None = None) -> TrainResult:
     """Train `heads` in place for `cfg.local_epochs` on the pairs, with `cfg.bank_size` reference negatives
-    per step; with `dp`, as DP-SGD (the temperature is then frozen, and no loss is reported: it is a
-    statistic of private data). `clock`: as in `train_heads`, the steps that fit before the deadline.
+    per step; with `dp`, as DP-SGD (the temperature and the LayerNorms' affine parameters are then frozen,
+    and no loss is reported: it is a statistic of private data). `clock`: as in `train_heads`, the steps
+    that fit before the deadline.
 
     `TrainResult.steps` counts the steps taken (what the accountant composes), including DP steps whose
     Poisson sample came out empty (they still add noise).
@@ -67,16 +71,14 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
     report_features = data.report_features[paired].to(device)  # (P, D_text)
     bank_image_features, bank_report_features = bank.image_features.to(device), bank.report_features.to(device)
     generator = torch.Generator().manual_seed(seed)
-    if dp is not None:
-        heads.logit_scale.requires_grad_(False)
-    trainable = {name: p for name, p in heads.named_parameters() if p.requires_grad}
+    trainable = dp_trainable(heads) if dp is not None else dict(heads.named_parameters())
     optimizer: torch.optim.Optimizer = local_optimizer(trainable.values(), cfg)
     if dp is not None:
         optimizer = make_private(optimizer, dp, expected_batch_size=max(1, round(dp.sample_rate * len(paired))),
                                  seed=seed)
     heads.train()
     losses, steps, samples = [], 0, 0
-    try:
+    with frozen_under_dp(heads, dp is not None):
         for epoch in range(cfg.local_epochs):
             for batch in _batches(len(paired), cfg.batch_size, dp, seed, epoch, generator):
                 if clock is not None and not clock.admit(len(batch)):
@@ -90,17 +92,13 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
                     loss = bank_loss(heads, images, reports, bank_images, bank_reports).mean()
                     loss.backward()
                     losses.append(loss.detach())
-                else:
-                    per_pair = per_pair_gradients(heads, trainable, images, reports, bank_images, bank_reports)
-                    for name, parameter in trainable.items():
-                        parameter.grad_sample = per_pair[name]  # (B, *shape): what DPOptimizer clips and noises
+                else:  # .grad = the clipped sum, what DPOptimizerFastGradientClipping noises and averages
+                    clipped_gradient_sum(heads, images, reports, bank_images, bank_reports, dp.max_grad_norm)
                 optimizer.step()
                 steps += 1
                 samples += len(batch)
             if clock is not None and clock.cut:
                 break
-    finally:
-        heads.logit_scale.requires_grad_(True)
     heads.eval()
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
     return TrainResult(mean_loss, steps, len(paired), len(paired), len(paired), samples)
@@ -115,40 +113,21 @@ def bank_loss(heads: ContrastiveHeads, images: torch.Tensor, reports: torch.Tens
                                    bank_report_embeddings, heads.scale()).total
 
 
-def per_pair_gradients(heads: ContrastiveHeads, trainable: dict[str, torch.nn.Parameter], images: torch.Tensor,
-                       reports: torch.Tensor, bank_images: torch.Tensor,
-                       bank_reports: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{name: (B, *shape)}: the gradient of each pair's own loss term, bank path included."""
-    if len(images) == 0:  # an empty Poisson sample: a noise-only step
-        return {name: torch.zeros((0, *p.shape), device=p.device) for name, p in trainable.items()}
-    frozen = {name: p.detach() for name, p in heads.named_parameters() if name not in trainable}
-
-    def pair_loss(parameters, image, report):  # image (D_image,), report (D_text,): one pair
-        every = parameters | frozen
-        image_embeddings, report_embeddings = torch.func.functional_call(
-            heads, every, (torch.cat([image[None], bank_images]), torch.cat([report[None], bank_reports])))  # (1+K, E)
-        scale = every["logit_scale"].exp().clamp(max=heads.MAX_LOGIT_SCALE)
-        return reference_bank_info_nce(image_embeddings[:1], report_embeddings[:1], image_embeddings[1:],
-                                       report_embeddings[1:], scale).total[0]
-
-    parameters = {name: p.detach() for name, p in trainable.items()}
-    return torch.func.vmap(torch.func.grad(pair_loss), in_dims=(None, 0, 0))(parameters, images, reports)
-
-
 def embed_in_chunks(embed, features: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     return torch.cat([embed(features[start:start + chunk]) for start in range(0, len(features), chunk)])
 
 
-def make_private(optimizer: torch.optim.Optimizer, dp: DPSGD, expected_batch_size: int, seed: int) -> "DPOptimizer":
-    """Opacus' DP-SGD step around `optimizer`: each step clips every parameter's `grad_sample` rows (one per
-    pair, set by the caller) to joint L2 norm `dp.max_grad_norm`, sums them, adds seeded N(0, σ²C²) and
-    divides by `expected_batch_size` (q·n, fixed, as the analysis of Poisson sampling assumes)."""
-    from opacus.optimizers import DPOptimizer
+def make_private(optimizer: torch.optim.Optimizer, dp: DPSGD, expected_batch_size: int,
+                 seed: int) -> "DPOptimizerFastGradientClipping":
+    """Opacus' DP-SGD step around `optimizer`: each step takes `.grad`, the sum of the per-pair gradients
+    each clipped to L2 norm `dp.max_grad_norm` (set by `ghost.clipped_gradient_sum`), adds seeded
+    N(0, σ²C²) and divides by `expected_batch_size` (q·n, fixed, as the analysis of Poisson sampling assumes)."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
 
     device = optimizer.param_groups[0]["params"][0].device
-    return DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                       expected_batch_size=expected_batch_size, loss_reduction="mean",
-                       generator=_derived_generator(seed, 1, device))
+    return DPOptimizerFastGradientClipping(optimizer, noise_multiplier=dp.noise_multiplier,
+                                           max_grad_norm=dp.max_grad_norm, expected_batch_size=expected_batch_size,
+                                           loss_reduction="mean", generator=_derived_generator(seed, 1, device))
 
 
 def _batches(num_samples: int, batch_size: int, dp: DPSGD | None, seed: int, epoch: int,

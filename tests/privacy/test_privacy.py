@@ -23,7 +23,14 @@ from fedmm.privacy.accounting import (
 )
 from fedmm.privacy.sample_level import plan_all_hospitals, plan_sample_privacy
 from fedmm.strategies.client_dp import ClientLevelDP, new_accountant, release_noise_multiplier
-from fedmm.training.bank import DPSGD, bank_loss, make_private, per_pair_gradients, train_heads_on_bank
+from fedmm.training.bank import DPSGD, bank_loss, make_private, train_heads_on_bank
+from fedmm.training.ghost import (
+    FROZEN_UNDER_DP,
+    clipped_gradient_sum,
+    dp_trainable,
+    frozen_under_dp,
+    materialized_pair_gradients,
+)
 from fedmm.training.updates import snapshot
 from fedmm.validation import validate_config
 
@@ -218,10 +225,21 @@ def test_a_pairs_bank_loss_term_does_not_depend_on_the_other_pairs_but_in_batch_
     )
 
 
-def test_per_pair_gradients_include_the_bank_path_and_match_autograd():
+def perturbed_heads():
+    """Heads whose LayerNorms are not at their initial identity, as after training without DP."""
+    model = heads()
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        for name, parameter in model.named_parameters():
+            if name.startswith(FROZEN_UNDER_DP[1:]):
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def test_materialized_pair_gradients_include_the_bank_path_and_match_autograd():
     data, bank, model = tiny_split(5), tiny_split(16), heads()
     trainable = dict(model.named_parameters())
-    per_pair = per_pair_gradients(
+    per_pair = materialized_pair_gradients(
         model, trainable, data.image_features, data.report_features, bank.image_features, bank.report_features
     )
     for pair in (0, 3):
@@ -237,14 +255,39 @@ def test_per_pair_gradients_include_the_bank_path_and_match_autograd():
             torch.testing.assert_close(per_pair[name][pair], parameter.grad, atol=1e-5, rtol=1e-4)
 
 
+def test_dp_trains_every_linear_layer_and_freezes_the_temperature_and_layernorms():
+    names = set(dp_trainable(heads()))
+    assert names == {f"{head}.{layer}.{kind}" for head in ("image_head", "report_head") for layer in (1, 3)
+                     for kind in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("bound", [1e-3, 0.05, 1e3])  # every pair clipped, some, none
+def test_ghost_clipping_gives_the_norms_and_clipped_sum_of_the_materialized_per_pair_gradients(bound):
+    data, bank, model = tiny_split(7), tiny_split(16), perturbed_heads()
+    trainable = dp_trainable(model)
+    per_pair = materialized_pair_gradients(model, trainable, data.image_features, data.report_features,
+                                  bank.image_features, bank.report_features)
+    norms = torch.cat([g.flatten(1) for g in per_pair.values()], dim=1).norm(dim=1)  # (B,)
+    factors = (bound / (norms + 1e-6)).clamp(max=1.0)
+    with frozen_under_dp(model):
+        ghost_norms = clipped_gradient_sum(model, data.image_features, data.report_features, bank.image_features,
+                                           bank.report_features, bound)
+    torch.testing.assert_close(ghost_norms, norms, atol=1e-6, rtol=1e-4)
+    for name, parameter in model.named_parameters():
+        if name in trainable:
+            expected = (factors.view(-1, *[1] * (per_pair[name].dim() - 1)) * per_pair[name]).sum(dim=0)
+            torch.testing.assert_close(parameter.grad, expected, atol=1e-6, rtol=1e-4)
+        else:
+            assert parameter.grad is None and parameter.requires_grad  # frozen only within the context
+
+
 def test_dp_sgd_clips_every_pairs_gradient_to_the_bound():
     """σ = 0 and SGD with lr 1: one step moves the parameters by exactly the sum of clipped per-pair gradients
     / expected batch size, so with one pair per step the move is min(||g||, C)."""
     data, bank, bound = tiny_split(4), tiny_split(16), 1e-3
     for pair in range(4):
         model = heads()
-        model.logit_scale.requires_grad_(False)
-        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        trainable = dp_trainable(model)
         before = torch.cat([p.detach().flatten().clone() for p in trainable.values()])
         optimizer = make_private(
             torch.optim.SGD(trainable.values(), lr=1.0),
@@ -253,20 +296,12 @@ def test_dp_sgd_clips_every_pairs_gradient_to_the_bound():
             seed=0,
         )
         row = slice(pair, pair + 1)
-        per_pair = per_pair_gradients(
-            model,
-            trainable,
-            data.image_features[row],
-            data.report_features[row],
-            bank.image_features,
-            bank.report_features,
-        )
-        for name, parameter in trainable.items():
-            parameter.grad_sample = per_pair[name]
-        unclipped = torch.cat([g.flatten() for g in per_pair.values()]).norm()
-        optimizer.step()
+        with frozen_under_dp(model):
+            unclipped = clipped_gradient_sum(model, data.image_features[row], data.report_features[row],
+                                             bank.image_features, bank.report_features, bound)
+            optimizer.step()
         after = torch.cat([p.detach().flatten() for p in trainable.values()])
-        assert unclipped > bound  # so the bound is what limits the move
+        assert unclipped.item() > bound  # so the bound is what limits the move
         assert (after - before).norm().item() == pytest.approx(bound, rel=1e-3)
 
 
@@ -283,7 +318,9 @@ def test_dp_sgd_noise_and_sampling_are_seeded():
     first, again, other = trained(3), trained(3), trained(4)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
-    assert torch.equal(first["logit_scale"], snapshot(heads())["logit_scale"])  # the temperature is frozen under DP
+    initial = snapshot(heads())
+    assert all(torch.equal(first[name], initial[name]) for name in initial if name not in dp_trainable(heads()))
+    assert not any(torch.equal(first[name], initial[name]) for name in dp_trainable(heads()))
 
 
 def test_bank_objective_without_dp_trains_every_pair_and_reports_its_loss():

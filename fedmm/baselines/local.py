@@ -1,9 +1,18 @@
 """Reference: each hospital trains alone on its own data, same model and budget, no communication.
 
 Per hospital, its own model is evaluated on its own local test split; the global-test metrics are the
-mean over the hospitals' models (each hospital's own value is in `global_per_hospital` of metrics.jsonl).
-A hospital without pairs cannot train in the baseline, so its model stays at the initialization.
+mean over the hospitals' models. A hospital without pairs cannot train in the baseline, so its model
+stays at the initialization.
+
+With early stopping, each hospital is taken at its own plateau: every evaluation measures each hospital's
+model on the validation split, and each hospital keeps its best round so far (its model, its global-test
+and own-test metrics). What a round records is that set of best-so-far models, so its validation mean
+rises whenever any hospital improves; the run stops when none has improved for `patience` evaluations,
+and reports every hospital at its own selected round (`selected_rounds` in metrics.jsonl and summary.json;
+each round's line also has `hospital_validation`, every hospital's current model on the selection metric).
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -13,11 +22,22 @@ from fedmm.evaluation.evaluate import Prompts, evaluate_split
 from fedmm.federation import FederatedData, load_reference
 from fedmm.models.heads import build_heads
 from fedmm.runs.recorder import RunRecorder, summarize_hospitals
-from fedmm.runs.selection import server_splits
+from fedmm.runs.selection import ModelSelection, server_splits
 from fedmm.seeding import HEADS_INIT_STREAM, LOCAL_TRAIN_STREAM, derive_seed
 from fedmm.strategies.spec import StrategySpec, register
 from fedmm.training.local import train_heads
 from fedmm.training.missing import handler_factory, needs_reference
+
+
+@dataclass
+class HospitalBest:
+    """One hospital's model at its best validation round so far, and what it measured there."""
+
+    selection: ModelSelection
+    state: dict[str, torch.Tensor] | None = None
+    validation: dict[str, float] | None = None
+    global_test: dict[str, float] | None = None
+    own_test: dict[str, float] | None = None
 
 
 def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder) -> dict[str, torch.Tensor]:
@@ -27,6 +47,7 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
     validation, global_test = server_splits(cfg, data.global_test())
     prompts = Prompts.from_features(data.features)
     reference = load_reference(cfg) if needs_reference(cfg.missing) else None
+    bests = [HospitalBest(ModelSelection(cfg.early_stopping)) for _ in hospitals] if validation is not None else None
     for server_round in range(1, cfg.federation.rounds + 1):
         train = {}
         for hospital, heads in zip(hospitals, models):
@@ -34,28 +55,48 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
             missing = handler_factory(cfg.missing, hospital.train, reference, seed)
             result = train_heads(heads, hospital.train, cfg.train, seed, missing=missing)
             train[hospital.hospital_id] = reference_train_metrics(result)
+        sampled = [h.hospital_id for h in hospitals]
         if not is_evaluation_round(cfg, server_round):
-            recorder.record(server_round, [h.hospital_id for h in hospitals], train)
-            continue
-        own_tests = {h.hospital_id: evaluate_split(m, h.test, prompts) for h, m in zip(hospitals, models)}
-        recorder.record(server_round, [h.hospital_id for h in hospitals], train,
-                        mean_over(models, global_test, prompts), own_tests,
-                        validation=mean_over(models, validation, prompts) if validation is not None else None,
-                        state=state_of(hospitals, models))
-        if recorder.should_stop:
-            break
-    return state_of(hospitals, models)
+            recorder.record(server_round, sampled, train)
+        elif bests is None:
+            own_tests = {h.hospital_id: evaluate_split(m, h.test, prompts) for h, m in zip(hospitals, models)}
+            recorder.record(server_round, sampled, train, mean_over(models, global_test, prompts), own_tests)
+        else:
+            measured_by = {}
+            for hospital, heads, best in zip(hospitals, models, bests):
+                measured = measured_by[str(hospital.hospital_id)] = evaluate_split(heads, validation, prompts)
+                if best.selection.observe(server_round, measured):
+                    best.state = {key: value.clone() for key, value in heads.state_dict().items()}
+                    best.validation, best.own_test = measured, evaluate_split(heads, hospital.test, prompts)
+                    best.global_test = evaluate_split(heads, global_test, prompts)
+            recorder.record(server_round, sampled, train, mean_of([b.global_test for b in bests]),
+                            {h.hospital_id: b.own_test for h, b in zip(hospitals, bests)},
+                            fields={"selected_rounds": {str(h.hospital_id): b.selection.best_round
+                                                        for h, b in zip(hospitals, bests)},
+                                    "hospital_validation": {h: m[cfg.early_stopping.metric]
+                                                            for h, m in measured_by.items()}},
+                            validation=mean_of([b.validation for b in bests]),
+                            state=state_of(hospitals, [b.state for b in bests]))
+            if recorder.should_stop:
+                break
+    return state_of(hospitals, [heads.state_dict() for heads in models])
 
 
 def mean_over(models: list, split, prompts: Prompts) -> dict[str, float]:
     """Each hospital's model on `split`, averaged over the hospitals (`hospital_mean`)."""
-    per_model = {index: evaluate_split(model, split, prompts) for index, model in enumerate(models)}
-    return summarize_hospitals(per_model, dict.fromkeys(per_model, "all"))["hospital_mean"]
+    return mean_of([evaluate_split(model, split, prompts) for model in models])
 
 
-def state_of(hospitals: list, models: list) -> dict[str, torch.Tensor]:
+def mean_of(per_model: list[dict[str, float]]) -> dict[str, float]:
+    """Metrics of several models on one split, averaged over the models that have each metric."""
+    indexed = dict(enumerate(per_model))
+    return summarize_hospitals(indexed, dict.fromkeys(indexed, "all"))["hospital_mean"]
+
+
+def state_of(hospitals: list, states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Every hospital's heads in one state dict, keyed `hospital<id>.<parameter>`."""
     return {f"hospital{h.hospital_id}.{key}": value
-            for h, heads in zip(hospitals, models) for key, value in heads.state_dict().items()}
+            for h, state in zip(hospitals, states) for key, value in state.items()}
 
 
 SPEC = register(

@@ -255,6 +255,7 @@ class RunRecorder:
             **evaluation.get("global", {}),
             **{key: value for key, value in evaluation.items() if key.startswith(("group/", "hospital_"))},
             "hospitals": evaluation.get("hospitals", {}),
+            **({"selected_rounds": evaluation["selected_rounds"]} if "selected_rounds" in evaluation else {}),
             **({"hospital_sites": {str(h): site for h, site in sorted(self.sites.items())}} if self.sites else {}),
             # what one sampled hospital sends (upload) and receives (download) per round, in bytes of arrays
             **{

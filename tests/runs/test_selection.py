@@ -75,3 +75,18 @@ def test_a_run_reports_the_round_selected_on_validation_and_saves_its_heads(stra
     heads, best_heads = load_file(tmp_path / "heads.safetensors"), load_file(tmp_path / "heads-best.safetensors")
     assert all(torch.equal(heads[key], best_heads[key]) for key in heads)
     assert (tmp_path / "heads-last.safetensors").exists()
+
+
+def test_local_takes_every_hospital_at_its_own_best_round(smoke_overrides, tmp_path):
+    cfg = compose_config([*smoke_overrides, "strategy=local", "federation.rounds=10", "federation.evaluate_every=1",
+                          "early_stopping.metric=i2t_recall@10", "early_stopping.patience=2", f"run_dir={tmp_path}"])
+    summary = run_experiment(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for hospital, selected in summary["selected_rounds"].items():
+        curve = [(line["round"], line["hospital_validation"][hospital]) for line in lines]
+        assert selected == max(curve, key=lambda rv: (rv[1], -rv[0]))[0]  # its own best, the earliest among ties
+        at_selection = next(line for line in lines if line["round"] == selected)
+        assert summary["hospitals"][hospital] == at_selection["hospitals"][hospital]  # its test metrics there
+    if lines[-1]["round"] < 10:  # stopped: no hospital improved in the last `patience` evaluations
+        assert lines[-1]["round"] - max(summary["selected_rounds"].values()) == 2
+    assert len(set(summary["selected_rounds"].values())) > 1  # the hospitals' plateaus differ: a real test

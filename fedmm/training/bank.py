@@ -24,9 +24,8 @@ import torch
 from fedmm.config import ExperimentConfig, TrainConfig
 from fedmm.federation import SplitTensors
 from fedmm.models.heads import ContrastiveHeads
-from fedmm.models.losses import reference_bank_info_nce
 from fedmm.simulation.conditions import Clock
-from fedmm.training.ghost import clipped_gradient_sum, dp_trainable, frozen_under_dp
+from fedmm.training.ghost import bank_loss, clipped_gradient_sum, dp_trainable, frozen_under_dp
 from fedmm.training.local import TrainResult, local_optimizer
 from fedmm.training.updates import LocalUpdate, StateDict, snapshot
 
@@ -102,15 +101,6 @@ def train_heads_on_bank(heads: ContrastiveHeads, data: SplitTensors, bank: Split
     heads.eval()
     mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
     return TrainResult(mean_loss, steps, len(paired), len(paired), len(paired), samples)
-
-
-def bank_loss(heads: ContrastiveHeads, images: torch.Tensor, reports: torch.Tensor, bank_images: torch.Tensor,
-              bank_reports: torch.Tensor) -> torch.Tensor:
-    """(B,) per-pair terms; the bank (K studies, features) goes through the heads with gradient."""
-    image_embeddings, report_embeddings = heads(images, reports)  # (B, E) each
-    bank_image_embeddings, bank_report_embeddings = heads(bank_images, bank_reports)  # (K, E) each
-    return reference_bank_info_nce(image_embeddings, report_embeddings, bank_image_embeddings,
-                                   bank_report_embeddings, heads.scale()).total
 
 
 def embed_in_chunks(embed, features: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

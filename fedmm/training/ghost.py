@@ -68,12 +68,17 @@ def clipped_gradient_sum(heads: ContrastiveHeads, images: torch.Tensor, reports:
     factors = (max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0)  # (B,)
     for parameter in trainable.values():
         parameter.grad = None
-    image_embeddings, report_embeddings = heads(images, reports)
-    bank_image_embeddings, bank_report_embeddings = heads(bank_images, bank_reports)
-    terms = reference_bank_info_nce(image_embeddings, report_embeddings, bank_image_embeddings,
-                                    bank_report_embeddings, heads.scale()).total  # (B,)
-    (factors * terms).sum().backward()
+    (factors * bank_loss(heads, images, reports, bank_images, bank_reports)).sum().backward()
     return norms
+
+
+def bank_loss(heads: ContrastiveHeads, images: torch.Tensor, reports: torch.Tensor, bank_images: torch.Tensor,
+              bank_reports: torch.Tensor) -> torch.Tensor:
+    """(B,) per-pair terms; the bank (K studies, features) goes through the heads with gradient."""
+    image_embeddings, report_embeddings = heads(images, reports)  # (B, E) each
+    bank_image_embeddings, bank_report_embeddings = heads(bank_images, bank_reports)  # (K, E) each
+    return reference_bank_info_nce(image_embeddings, report_embeddings, bank_image_embeddings,
+                                   bank_report_embeddings, heads.scale()).total
 
 
 def materialized_pair_gradients(heads: ContrastiveHeads, trainable: dict[str, nn.Parameter], images: torch.Tensor,

@@ -23,9 +23,10 @@ from fedmm.privacy.accounting import (
 )
 from fedmm.privacy.sample_level import plan_all_hospitals, plan_sample_privacy
 from fedmm.strategies.client_dp import ClientLevelDP, new_accountant, release_noise_multiplier
-from fedmm.training.bank import DPSGD, bank_loss, make_private, train_heads_on_bank
+from fedmm.training.bank import DPSGD, make_private, train_heads_on_bank
 from fedmm.training.ghost import (
     FROZEN_UNDER_DP,
+    bank_loss,
     clipped_gradient_sum,
     dp_trainable,
     frozen_under_dp,

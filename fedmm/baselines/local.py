@@ -39,6 +39,15 @@ class HospitalBest:
     global_test: dict[str, float] | None = None
     own_test: dict[str, float] | None = None
 
+    def observe(self, server_round: int, heads, validation: dict[str, float], own_split, global_test,
+                prompts: Prompts) -> None:
+        """Take this round's validation metrics of `heads`; where they are the best so far, keep the heads
+        and measure them on the hospital's own test split and the global test set."""
+        if self.selection.observe(server_round, validation):
+            self.state = {key: value.clone() for key, value in heads.state_dict().items()}
+            self.validation, self.own_test = validation, evaluate_split(heads, own_split, prompts)
+            self.global_test = evaluate_split(heads, global_test, prompts)
+
 
 def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder) -> dict[str, torch.Tensor]:
     hospitals = [data.hospital(h) for h in range(data.num_hospitals)]
@@ -65,10 +74,7 @@ def run_local(cfg: ExperimentConfig, data: FederatedData, recorder: RunRecorder)
             measured_by = {}
             for hospital, heads, best in zip(hospitals, models, bests):
                 measured = measured_by[str(hospital.hospital_id)] = evaluate_split(heads, validation, prompts)
-                if best.selection.observe(server_round, measured):
-                    best.state = {key: value.clone() for key, value in heads.state_dict().items()}
-                    best.validation, best.own_test = measured, evaluate_split(heads, hospital.test, prompts)
-                    best.global_test = evaluate_split(heads, global_test, prompts)
+                best.observe(server_round, heads, measured, hospital.test, global_test, prompts)
             recorder.record(server_round, sampled, train, mean_of([b.global_test for b in bests]),
                             {h.hospital_id: b.own_test for h, b in zip(hospitals, bests)},
                             fields={"selected_rounds": {str(h.hospital_id): b.selection.best_round

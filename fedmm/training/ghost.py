@@ -29,20 +29,20 @@ from torch import nn
 from fedmm.models.heads import ContrastiveHeads, ProjectionHead
 from fedmm.models.losses import reference_bank_info_nce
 
-FROZEN_UNDER_DP = ("logit_scale", "image_head.0.", "report_head.0.")  # the temperature, the LayerNorms' affine
+FROZEN_UNDER_DP = ("logit_scale", "image_head.0.", "report_head.0.")  # prefixes: the temperature, the LayerNorms
 CLIP_EPSILON = 1e-6  # as Opacus: c_i = min(1, C / (‖∇ℓ_i‖ + 1e-6))
 
 
 def dp_trainable(heads: ContrastiveHeads) -> dict[str, nn.Parameter]:
     """The parameters DP-SGD trains: all but `FROZEN_UNDER_DP`."""
-    return {name: p for name, p in heads.named_parameters()
-            if not (name == FROZEN_UNDER_DP[0] or name.startswith(FROZEN_UNDER_DP[1:]))}
+    return {name: p for name, p in heads.named_parameters() if not name.startswith(FROZEN_UNDER_DP)}
 
 
 @contextmanager
 def frozen_under_dp(heads: ContrastiveHeads, private: bool = True) -> Iterator[None]:
     """Within it, with `private`, the `FROZEN_UNDER_DP` parameters take no gradient; restored afterwards."""
-    frozen = [p for name, p in heads.named_parameters() if name not in dp_trainable(heads)] if private else []
+    trainable = dp_trainable(heads)
+    frozen = [p for name, p in heads.named_parameters() if name not in trainable] if private else []
     for parameter in frozen:
         parameter.requires_grad_(False)
     try:

@@ -206,8 +206,9 @@ class RunRecorder:
         return largest | {"hospitals": hospitals}
 
     def conditions_summary(self) -> dict[str, Any]:
-        """Under simulated conditions: offline and late counts, the virtual time of the run and the virtual time
-        at which each global metric first reached its final value (higher is better for all of them)."""
+        """Under simulated conditions: offline and late counts, the virtual time of the run, the virtual time
+        at which each global metric first reached its final value (higher is better for all of them) and, with
+        early stopping, the virtual time of the selected round (when the reported model existed)."""
         lines = self.read_lines()
         if not any("offline" in line or "clock_s" in line for line in lines) and is_ideal(self.cfg.conditions):
             return {}
@@ -227,6 +228,8 @@ class RunRecorder:
                              if line["global"].get(metric, -math.inf) >= final[metric])
                 for metric in TIME_TO_FINAL if metric in final
             }
+        if "clock_s" in self.selected_evaluation:
+            summary["virtual_time_to_selected_s"] = self.selected_evaluation["clock_s"]
         return summary
 
     def finish(

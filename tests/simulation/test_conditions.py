@@ -176,7 +176,8 @@ def test_a_run_under_dropouts_and_a_deadline_records_who_was_missing(smoke_overr
 
     cfg = compose_config([*smoke_overrides, "federation.rounds=4", "conditions=stragglers",
                           "conditions.availability.dropout=0.4", "conditions.compute.samples_per_s=40",
-                          "conditions.deadline_s=3", "conditions.late=drop", f"run_dir={tmp_path}"])
+                          "conditions.deadline_s=3", "conditions.late=drop", "early_stopping.metric=i2t_recall@10",
+                          "early_stopping.patience=null", f"run_dir={tmp_path}"])
     summary = run_experiment(cfg)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     availability = Availability(cfg.conditions.availability, 3, cfg.seed, 4)
@@ -192,3 +193,5 @@ def test_a_run_under_dropouts_and_a_deadline_records_who_was_missing(smoke_overr
     assert summary["virtual_time_s"] == pytest.approx(clock)
     assert math.isclose(summary["offline_per_round"], sum(len(line.get("offline", [])) for line in lines) / 4)
     assert set(summary["virtual_time_to_final_s"]) >= {"i2t_recall@10"}
+    selected = next(line for line in lines if line["round"] == summary["evaluated_round"])
+    assert summary["virtual_time_to_selected_s"] == selected["clock_s"]

@@ -1,7 +1,9 @@
 """The budget sweep behind the default rounds and early stopping: learning curves on validation and test.
 
     python benchmarks/budget.py --out outputs/budget [--seeds 0] [--plot docs/budget-curves.png]
-                                [--update docs/strategies.md] [overrides ...]
+                                [--scenarios balanced,imbalanced] [--update docs/strategies.md] [overrides ...]
+
+On a dataset from disk: `--scenarios natural dataset=folder dataset.path=DIR` (one hospital per site).
 
 Runs `fedmm sweep strategy=centralized,fedavg,local scenario=balanced,imbalanced federation.rounds=60
 federation.evaluate_every=2 early_stopping.patience=null` (every round is run; the round that validation
@@ -21,7 +23,7 @@ from fedmm.cli import run_with_progress
 from fedmm.studies.markdown import update_section
 from fedmm.studies.sweep import run_grid, with_seeds
 
-STRATEGIES, SCENARIOS = ("centralized", "fedavg", "local"), ("balanced", "imbalanced")
+STRATEGIES, SCENARIOS = ("centralized", "fedavg", "local"), "balanced,imbalanced"
 CURVES = (("i2t_recall@10", "global i2t R@10"), ("zeroshot_auroc_macro", "global 0-shot AUROC"))
 FIXED = ["federation.rounds=60", "federation.evaluate_every=2", "early_stopping.patience=null"]
 
@@ -31,17 +33,17 @@ def curves(run_dir: Path) -> list[dict]:
     return [line for line in lines if "validation" in line]
 
 
-def plot(finished: list, path: Path) -> None:
+def plot(finished: list, scenarios: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(SCENARIOS), len(CURVES), figsize=(12, 8), squeeze=False)
-    for row, scenario in zip(axes, SCENARIOS):
+    figure, axes = plt.subplots(len(scenarios), len(CURVES), figsize=(12, 4 * len(scenarios)), squeeze=False)
+    for row, scenario in zip(axes, scenarios):
         for ax, (metric, title) in zip(row, CURVES):
             for index, strategy in enumerate(STRATEGIES):
-                runs = [(cell, s) for cell, s in finished if cell.values["scenario"] == scenario
+                runs = [(cell, s) for cell, s in finished if s["scenario"] == scenario
                         and cell.values["strategy"] == strategy]
                 for number, (_, summary) in enumerate(runs):
                     lines = curves(Path(summary["run_dir"]))
@@ -58,13 +60,13 @@ def plot(finished: list, path: Path) -> None:
     plt.close(figure)
 
 
-def table(finished: list, command: str) -> str:
+def table(finished: list, scenarios: list[str], command: str) -> str:
     lines = [f"```bash\n{command}\n```", "",
              "| scenario | strategy | seeds | selected round (on validation) | test R@10 there | test AUROC there | "
              "test R@10 at the last round | test AUROC at the last round |", "|---|---|---|---|---|---|---|---|"]
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         for strategy in STRATEGIES:
-            runs = [s for cell, s in finished if cell.values["scenario"] == scenario
+            runs = [s for cell, s in finished if s["scenario"] == scenario
                     and cell.values["strategy"] == strategy]
             if not runs:
                 continue
@@ -82,17 +84,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--plot", type=Path, default=None, help="also save the curves here (default: OUT/curves.png)")
+    parser.add_argument("--scenarios", default=SCENARIOS, help="comma-separated scenario options")
     parser.add_argument("--update", type=Path, default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    grid = [*FIXED, *args.overrides, f"strategy={','.join(STRATEGIES)}", f"scenario={','.join(SCENARIOS)}"]
+    scenarios = args.scenarios.split(",")
+    grid = [*FIXED, *args.overrides, f"strategy={','.join(STRATEGIES)}", f"scenario={','.join(scenarios)}"]
     _, finished = run_grid(with_seeds(grid, args.seeds), args.out, run_with_progress, print)
     finished = [(cell, summary | {"run_dir": str(args.out / "cells" / cell.name)}) for cell, summary in finished]
     for path in {args.out / "curves.png", args.plot or args.out / "curves.png"}:
-        plot(finished, path)
+        plot(finished, scenarios, path)
     command = " ".join(["python benchmarks/budget.py --out", str(args.out), "--seeds", args.seeds,
-                        *(["--plot", str(args.plot)] if args.plot else []), *args.overrides])
-    text = table(finished, command)
+                        *(["--plot", str(args.plot)] if args.plot else []),
+                        *(["--scenarios", args.scenarios] if args.scenarios != SCENARIOS else []), *args.overrides])
+    text = table(finished, scenarios, command)
     print(text)
     if args.update:
         update_section(args.update, "benchmarks/budget.py", text)

@@ -36,13 +36,12 @@ TABLE_COLUMNS = (
 BASELINE = "the same form without dropout"
 
 
-def offline_rounds(run_dir: Path, group: str, up_to: int) -> float:
-    """Rounds up to `up_to` (the reported one) in which a hospital of `group` was offline, per hospital."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+def offline_rounds(run_dir: Path, summary: dict, group: str) -> float:
+    """Rounds up to the reported one in which a hospital of `group` was offline, per hospital of that group."""
     members = {h for h, metrics in summary["hospitals"].items() if metrics["group"] == group}
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return sum(len(members & {str(h) for h in line.get("offline", [])}) for line in lines
-               if line["round"] <= up_to) / len(members)
+               if line["round"] <= summary["evaluated_round"]) / len(members)
 
 
 def table(summaries: list[dict]) -> str:
@@ -67,7 +66,7 @@ def main() -> None:
     for cell, summary in finished:
         run_dir = args.out / "cells" / cell.name
         summaries.append(summary | cell.values | {
-            f"offline_{group}": offline_rounds(run_dir, group, summary["evaluated_round"]) for group in OFFLINE})
+            f"offline_{group}": offline_rounds(run_dir, summary, group) for group in OFFLINE})
     text = (f"Seeds {args.seeds}; every hospital sampled, independent offline rounds; the test metrics of the "
             f"round selected on the validation split.\n\n{table(summaries)}")
     print(text)

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 from fedmm.cli import run_with_progress
-from fedmm.studies.compare import COLUMNS, budget_line
+from fedmm.studies.compare import COLUMNS
 from fedmm.studies.markdown import update_section
 from fedmm.studies.sweep import run_grid, with_seeds
-from fedmm.studies.tables import Column, legend, markdown_rows, seeded_rows
+from fedmm.studies.tables import Column, results_table, seeded_rows
 
 RATE, FORM = "conditions.availability.dropout", "strategy.modality_aware"
 RATES = ("0", "0.2", "0.5")
@@ -48,8 +48,7 @@ def table(summaries: list[dict]) -> str:
     rows = seeded_rows(summaries, (FORM, RATE), TABLE_COLUMNS, lambda setting: {**setting, RATE: RATES[0]})
     for row in rows:
         row["setting"] = f"{FORMS[row[FORM]]}, dropout {row[RATE]}"
-    return "\n".join([legend(BASELINE), "", budget_line(summaries), "",
-                      *markdown_rows(rows, "setting", TABLE_COLUMNS)])
+    return results_table(rows, "setting", TABLE_COLUMNS, summaries, BASELINE)
 
 
 def main() -> None:

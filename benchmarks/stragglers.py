@@ -16,10 +16,10 @@ import argparse
 from pathlib import Path
 
 from fedmm.cli import run_with_progress
-from fedmm.studies.compare import COLUMNS, budget_line
+from fedmm.studies.compare import COLUMNS
 from fedmm.studies.markdown import update_section
 from fedmm.studies.sweep import VARIANT_AXIS, run_grid, with_seeds
-from fedmm.studies.tables import Column, legend, markdown_rows, seeded_rows
+from fedmm.studies.tables import Column, results_table, seeded_rows
 
 VARIANTS = {"conditions.deadline_s=null": "no deadline", "conditions.late=partial": "8 s, partial",
             "conditions.late=drop": "8 s, drop"}
@@ -40,8 +40,7 @@ def table(summaries: list[dict]) -> str:
                        lambda setting: {**setting, VARIANT_AXIS: no_deadline})
     for row in rows:
         row["setting"] = f"{row['strategy']}, {VARIANTS[row[VARIANT_AXIS]]}"
-    return "\n".join([legend(BASELINE), "", budget_line(summaries), "",
-                      *markdown_rows(rows, "setting", TABLE_COLUMNS)])
+    return results_table(rows, "setting", TABLE_COLUMNS, summaries, BASELINE)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from fedmm.data.modality import GROUPS
 from fedmm.evaluation.metrics import label
 from fedmm.studies.sweep import run_grid, with_seeds
-from fedmm.studies.tables import Column, RunFn, csv_fields, legend, markdown_rows, seeded_rows, write_csv
+from fedmm.studies.tables import Column, RunFn, csv_fields, legend, seeded_rows, table_section, write_csv
 
 KEYS = ("scenario", "strategy")
 
@@ -98,28 +98,8 @@ def markdown_table(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], 
     for scenario in dict.fromkeys(row["scenario"] for row in rows):
         members = [row for row in rows if row["scenario"] == scenario]
         runs = [s for s in summaries if s["scenario"] == scenario]
-        sections.append("\n".join([f"### {scenario}", "", budget_line(runs), "",
-                                    *markdown_rows(members, "strategy", COLUMNS)]))
+        sections.append(f"### {scenario}\n\n" + table_section(members, "strategy", COLUMNS, runs))
     return "\n\n".join(sections) + "\n"
-
-
-def budget_line(summaries: list[dict[str, Any]]) -> str:
-    """The budget the runs were given: rounds (or the round early stopping selected) and sample passes."""
-    rounds = sorted({s["rounds"] for s in summaries})
-    evaluated = sorted({s.get("evaluated_round") for s in summaries if s.get("evaluated_round") is not None})
-    passes = [s["sample_passes"] for s in summaries if s.get("sample_passes") is not None]
-    text = f"Budget: {', '.join(map(str, rounds))} rounds"
-    if evaluated != rounds:
-        text += f" (the tables show the round each run selected: {evaluated[0]}–{evaluated[-1]})"
-    if passes:
-        text += (f"; sample passes (one sample through one gradient step) per run: {min(passes):,.0f}"
-                 + (f"–{max(passes):,.0f}" if max(passes) != min(passes) else ""))
-    chance = summaries[0].get("chance", {}) if summaries else {}
-    if chance:
-        text += ". Chance on the test set: " + ", ".join(f"{label(name)} {chance[name]:.3f}" for name in
-                                                        ("i2t_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
-                                                        if name in chance)
-    return text + "."
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from fedmm.studies.compare import COLUMNS
 from fedmm.studies.sweep import VARIANT_AXIS, run_grid, with_seeds
-from fedmm.studies.tables import Column, RunFn, csv_fields, legend, markdown_rows, seeded_rows, write_csv
+from fedmm.studies.tables import Column, RunFn, csv_fields, results_table, seeded_rows, write_csv
 
 NO_DP_IN_BATCH = "no-dp-in-batch"
 NOISE_FREE = "eps-inf"
@@ -61,7 +61,7 @@ def run_privacy_sweep(epsilons: Sequence[float], overrides: Sequence[str], out: 
     rows = seeded_rows(runs, KEYS, PRIVACY_COLUMNS,
                        (lambda setting: {"cell": NOISE_FREE, "target_epsilon": math.inf}) if tested else None)
     write_csv(rows, out / "table.csv", csv_fields(KEYS, PRIVACY_COLUMNS))
-    (out / "table.md").write_text(markdown_table(rows, NOISE_FREE if tested else None))
+    (out / "table.md").write_text(markdown_table(rows, runs, NOISE_FREE if tested else None))
     plot_privacy_utility(rows, out / "privacy_utility.png")
     return rows
 
@@ -71,12 +71,12 @@ def _mean_noise(privacy: dict) -> float | None:
     return sum(noises) / len(noises) if noises else None
 
 
-def markdown_table(rows: list[dict[str, Any]], baseline: str | None) -> str:
+def markdown_table(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline: str | None) -> str:
     for row in rows:
         target = row["target_epsilon"]
         row["setting"] = f"{row['cell']} (target ε " + ("–" if target == "" else "∞" if math.isinf(target)
                                                          else f"{target:g}") + ")"
-    return legend(baseline) + "\n\n" + "\n".join(markdown_rows(rows, "setting", PRIVACY_COLUMNS)) + "\n"
+    return results_table(rows, "setting", PRIVACY_COLUMNS, runs, baseline) + "\n"
 
 
 def plot_privacy_utility(rows: list[dict[str, Any]], path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmm.config import ExperimentConfig
+from fedmm.evaluation.metrics import label as metric_label
 from fedmm.studies.stats import INTERVAL_NAME, TEST_NAME, paired_difference, t_interval
 
 RunFn = Callable[[ExperimentConfig], dict[str, Any]]
@@ -99,3 +100,34 @@ def legend(baseline: str | None) -> str:
     if baseline:
         text += f" ↑/↓: significantly above/below `{baseline}` ({TEST_NAME}); no arrow: not significant."
     return text
+
+
+def budget_line(summaries: list[dict[str, Any]]) -> str:
+    """The budget the runs were given: rounds (or the round early stopping selected) and sample passes."""
+    rounds = sorted({s["rounds"] for s in summaries})
+    evaluated = sorted({s.get("evaluated_round") for s in summaries if s.get("evaluated_round") is not None})
+    passes = [s["sample_passes"] for s in summaries if s.get("sample_passes") is not None]
+    text = f"Budget: {', '.join(map(str, rounds))} rounds"
+    if evaluated != rounds:
+        text += f" (the tables show the round each run selected: {evaluated[0]}–{evaluated[-1]})"
+    if passes:
+        text += (f"; sample passes (one sample through one gradient step) per run: {min(passes):,.0f}"
+                 + (f"–{max(passes):,.0f}" if max(passes) != min(passes) else ""))
+    chance = summaries[0].get("chance", {}) if summaries else {}
+    if chance:
+        text += ". Chance on the test set: " + ", ".join(f"{metric_label(name)} {chance[name]:.3f}" for name in
+                                                        ("i2t_recall@10", "i2t_precision@5", "zeroshot_auroc_macro")
+                                                        if name in chance)
+    return text + "."
+
+
+def table_section(rows: Sequence[dict[str, Any]], label: str, columns: Sequence[Column],
+                  summaries: list[dict[str, Any]]) -> str:
+    """The budget the runs were given, then their table."""
+    return "\n".join([budget_line(summaries), "", *markdown_rows(rows, label, columns)])
+
+
+def results_table(rows: Sequence[dict[str, Any]], label: str, columns: Sequence[Column],
+                  summaries: list[dict[str, Any]], baseline: str | None) -> str:
+    """A whole results table: what its ± and arrows mean, the budget, the rows (first column `row[label]`)."""
+    return legend(baseline) + "\n\n" + table_section(rows, label, columns, summaries)

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from fedmm.studies.stats import paired_difference, t_interval
-from fedmm.studies.tables import Column, format_value, seeded_rows
+from fedmm.studies.tables import Column, format_value, results_table, seeded_rows
 
 T_975_2 = 4.302653
 
@@ -49,3 +49,18 @@ def test_seeded_rows_group_by_setting_and_test_against_the_baseline():
     assert better["auroc_diff"] == pytest.approx(0.11) and better["auroc_sig"] == 1  # differences 0.10, 0.11, 0.12
     assert "bytes_diff" not in better  # a cost column is not tested
     assert format_value(better, columns[0]) == f"0.830 ± {T_975_2 * 0.03 / math.sqrt(3):.3f} ↑"
+
+
+def test_a_results_table_states_its_legend_budget_and_chance():
+    runs = [{"strategy": "fedavg", "seed": seed, "auroc": value, "rounds": 100, "evaluated_round": selected,
+             "sample_passes": passes, "chance": {"zeroshot_auroc_macro": 0.5}}
+            for seed, value, selected, passes in ((0, 0.70, 24, 1000), (1, 0.72, 40, 2000), (2, 0.74, 100, 5000))]
+    columns = [Column("auroc", "AUROC", lambda s: s["auroc"])]
+    text = results_table(seeded_rows(runs, ["strategy"], columns), "strategy", columns, runs, None)
+    legend_line, _, budget, _, header, _, row = text.splitlines()
+    assert "95% Student-t confidence interval" in legend_line and "↑" not in legend_line  # no baseline: no arrows
+    assert budget == ("Budget: 100 rounds (the tables show the round each run selected: 24–100); sample passes (one "
+                      "sample through one gradient step) per run: 1,000–5,000. Chance on the test set: 0-shot AUROC "
+                      "0.500.")
+    assert header == "| strategy | seeds | AUROC |"
+    assert row == f"| fedavg | 3 | 0.720 ± {T_975_2 * 0.02 / math.sqrt(3):.3f} |"

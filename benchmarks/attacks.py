@@ -4,24 +4,33 @@
 
 Runs `fedmm sweep +experiment=robustness aggregator=... seed=0,1,2` with one variant per attack level
 (a seeded fraction of the 8 hospitals sends a sign-flipped update, scale 5: received - 5·Δ), reusing
-finished cells, then prints a markdown table of mean ± sample standard deviation over the seeds and
-the seeds' range, and whether each aggregator holds under attack: its mean R@10 and AUROC with 1 and 2
+finished cells, then prints two markdown tables of mean ± 95% t-interval over the seeds, each value tested
+(paired by seed) against the same aggregator without attackers:
+- at the last round: the model training ends with, what the aggregator alone achieves;
+- at the round selected on the server's validation split: what a server that holds clean data of its own
+  recovers by model selection (a defence of its own, which can hide a broken aggregator).
+The first also says whether each aggregator holds under attack: its mean R@10 and AUROC with 1 and 2
 attackers within `--margin-recall` and `--margin-auroc` of its own attack-free mean (the margins are
-fixed before looking at the results: 0.05 and 0.02). `--update FILE` writes the table between the
-markers `<!-- benchmarks/attacks.py: begin -->` and `<!-- benchmarks/attacks.py: end -->`.
+fixed before looking at the results: 0.05 and 0.02). `--update FILE` writes both between the markers
+`<!-- benchmarks/attacks.py: begin -->` and `<!-- benchmarks/attacks.py: end -->`.
 """
 
 import argparse
-import csv
-import statistics
 from pathlib import Path
 
 from fedmm.cli import run_with_progress
+from fedmm.studies.compare import COLUMNS
 from fedmm.studies.markdown import update_section
-from fedmm.studies.sweep import run_sweep
+from fedmm.studies.sweep import VARIANT_AXIS, run_grid, with_seeds
+from fedmm.studies.tables import Column, results_table, seeded_rows, table_section
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multikrum")
-METRICS = {"i2t_recall@10": "R@10", "zeroshot_auroc_macro": "AUROC"}
+METRICS = ("i2t_recall@10", "zeroshot_auroc_macro")
+SELECTED = tuple(column for name in METRICS for column in COLUMNS if column.name == name)
+LAST = tuple(Column(c.name, c.header, (lambda n: lambda s: s.get("last_round_metrics", s).get(n))(c.name))
+             for c in SELECTED)  # without model selection, the last round is the reported one
+SELECTED_ROUND = Column("selected_round", "selected round", lambda s: s["evaluated_round"], compare=False, digits=1)
+BASELINE = "the same aggregator without attackers"
 
 
 def attack(attackers: int, kind: str, scale: float) -> str:
@@ -30,25 +39,38 @@ def attack(attackers: int, kind: str, scale: float) -> str:
     return f"scenario.adversaries=[{{fraction:{attackers / 8},kind:{kind},scale:{scale:g}}}]"
 
 
-def table(rows: list[dict], levels: dict[str, int], seeds: list[str], margins: dict[str, float]) -> str:
-    header = "| aggregator | " + " | ".join(f"{label}, {n} attacker{'s' * (n != 1)}" for n in levels.values()
-                                              for label in METRICS.values()) + " | holds with 1 / 2 attackers |"
-    lines = [header, "|---" * (2 + len(METRICS) * len(levels)) + "|"]
-    for aggregator in AGGREGATORS:
-        cells, means = [], {}
-        for variant, attackers in levels.items():
-            for metric in METRICS:
-                values = [float(r[metric]) for r in rows if r["aggregator"] == aggregator and r["variant"] == variant]
-                if len(values) != len(seeds):
-                    cells.append("–")
-                    continue
-                means[attackers, metric] = statistics.mean(values)
-                cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} "
-                             f"({min(values):.3f}–{max(values):.3f})")
-        holds = ["yes" if all((n, m) in means and means[n, m] >= means[0, m] - margins[m] for m in METRICS)
-                 else "no" for n in (1, 2)] if all((0, m) in means for m in METRICS) else ["–", "–"]
-        lines.append(f"| `{aggregator}` | " + " | ".join(cells) + f" | {' / '.join(holds)} |")
-    return "\n".join(lines)
+def holds(rows: list[dict], margins: dict[str, float]) -> dict[str, str]:
+    """Per aggregator, 'yes' or 'no' at each attack level: every metric's mean within its margin of the
+    aggregator's own attack-free mean."""
+    by_setting = {(row["aggregator"], row["attackers"]): row for row in rows}
+    verdicts = {}
+    for aggregator in dict.fromkeys(row["aggregator"] for row in rows):
+        clean = by_setting.get((aggregator, 0))
+        verdicts[aggregator] = " / ".join(
+            "–" if clean is None or (aggregator, n) not in by_setting else
+            "yes" if all(by_setting[aggregator, n][m] >= clean[m] - margins[m] for m in METRICS) else "no"
+            for n in (1, 2))
+    return verdicts
+
+
+def tables(summaries: list[dict], margins: dict[str, float]) -> str:
+    keys = ("aggregator", "attackers")
+
+    def baseline(setting: dict) -> dict:
+        return {**setting, "attackers": 0}
+
+    last = seeded_rows(summaries, keys, LAST, baseline)
+    selected = seeded_rows(summaries, keys, (*SELECTED, SELECTED_ROUND), baseline)
+    for row in [*last, *selected]:
+        row["setting"] = f"`{row['aggregator']}`, {row['attackers']} attacker{'s' * (row['attackers'] != 1)}"
+    at_last_round = [s | {"evaluated_round": s.get("last_evaluated_round", s["evaluated_round"])} for s in summaries]
+    verdicts = "; ".join(f"`{aggregator}` {verdict}" for aggregator, verdict in holds(last, margins).items())
+    return "\n".join([
+        "**At the last round** (the model training ends with):", "",
+        results_table(last, "setting", LAST, at_last_round, BASELINE), "", f"Holds with 1 / 2 attackers: {verdicts}.",
+        "", "**At the round selected on the server's validation split** (clean data the server holds):", "",
+        table_section(selected, "setting", (*SELECTED, SELECTED_ROUND), summaries),
+    ])
 
 
 def main() -> None:
@@ -63,14 +85,15 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     levels = {attack(n, args.kind, args.scale): n for n in (0, 1, 2)}
-    run_sweep(["+experiment=robustness", f"aggregator={','.join(AGGREGATORS)}", f"seed={args.seeds}",
-               *args.overrides], args.out, run_with_progress, variants=list(levels))
-    with (args.out / "results.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    _, finished = run_grid(with_seeds(["+experiment=robustness", f"aggregator={','.join(AGGREGATORS)}",
+                                       *args.overrides], args.seeds),
+                           args.out, run_with_progress, variants=list(levels))
+    summaries = [summary | {"aggregator": cell.values["aggregator"], "attackers": levels[cell.values[VARIANT_AXIS]]}
+                 for cell, summary in finished]
     margins = {"i2t_recall@10": args.margin_recall, "zeroshot_auroc_macro": args.margin_auroc}
-    text = (f"`{args.kind}` ×{args.scale:g} attackers; mean ± sd (min–max) over seeds {args.seeds}; holds: within "
+    text = (f"`{args.kind}` ×{args.scale:g} attackers; seeds {args.seeds}; holds: the last round's means within "
             f"{args.margin_recall} R@10 and {args.margin_auroc} AUROC of the same aggregator without attackers\n\n"
-            + table(rows, levels, args.seeds.split(","), margins))
+            + tables(summaries, margins))
     print(text)
     if args.update:
         update_section(args.update, "benchmarks/attacks.py", text)

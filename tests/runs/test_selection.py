@@ -72,6 +72,7 @@ def test_a_run_reports_the_round_selected_on_validation_and_saves_its_heads(stra
     if last < 8:  # stopped: the last `patience` evaluations did not improve
         assert "early stopping" in summary["stopped"] and last - best[0] == 2
     assert summary["last_evaluated_round"] == last
+    assert summary["last_round_metrics"] == lines[-1]["global"]  # the test metrics had it not selected
     heads, best_heads = load_file(tmp_path / "heads.safetensors"), load_file(tmp_path / "heads-best.safetensors")
     assert all(torch.equal(heads[key], best_heads[key]) for key in heads)
     assert (tmp_path / "heads-last.safetensors").exists()

@@ -16,10 +16,12 @@ from fedmm.models.losses import reference_bank_info_nce
 from fedmm.privacy.accounting import (
     EPSILON_TOLERANCE,
     SampledGaussianSteps,
+    composed,
     epsilon_spent,
     ledger_from_lists,
     ledger_to_lists,
     noise_for_target,
+    pld_epsilon,
 )
 from fedmm.privacy.sample_level import plan_all_hospitals, plan_sample_privacy
 from fedmm.strategies.client_dp import ClientLevelDP, new_accountant, release_noise_multiplier
@@ -72,6 +74,17 @@ def test_cumulative_epsilon_agrees_with_opacus_and_dp_accounting_within_1_percen
     # cumulative, never per round: every round adds to it
     assert epsilon_spent(LEDGER[:1], delta) < epsilon_spent(LEDGER[:2], delta) < reported
     assert epsilon_spent((), delta) == 0.0
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_a_long_ledger_costs_one_evaluation_per_mechanism_and_the_same_epsilon(accountant):
+    rounds = (SampledGaussianSteps(1.1, 64 / 1000, 16),) * 50 + (SampledGaussianSteps(1.1, 64 / 1000, 0),
+                                                                  SampledGaussianSteps(0.8, 0.25, 8))
+    assert composed(rounds) == [(1.1, 64 / 1000, 800), (0.8, 0.25, 8)]  # equal (σ, q) add their steps
+    entry_by_entry = [(e.noise_multiplier, e.sample_rate, e.steps) for e in rounds if e.steps]
+    reference = opacus_epsilon(rounds, 1e-5) if accountant == "rdp" else pld_epsilon(entry_by_entry, 1e-5)
+    assert epsilon_spent(rounds, 1e-5, accountant) == pytest.approx(reference, rel=1e-9 if accountant == "rdp"
+                                                                    else 1e-3)
 
 
 def prv_epsilon(ledger, delta: float) -> float:

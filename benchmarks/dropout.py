@@ -47,7 +47,7 @@ def offline_rounds(run_dir: Path, summary: dict, group: str) -> float:
 def table(summaries: list[dict]) -> str:
     rows = seeded_rows(summaries, (FORM, RATE), TABLE_COLUMNS, lambda setting: {**setting, RATE: RATES[0]})
     for row in rows:
-        row["setting"] = f"{FORMS[row[FORM]]}, dropout {row[RATE]}"
+        row["setting"] = f"{FORMS[str(row[FORM]).lower()]}, dropout {row[RATE]}"  # a cell's value: Hydra's False
     return results_table(rows, "setting", TABLE_COLUMNS, summaries, BASELINE)
 
 

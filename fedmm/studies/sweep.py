@@ -32,6 +32,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.data.modality import GROUPS
+from fedmm.federation import resolve_hospitals
 from fedmm.strategies import strategy_spec
 from fedmm.studies.tables import RunFn, write_csv
 from fedmm.validation import validate_config
@@ -122,6 +123,7 @@ def compose_cells(cells: Sequence[Cell], out: Path) -> list[ExperimentConfig]:
     for cell in cells:
         try:
             cfg = compose_config([*cell.overrides, f"run_dir='{out / 'cells' / cell.name}'"])  # quoted: = and ,
+            cfg = resolve_hospitals(cfg)  # scenario=natural: one hospital per site, as a run resolves it
             validate_config(cfg)
         except ConfigError as error:
             raise ConfigError(f"sweep cell {cell.name}: {error}") from error

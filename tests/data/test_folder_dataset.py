@@ -21,6 +21,7 @@ from fedmm.data.synthetic import generate_synthetic_cxr
 from fedmm.experiment import run_experiment
 from fedmm.federation import load_federated_data, load_reference, resolve_hospitals
 from fedmm.models.features import load_features
+from fedmm.studies.sweep import compose_cells, make_cells, parse_sweep
 
 SITES = {"north": 90, "south": 70, "east": 60, "tiny-a": 12, "tiny-b": 16}  # studies per site
 LABELS = ("cardiomegaly", "effusion")  # the dataset's own vocabulary: two columns of its manifest
@@ -199,3 +200,9 @@ def test_images_are_decoded_a_batch_at_a_time_and_a_bad_file_loses_nothing_alrea
     torch.testing.assert_close(fixed.image_features, whole.image_features)  # the same as extracting at once
     torch.testing.assert_close(fixed.report_features, whole.report_features)
     assert fixed.image_features[row].abs().sum() > 0
+
+
+def test_a_sweep_over_a_folder_resolves_its_site_hospitals_before_validating(dataset_dir, cache_dir, tmp_path):
+    cells = make_cells(*parse_sweep([*folder_overrides(dataset_dir, cache_dir), "strategy=fedavg,centralized"]))
+    configs = compose_cells(cells, tmp_path)  # a cell's scenario=natural: not refused for its null num_hospitals
+    assert [cfg.scenario.num_hospitals for cfg in configs] == [4, 4]  # as `fedmm run` resolves them

@@ -25,7 +25,7 @@ from fedmm.studies.tables import Column, results_table, seeded_rows
 
 RATE, FORM = "conditions.availability.dropout", "strategy.modality_aware"
 RATES = ("0", "0.2", "0.5")
-FORMS = {"false": "fedavg", "true": "fedavg, modality-aware"}
+FORMS = {"False": "fedavg", "True": "fedavg, modality-aware"}  # as a sweep cell records the values
 SHOWN = ("i2t_recall@10", "zeroshot_auroc_macro", "hospital_worst_auroc", "image_only_auroc", "report_only_auroc")
 OFFLINE = {"image_only": "rounds offline: image-only (per site)", "report_only": "rounds offline: report-only"}
 TABLE_COLUMNS = (
@@ -47,7 +47,7 @@ def offline_rounds(run_dir: Path, summary: dict, group: str) -> float:
 def table(summaries: list[dict]) -> str:
     rows = seeded_rows(summaries, (FORM, RATE), TABLE_COLUMNS, lambda setting: {**setting, RATE: RATES[0]})
     for row in rows:
-        row["setting"] = f"{FORMS[str(row[FORM]).lower()]}, dropout {row[RATE]}"  # a cell's value: Hydra's False
+        row["setting"] = f"{FORMS[row[FORM]]}, dropout {row[RATE]}"
     return results_table(rows, "setting", TABLE_COLUMNS, summaries, BASELINE)
 
 

@@ -3,10 +3,10 @@
     python benchmarks/encoders.py --out outputs/encoder_comparison [--seeds 0,1,2] [overrides ...]
 
 Runs (or reuses) `fedmm sweep +experiment=encoder_comparison strategy=centralized,fedavg seed=0,1,2` with
-one variant per encoder, then prints a markdown table: per strategy and encoder the rounds selected on
-validation, and the global test set's R@10 and 0-shot AUROC as mean ± 95% t-interval over the seeds with
-each seed's value; below it, per strategy and metric, the paired difference EfficientNet-Lite0 − ResNet-18
-(mean ± 95% interval of the difference, p-value of the paired t-test).
+one variant per encoder, then prints the runs' budget and a markdown table: per strategy and encoder the
+rounds selected on validation, and the global test set's R@10 and 0-shot AUROC as mean ± 95% t-interval
+over the seeds with each seed's value; below it, per strategy and metric, the paired difference
+EfficientNet-Lite0 − ResNet-18 (mean ± 95% interval of the difference, p-value of the paired t-test).
 """
 
 import argparse
@@ -15,6 +15,7 @@ from pathlib import Path
 from fedmm.cli import run_with_progress
 from fedmm.studies.stats import paired_difference, t_interval
 from fedmm.studies.sweep import VARIANT_AXIS, run_grid, with_seeds
+from fedmm.studies.tables import budget_line
 
 ENCODERS = {"encoders.image.name=resnet18 encoders.image.weights=null": "ResNet-18, random init",
             "encoders.image.name=efficientnet_lite0 encoders.image.weights=packaged": "EfficientNet-Lite0, ImageNet"}
@@ -23,7 +24,9 @@ METRICS = ("i2t_recall@10", "zeroshot_auroc_macro")
 
 
 def table(runs: dict[tuple[str, str], dict[int, dict]]) -> str:
-    lines = ["| encoder | strategy | selected rounds | R@10 (i2t) | zero-shot AUROC (macro) |", "|---|---|---|---|---|"]
+    summaries = [summary for by_seed in runs.values() for summary in by_seed.values()]
+    lines = [budget_line(summaries), "",
+             "| encoder | strategy | selected rounds | R@10 (i2t) | zero-shot AUROC (macro) |", "|---|---|---|---|---|"]
     for strategy in STRATEGIES:
         for variant, name in ENCODERS.items():
             by_seed = runs[strategy, variant]

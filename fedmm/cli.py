@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a column of results.csv; repeat for more (default: i2t_recall@10, zeroshot_auroc_macro)",
     )
     report.add_argument("--x", default=None, help="the axis on the x axis (default: the first numeric one but seed)")
+    report.add_argument("--baseline", default=None,
+                        help="a variant as the report names it: mark the others ↑/↓ where they differ significantly "
+                        "from it at the same x (paired by seed)")
     data = commands.add_parser(
         "data", help="hospital folders on disk: validate, export the synthetic federation, import IU X-ray reports"
     )
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from fedmm.studies.report import DEFAULT_METRICS, write_report
 
-            console.print(f"written: {write_report(args.sweep_dir, args.metric or DEFAULT_METRICS, args.x)}")
+            path = write_report(args.sweep_dir, args.metric or DEFAULT_METRICS, args.x, args.baseline)
+            console.print(f"written: {path}")
             return 0
         if args.command == "privacy-sweep":
             return sweep_privacy(args.epsilons, args.overrides, args.out, args.seeds)

@@ -8,7 +8,9 @@ The x axis is one swept knob (by default the first numeric axis other than `seed
     group_bars.png         the same AUROC averaged per modality group, per variant; one panel per x value
 Tables: each metric (mean ± the half-width of its 95% t-interval over seeds, `fedmm.studies.stats`) per
 variant and x; fairness per variant and x: the mean, the
-worst hospital's AUROC (and which hospital it most often is) and the spread between hospitals.
+worst hospital's AUROC (and which hospital it most often is) and the spread between hospitals. With a
+`baseline` variant, every other variant's value is tested against the baseline's at the same x, paired by
+seed, and marked ↑/↓ where the difference is significant (`fedmm.studies.tables.legend`).
 """
 
 import csv
@@ -22,8 +24,9 @@ from typing import Any
 from fedmm.config import ConfigError
 from fedmm.data.modality import GROUPS
 from fedmm.evaluation.metrics import REPORT_DEFAULT
-from fedmm.studies.stats import INTERVAL_NAME, t_interval
+from fedmm.studies.stats import paired_difference, t_interval
 from fedmm.studies.sweep import HOSPITAL_METRIC, SEED_AXIS, VARIANT_AXIS
+from fedmm.studies.tables import legend
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:
@@ -66,8 +69,10 @@ def _text(value: Any) -> str:
 DEFAULT_METRICS = REPORT_DEFAULT
 
 
-def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: str | None = None) -> Path:
-    """Write report.md and its figures into `sweep_dir`; returns the report's path."""
+def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: str | None = None,
+                 baseline: str | None = None) -> Path:
+    """Write report.md and its figures into `sweep_dir`; returns the report's path. `baseline`: a variant
+    (as the report names it) that every other variant is tested against, at each x, paired by seed."""
     sweep = json.loads((sweep_dir / "sweep.json").read_text()) if (sweep_dir / "sweep.json").is_file() else None
     if sweep is None:
         raise ConfigError(f"{sweep_dir} holds no sweep.json: run `fedmm sweep --out {sweep_dir} ...` first")
@@ -83,6 +88,8 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
         row["x"] = row[x] if x else None
     variants = list(dict.fromkeys(row["variant"] for row in rows))
     xs = sorted({row["x"] for row in rows}, key=lambda v: (v is None, v if isinstance(v, float) else str(v)))
+    if baseline is not None and baseline not in variants:
+        raise ConfigError(f"--baseline {baseline!r} is not a variant of this sweep; its variants: {variants}")
 
     for metric in metrics:
         plot_metric_vs_x(rows, variants, xs, metric, x, sweep_dir / f"{_slug(metric)}_vs_x.png")
@@ -103,20 +110,23 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
         "",
         f"Reproduce: `{command}`, then `fedmm report {sweep_dir}"
         + "".join(f" --metric {metric}" for metric in metrics)
-        + (f" --x {x}`" if x else "`"),
+        + (f" --x {x}" if x else "")
+        + (f" --baseline '{baseline}'`" if baseline else "`"),
         "",
         f"{len(rows)} cells; x = `{x or '–'}`; variants: {len(variants)}; seeds per point: {seeds}. "
         f"`{HOSPITAL_METRIC}`: each hospital's 0-shot AUROC on its own test split, of the model it uses (its own "
         "under a personalized strategy, else the global one), for the modality it holds (images where it has "
         "any, else reports).",
         "",
+        legend(baseline),
+        "",
         *(
             line
             for metric in metrics
             for line in (
-                f"## {metric} (global test set): mean ± {INTERVAL_NAME}",
+                f"## {metric} (global test set)",
                 "",
-                metric_table(rows, variants, xs, metric, x),
+                metric_table(rows, variants, xs, metric, x, baseline),
                 "",
                 f"![{metric} against {x}]({_slug(metric)}_vs_x.png)",
                 "",
@@ -124,7 +134,7 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
         ),
         "## Fairness between hospitals",
         "",
-        fairness_table(rows, variants, xs, x),
+        fairness_table(rows, variants, xs, x, baseline),
         "",
         "![hospital x variant](hospital_heatmap.png)",
         "",
@@ -144,22 +154,35 @@ def _values(rows: list[dict], variant: str, x: Any, column: str) -> list[float]:
     return [row[column] for row in rows if row["variant"] == variant and row["x"] == x and row[column] is not None]
 
 
-def _mean_ci(values: list[float]) -> str:
-    interval = t_interval(values)
-    return "–" if interval is None else interval.format()
+def _by_seed(rows: list[dict], variant: str, x: Any, column: str) -> dict[int, float | None]:
+    return {int(row[SEED_AXIS]): row[column] for row in rows
+            if row["variant"] == variant and row["x"] == x and row.get(SEED_AXIS) is not None}
 
 
-def metric_table(rows: list[dict], variants: list[str], xs: list, metric: str, x: str | None) -> str:
+def _mean_ci(rows: list[dict], variant: str, x: Any, column: str, baseline: str | None = None) -> str:
+    """mean ± half-width over seeds, with ↑/↓ where it differs significantly from `baseline` at the same x."""
+    interval = t_interval(_values(rows, variant, x, column))
+    if interval is None:
+        return "–"
+    text = interval.format()
+    if baseline is None or variant == baseline:
+        return text
+    test = paired_difference(_by_seed(rows, variant, x, column), _by_seed(rows, baseline, x, column))
+    return text + {1: " ↑", -1: " ↓"}.get(test.direction if test is not None else 0, "")
+
+
+def metric_table(rows: list[dict], variants: list[str], xs: list, metric: str, x: str | None,
+                 baseline: str | None = None) -> str:
     lines = [
         "| variant | " + " | ".join(f"{x}={_text(v)}" if x else "value" for v in xs) + " |",
         "|---|" + "---|" * len(xs),
     ]
     for variant in variants:
-        lines.append(f"| {variant} | " + " | ".join(_mean_ci(_values(rows, variant, v, metric)) for v in xs) + " |")
+        lines.append(f"| {variant} | " + " | ".join(_mean_ci(rows, variant, v, metric, baseline) for v in xs) + " |")
     return "\n".join(lines)
 
 
-def fairness_table(rows: list[dict], variants: list[str], xs: list, x: str | None) -> str:
+def fairness_table(rows: list[dict], variants: list[str], xs: list, x: str | None, baseline: str | None = None) -> str:
     lines = [
         f"| variant | {x or ''} | mean hospital AUROC | worst hospital AUROC | worst hospital (most often) | "
         "spread (best - worst) |",
@@ -175,10 +198,10 @@ def fairness_table(rows: list[dict], variants: list[str], xs: list, x: str | Non
             ).most_common(1)
             lines.append(
                 f"| {variant} | {_text(v) if x else ''} | "
-                f"{_mean_ci(_values(rows, variant, v, f'mean_{HOSPITAL_METRIC}'))} | "
-                f"{_mean_ci(_values(rows, variant, v, f'worst_{HOSPITAL_METRIC}'))} | "
+                f"{_mean_ci(rows, variant, v, f'mean_{HOSPITAL_METRIC}', baseline)} | "
+                f"{_mean_ci(rows, variant, v, f'worst_{HOSPITAL_METRIC}', baseline)} | "
                 f"{worst[0][0] if worst else '–'} | "
-                f"{_mean_ci(_values(rows, variant, v, f'spread_{HOSPITAL_METRIC}'))} |"
+                f"{_mean_ci(rows, variant, v, f'spread_{HOSPITAL_METRIC}', baseline)} |"
             )
     return "\n".join(lines)
 

@@ -134,3 +134,20 @@ def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overri
     ):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     assert cli_main(["report", str(out), "--metric", "nope"]) == 2
+    assert cli_main(["report", str(out), "--baseline", "missing=nope"]) == 2
+    assert "significantly above/below `missing=ignore`" in write_report(out, baseline="missing=ignore").read_text()
+
+
+def test_report_marks_variants_that_differ_from_the_baseline_paired_by_seed():
+    from fedmm.studies.report import metric_table
+
+    def cells(variant, values):
+        return [{"variant": variant, "x": 0.5, "seed": float(seed), "m": value} for seed, value in enumerate(values)]
+
+    rows = [*cells("base", [0.10, 0.20, 0.30]),
+            *cells("above", [0.15, 0.26, 0.34]),  # +0.05 ± 0.01 in every seed: significant although the spread is wide
+            *cells("level", [0.12, 0.17, 0.31])]  # +0.02, -0.03, +0.01: not significant
+    lines = metric_table(rows, ["base", "above", "level"], [0.5], "m", "x", baseline="base").splitlines()
+    assert lines[2] == "| base | 0.200 ± 0.248 |"
+    assert lines[3].endswith(" ↑ |") and "↑" not in lines[4] and "↓" not in lines[4]
+    assert "↑" not in metric_table(rows, ["base", "above"], [0.5], "m", "x")  # no baseline, no marks

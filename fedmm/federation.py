@@ -3,13 +3,14 @@
 `fedmm.data.hospital_folder`)."""
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedmm.config import ConfigError, DatasetConfig, ExperimentConfig
+from fedmm.config import ConfigError, DatasetConfig, ExperimentConfig, SitesConfig
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.data.findings import FINDING_NAMES
 from fedmm.data.folder_dataset import read_folder
@@ -129,17 +130,26 @@ def load_federated_data(cfg: ExperimentConfig, progress: bool = False) -> Federa
     return FederatedData(features, torch.from_numpy(dataset.labels), federation)
 
 
-def resolve_hospitals(cfg: ExperimentConfig) -> ExperimentConfig:
-    """`scenario=natural`: `cfg` with `scenario.num_hospitals` set to the dataset's number of site hospitals
-    (read from its manifest; no image is decoded). Other scenarios: `cfg` itself."""
-    if cfg.scenario.sites is None:
-        return cfg
-    dataset = load_dataset(cfg.dataset, cfg.cache_path)
+def site_hospital_count(dataset_cfg: DatasetConfig, cache_path: Path, sites: SitesConfig) -> int:
+    """How many hospitals `sites` makes of the dataset's site column (its training rows; no image is decoded)."""
+    dataset = load_dataset(dataset_cfg, cache_path)
     if dataset.sites is None:
-        raise ConfigError(f"scenario=natural needs a dataset with sites: dataset.name={cfg.dataset.name!r} has none "
+        raise ConfigError(f"scenario=natural needs a dataset with sites: dataset.name={dataset_cfg.name!r} has none "
                           "(dataset=folder with a `site` column in its manifest)")
     train = [site for site, split in zip(dataset.sites, dataset.splits) if split == "train"]
-    hospitals = len(site_hospitals(train, cfg.scenario.sites))
+    return len(site_hospitals(train, sites))
+
+
+SiteCount = Callable[[DatasetConfig, Path, SitesConfig], int]
+
+
+def resolve_hospitals(cfg: ExperimentConfig, count: SiteCount = site_hospital_count) -> ExperimentConfig:
+    """`scenario=natural`: `cfg` with `scenario.num_hospitals` set to the dataset's number of site hospitals
+    (read from its manifest by `count`; a sweep passes a memoized one, so a manifest is read once for all its
+    cells). Other scenarios: `cfg` itself."""
+    if cfg.scenario.sites is None:
+        return cfg
+    hospitals = count(cfg.dataset, cfg.cache_path, cfg.scenario.sites)
     if cfg.scenario.num_hospitals not in (None, hospitals):
         raise ConfigError(f"scenario.num_hospitals={cfg.scenario.num_hospitals}, but the dataset's sites make "
                           f"{hospitals} hospitals; leave it null for scenario=natural")

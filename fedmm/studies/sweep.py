@@ -17,6 +17,7 @@ run again.
 """
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -32,7 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.data.modality import GROUPS
-from fedmm.federation import resolve_hospitals
+from fedmm.federation import resolve_hospitals, site_hospital_count
 from fedmm.strategies import strategy_spec
 from fedmm.studies.tables import RunFn, write_csv
 from fedmm.validation import validate_config
@@ -119,11 +120,11 @@ def make_cells(fixed: Sequence[str], axes: dict[str, list[str]]) -> list[Cell]:
 
 def compose_cells(cells: Sequence[Cell], out: Path) -> list[ExperimentConfig]:
     """Every cell's validated config, before the first run starts; a bad cell is named."""
-    configs = []
+    configs, count = [], functools.cache(site_hospital_count)  # a natural split's manifest is read once, not per cell
     for cell in cells:
         try:
             cfg = compose_config([*cell.overrides, f"run_dir='{out / 'cells' / cell.name}'"])  # quoted: = and ,
-            cfg = resolve_hospitals(cfg)  # scenario=natural: one hospital per site, as a run resolves it
+            cfg = resolve_hospitals(cfg, count)  # scenario=natural: one hospital per site, as a run resolves it
             validate_config(cfg)
         except ConfigError as error:
             raise ConfigError(f"sweep cell {cell.name}: {error}") from error

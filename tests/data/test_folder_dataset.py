@@ -202,7 +202,13 @@ def test_images_are_decoded_a_batch_at_a_time_and_a_bad_file_loses_nothing_alrea
     assert fixed.image_features[row].abs().sum() > 0
 
 
-def test_a_sweep_over_a_folder_resolves_its_site_hospitals_before_validating(dataset_dir, cache_dir, tmp_path):
+def test_a_sweep_over_a_folder_resolves_its_site_hospitals_before_validating(dataset_dir, cache_dir, tmp_path,
+                                                                            monkeypatch):
+    import fedmm.federation
+
+    loads, load = [], fedmm.federation.load_dataset
+    monkeypatch.setattr(fedmm.federation, "load_dataset", lambda *args: loads.append(args) or load(*args))
     cells = make_cells(*parse_sweep([*folder_overrides(dataset_dir, cache_dir), "strategy=fedavg,centralized"]))
     configs = compose_cells(cells, tmp_path)  # a cell's scenario=natural: not refused for its null num_hospitals
     assert [cfg.scenario.num_hospitals for cfg in configs] == [4, 4]  # as `fedmm run` resolves them
+    assert len(loads) == 1  # the manifest is read once for all the cells

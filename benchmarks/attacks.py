@@ -13,6 +13,11 @@ The first also says whether each aggregator holds under attack: its mean R@10 an
 attackers within `--margin-recall` and `--margin-auroc` of its own attack-free mean (the margins are
 fixed before looking at the results: 0.05 and 0.02). `--update FILE` writes both between the markers
 `<!-- benchmarks/attacks.py: begin -->` and `<!-- benchmarks/attacks.py: end -->`.
+
+`--kinds` adds the other kinds of fault, one attacker of 8, under the mean and the median (`noise` σ = 1,
+`stale`, `shuffled_pairs`; cells under OUT/kinds, 18 runs; the attack-free runs are the table's own), each
+tested against the same aggregator without attackers, at the last round; `--update` writes it between
+`<!-- benchmarks/attacks.py --kinds: begin -->` and `<!-- benchmarks/attacks.py --kinds: end -->`.
 """
 
 import argparse
@@ -33,10 +38,15 @@ SELECTED_ROUND = Column("selected_round", "selected round", lambda s: s["evaluat
 BASELINE = "the same aggregator without attackers"
 
 
-def attack(attackers: int, kind: str, scale: float) -> str:
+KINDS = {"noise": 1.0, "stale": None, "shuffled_pairs": None}  # kind -> its scale (None: the kind has none)
+KIND_AGGREGATORS = ("mean", "median")
+
+
+def attack(attackers: int, kind: str, scale: float | None) -> str:
     if attackers == 0:
         return "scenario.adversaries=[]"
-    return f"scenario.adversaries=[{{fraction:{attackers / 8},kind:{kind},scale:{scale:g}}}]"
+    return (f"scenario.adversaries=[{{fraction:{attackers / 8},kind:{kind}"
+            + ("" if scale is None else f",scale:{scale:g}") + "}]")
 
 
 def holds(rows: list[dict], margins: dict[str, float]) -> dict[str, str]:
@@ -73,6 +83,24 @@ def tables(summaries: list[dict], margins: dict[str, float]) -> str:
     ])
 
 
+def kinds_table(out: Path, seeds: str, overrides: list[str], clean: list[dict]) -> str:
+    """The mean and the median under one attacker of each other kind, at the last round; `clean`: the attack
+    table's summaries, whose attack-free runs are the baseline."""
+    levels = {attack(1, kind, scale): kind for kind, scale in KINDS.items()}
+    _, finished = run_grid(with_seeds(["+experiment=robustness", f"aggregator={','.join(KIND_AGGREGATORS)}",
+                                       *overrides], seeds), out, run_with_progress, variants=list(levels))
+    summaries = [s | {"kind": "none"} for s in clean if s["attackers"] == 0 and s["aggregator"] in KIND_AGGREGATORS]
+    summaries += [summary | {"aggregator": cell.values["aggregator"], "kind": levels[cell.values[VARIANT_AXIS]]}
+                  for cell, summary in finished]
+    rows = seeded_rows(summaries, ("aggregator", "kind"), LAST, lambda setting: {**setting, "kind": "none"})
+    rows.sort(key=lambda row: (KIND_AGGREGATORS.index(row["aggregator"]), ["none", *KINDS].index(row["kind"])))
+    for row in rows:
+        row["setting"] = f"`{row['aggregator']}`, " + ("no attacker" if row["kind"] == "none" else f"`{row['kind']}`")
+    at_last_round = [s | {"evaluated_round": s.get("last_evaluated_round", s["evaluated_round"])} for s in summaries]
+    return (f"One attacker of 8 (`noise`: σ = {KINDS['noise']:g}); seeds {seeds}; at the last round.\n\n"
+            + results_table(rows, "setting", LAST, at_last_round, BASELINE))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/attacks"))
@@ -81,6 +109,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=5.0)
     parser.add_argument("--margin-recall", type=float, default=0.05)
     parser.add_argument("--margin-auroc", type=float, default=0.02)
+    parser.add_argument("--kinds", action="store_true", help="also the other kinds of fault under mean and median")
     parser.add_argument("--update", type=Path, help="a markdown file with the table's begin/end markers")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
@@ -97,6 +126,11 @@ def main() -> None:
     print(text)
     if args.update:
         update_section(args.update, "benchmarks/attacks.py", text)
+    if args.kinds:
+        kinds = kinds_table(args.out / "kinds", args.seeds, args.overrides, summaries)
+        print(kinds)
+        if args.update:
+            update_section(args.update, "benchmarks/attacks.py --kinds", kinds)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,13 @@ def claim_run_dir(cfg: ExperimentConfig) -> Path:
     return run_dir
 
 
+def global_metrics_by_round(run_dir: Path) -> dict[int, dict[str, float]]:
+    """The global test metrics of every evaluated round in `run_dir/metrics.jsonl`, by round: a run's
+    learning curve, for comparing runs at equal rounds rather than at the rounds their selection chose."""
+    lines = (json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip())
+    return {line["round"]: line["global"] for line in lines if "global" in line}
+
+
 def summarize_hospitals(per_hospital: Mapping[int, Mapping[str, float]],
                         groups: Mapping[int, str]) -> dict[str, dict[str, float]]:
     """Per modality group: mean of each metric over the group's hospitals that report it.

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError, EarlyStoppingConfig
 from fedmm.experiment import run_experiment
+from fedmm.runs.recorder import global_metrics_by_round
 from fedmm.runs.selection import ModelSelection, server_splits
 from fedmm.validation import validate_config
 
@@ -67,6 +68,8 @@ def test_a_run_reports_the_round_selected_on_validation_and_saves_its_heads(stra
     assert summary["evaluated_round"] == summary["selection"]["selected_round"] == best[0]
     selected = next(line for line in lines if line["round"] == best[0])
     assert summary["i2t_recall@10"] == selected["global"]["i2t_recall@10"]  # test metrics of that round
+    curve = global_metrics_by_round(tmp_path)  # the test metrics of every evaluated round, whichever is selected
+    assert sorted(curve) == [line["round"] for line in lines] and curve[best[0]] == selected["global"]
     assert summary["hospitals"] == selected["hospitals"]
     last = lines[-1]["round"]
     if last < 8:  # stopped: the last `patience` evaluations did not improve

@@ -19,12 +19,9 @@ from fedmm.cli import main as cli_main
 from fedmm.compose import compose_config, load_config_file
 from fedmm.evaluation.metrics import KS
 from fedmm.experiment import run_experiment
+from fedmm.runs.recorder import read_metric_lines
 
 SUMMARY_KEYS = [f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in KS] + ["zeroshot_auroc_macro"]
-
-
-def read_lines(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def comparable(summary: dict) -> dict:
@@ -54,7 +51,7 @@ def two_federated_runs(smoke_overrides, tmp_path_factory):
 @pytest.mark.slow
 def test_simulation_writes_every_output(two_federated_runs):
     run_dir, _, (summary, _) = two_federated_runs
-    lines = read_lines(run_dir)
+    lines = read_metric_lines(run_dir)
     assert [line["round"] for line in lines] == [1, 2]
     for line in lines:
         assert len(line["sampled"]) == 2 and sorted(map(int, line["train"])) == line["sampled"]
@@ -205,7 +202,7 @@ def test_reference_runs(strategy, smoke_overrides, tmp_path):
     cfg = compose_config([*smoke_overrides, f"strategy={strategy}", f"run_dir={tmp_path}"])
     summary = run_experiment(cfg)
     assert all(key in summary for key in SUMMARY_KEYS) and summary["strategy"] == strategy
-    assert len(read_lines(tmp_path)) == 2 and set(summary["hospitals"]) == {"0", "1", "2"}
+    assert len(read_metric_lines(tmp_path)) == 2 and set(summary["hospitals"]) == {"0", "1", "2"}
     heads = load_file(tmp_path / "heads.safetensors")
     assert ("hospital2.logit_scale" in heads) == (strategy == "local")
     again = run_experiment(compose_config([*smoke_overrides, f"strategy={strategy}", f"run_dir={tmp_path / 'again'}"]))
@@ -218,7 +215,7 @@ def test_centralized_gets_the_federations_budget_in_sample_passes(smoke_override
         cfg = compose_config([*smoke_overrides, f"strategy={strategy}", f"federation.clients_per_round={sampled}",
                               "federation.rounds=3", f"run_dir={tmp_path / f'{strategy}-{sampled}'}"])
         summary = run_experiment(cfg)
-        lines = read_lines(Path(cfg.run_dir))
+        lines = read_metric_lines(Path(cfg.run_dir))
         per_round = [sum(m.get("train-samples", 0) for m in line["train"].values()) for line in lines]
         assert summary["sample_passes"] == sum(per_round) > 0
         return per_round

@@ -1,6 +1,5 @@
 """A PNG of a run's metrics per round, read back from its metrics.jsonl."""
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -9,10 +8,11 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedmm.evaluation.metrics import GLOBAL_CURVES, GROUP_CURVES, label  # noqa: E402
+from fedmm.runs.recorder import read_metric_lines  # noqa: E402
 
 
-def plot_metrics(metrics_path: Path, output_path: Path, title: str = "") -> None:
-    lines = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+def plot_metrics(run_dir: Path, output_path: Path, title: str = "") -> None:
+    lines = read_metric_lines(run_dir)
     figure, (ax_global, ax_groups, ax_loss) = plt.subplots(1, 3, figsize=(16, 4.5))
     evaluated = [line for line in lines if "global" in line]
     for name in GLOBAL_CURVES:

@@ -60,11 +60,16 @@ def claim_run_dir(cfg: ExperimentConfig) -> Path:
     return run_dir
 
 
+def read_metric_lines(run_dir: Path) -> list[dict[str, Any]]:
+    """Every line of `run_dir/metrics.jsonl`, one per recorded round, in order; none before the first round."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def global_metrics_by_round(run_dir: Path) -> dict[int, dict[str, float]]:
     """The global test metrics of every evaluated round in `run_dir/metrics.jsonl`, by round: a run's
     learning curve, for comparing runs at equal rounds rather than at the rounds their selection chose."""
-    lines = (json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip())
-    return {line["round"]: line["global"] for line in lines if "global" in line}
+    return {line["round"]: line["global"] for line in read_metric_lines(run_dir) if "global" in line}
 
 
 def summarize_hospitals(per_hospital: Mapping[int, Mapping[str, float]],
@@ -121,14 +126,10 @@ class RunRecorder:
         # The saved config reruns the whole run from scratch (the same rounds, seeds and results).
         saved = config_to_dict(cfg) | {"resume": False}
         (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-        kept = [line for line in self.read_lines() if line["round"] <= resume_round] if resume_round else []
+        kept = [line for line in read_metric_lines(run_dir) if line["round"] <= resume_round] if resume_round else []
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
         for line in kept:  # what finish() summarizes: bytes, privacy, the last evaluation
             self.absorb(line)
-
-    def read_lines(self) -> list[dict[str, Any]]:
-        path = self.run_dir / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def record(self, server_round: int, sampled: list[int], train: Mapping[int, Mapping[str, float]],
                global_metrics: Mapping[str, float] | None = None,
@@ -216,7 +217,7 @@ class RunRecorder:
         """Under simulated conditions: offline and late counts, the virtual time of the run, the virtual time
         at which each global metric first reached its final value (higher is better for all of them) and, with
         early stopping, the virtual time of the selected round (when the reported model existed)."""
-        lines = self.read_lines()
+        lines = read_metric_lines(self.run_dir)
         if not any("offline" in line or "clock_s" in line for line in lines) and is_ideal(self.cfg.conditions):
             return {}
         summary: dict[str, Any] = {
@@ -288,5 +289,5 @@ class RunRecorder:
             shutil.copyfile(self.run_dir / BEST_HEADS, self.run_dir / "heads.safetensors")
         from fedmm.runs.plot import plot_metrics
 
-        plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", title=self.run_dir.name)
+        plot_metrics(self.run_dir, self.run_dir / "metrics.png", title=self.run_dir.name)
         return summary

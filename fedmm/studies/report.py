@@ -69,27 +69,43 @@ def _text(value: Any) -> str:
 DEFAULT_METRICS = REPORT_DEFAULT
 
 
-def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: str | None = None,
-                 baseline: str | None = None) -> Path:
-    """Write report.md and its figures into `sweep_dir`; returns the report's path. `baseline`: a variant
-    (as the report names it) that every other variant is tested against, at each x, paired by seed."""
-    sweep = json.loads((sweep_dir / "sweep.json").read_text()) if (sweep_dir / "sweep.json").is_file() else None
-    if sweep is None:
+def load_sweep(sweep_dir: Path, metrics: Sequence[str], x: str | None, baseline: str | None
+               ) -> tuple[dict[str, Any], list[dict[str, Any]], str | None, list[str], list]:
+    """A finished sweep's sweep.json and results.csv rows, each row labelled with its variant and x (see
+    `label_rows`), after checking that the requested metrics, x and baseline exist; then the variants
+    in order and the sorted values of x."""
+    if not (sweep_dir / "sweep.json").is_file():
         raise ConfigError(f"{sweep_dir} holds no sweep.json: run `fedmm sweep --out {sweep_dir} ...` first")
-    rows, hospitals = read_table(sweep_dir / "results.csv"), read_table(sweep_dir / "hospitals.csv")
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    rows = read_table(sweep_dir / "results.csv")
     for metric in metrics:
         if rows and metric not in rows[0]:
             raise ConfigError(f"--metric {metric!r} is not in results.csv; its columns: {list(rows[0])[1:]}")
-    axes = sweep["axes"]
-    x = choose_x(axes, x)
-    variant_keys = [key for key in axes if key not in (x, SEED_AXIS)]
-    for row in [*rows, *hospitals]:
-        row["variant"] = variant_of(row, variant_keys)
-        row["x"] = row[x] if x else None
+    x = choose_x(sweep["axes"], x)
+    rows = label_rows(rows, sweep["axes"], x)
     variants = list(dict.fromkeys(row["variant"] for row in rows))
     xs = sorted({row["x"] for row in rows}, key=lambda v: (v is None, v if isinstance(v, float) else str(v)))
     if baseline is not None and baseline not in variants:
         raise ConfigError(f"--baseline {baseline!r} is not a variant of this sweep; its variants: {variants}")
+    return sweep, rows, x, variants, xs
+
+
+def label_rows(rows: list[dict[str, Any]], axes: dict[str, list[str]], x: str | None) -> list[dict[str, Any]]:
+    """Each row's `variant` (every swept axis but x and the seed, as the report names it) and `x`."""
+    variant_keys = [key for key in axes if key not in (x, SEED_AXIS)]
+    for row in rows:
+        row["variant"] = variant_of(row, variant_keys)
+        row["x"] = row[x] if x else None
+    return rows
+
+
+def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: str | None = None,
+                 baseline: str | None = None) -> Path:
+    """Write report.md and its figures into `sweep_dir`; returns the report's path. `baseline`: a variant
+    (as the report names it) that every other variant is tested against, at each x, paired by seed."""
+    sweep, rows, x, variants, xs = load_sweep(sweep_dir, metrics, x, baseline)
+    hospitals = label_rows(read_table(sweep_dir / "hospitals.csv"), sweep["axes"], x)
+    axes = sweep["axes"]
 
     for metric in metrics:
         plot_metric_vs_x(rows, variants, xs, metric, x, sweep_dir / f"{_slug(metric)}_vs_x.png")
@@ -154,9 +170,42 @@ def _values(rows: list[dict], variant: str, x: Any, column: str) -> list[float]:
     return [row[column] for row in rows if row["variant"] == variant and row["x"] == x and row[column] is not None]
 
 
-def _by_seed(rows: list[dict], variant: str, x: Any, column: str) -> dict[int, float | None]:
-    return {int(row[SEED_AXIS]): row[column] for row in rows
+def by_seed(rows: list[dict], variant: str, x: Any, column: str) -> dict[int, float | None]:
+    """One variant's `column` at one value of x, keyed by seed: what `paired_difference` pairs."""
+    return {int(row[SEED_AXIS]): row.get(column) for row in rows
             if row["variant"] == variant and row["x"] == x and row.get(SEED_AXIS) is not None}
+
+
+def difference_tables(sweep_dir: Path, x: str, shares: str, baseline: str,
+                      metrics: Sequence[str] = DEFAULT_METRICS) -> str:
+    """The paired differences behind a report's sentences, as two markdown tables with 95% t-intervals and
+    p-values: along x, each variant's value at the second of `shares` ("FROM,TO") minus the first; and
+    against `baseline`, each variant minus it at every value of x. Both paired by seed."""
+    _, rows, x, variants, xs = load_sweep(sweep_dir, metrics, x, baseline)
+    parts = shares.split(",")
+    start, end = (_number(part.strip()) for part in parts) if len(parts) == 2 else (None, None)
+    if start not in xs or end not in xs:
+        raise ConfigError(f"--shares {shares!r}: give two values of {x} as FROM,TO; this sweep has "
+                          f"{', '.join(_text(v) for v in xs)}")
+
+    def cell(variant: str, value: Any, reference: str, reference_value: Any, metric: str) -> str:
+        difference = paired_difference(by_seed(rows, variant, value, metric),
+                                       by_seed(rows, reference, reference_value, metric))
+        if difference is None:
+            return "– | –"
+        p_value = "–" if difference.p_value is None else f"{difference.p_value:.3g}"
+        return f"{difference.difference.format()} | {p_value}"
+
+    lines = [f"Along x: {x} = {_text(end)} minus {_text(start)}, paired by seed", "",
+             "| variant | metric | difference (95% t-interval) | p |", "|---|---|---|---|"]
+    lines += [f"| {variant} | {metric} | {cell(variant, end, variant, start, metric)} |"
+              for variant in variants for metric in metrics]
+    lines += ["", f"Against `{baseline}` at the same {x}, paired by seed", "",
+              f"| variant | metric | {' | '.join(f'{_text(v)}: difference | p' for v in xs)} |",
+              "|---|---|" + "---|---|" * len(xs)]
+    lines += [f"| {variant} | {metric} | " + " | ".join(cell(variant, v, baseline, v, metric) for v in xs) + " |"
+              for variant in variants if variant != baseline for metric in metrics]
+    return "\n".join(lines)
 
 
 def _mean_ci(rows: list[dict], variant: str, x: Any, column: str, baseline: str | None = None) -> str:
@@ -167,7 +216,7 @@ def _mean_ci(rows: list[dict], variant: str, x: Any, column: str, baseline: str 
     text = interval.format()
     if baseline is None or variant == baseline:
         return text
-    test = paired_difference(_by_seed(rows, variant, x, column), _by_seed(rows, baseline, x, column))
+    test = paired_difference(by_seed(rows, variant, x, column), by_seed(rows, baseline, x, column))
     return text + {1: " ↑", -1: " ↓"}.get(test.direction if test is not None else 0, "")
 
 

@@ -14,13 +14,10 @@ from fedmm.compose import compose_config
 from fedmm.config import ConfigError
 from fedmm.experiment import run_experiment
 from fedmm.privacy.accounting import SampledGaussianSteps, epsilon_spent
+from fedmm.runs.recorder import read_metric_lines
 
 pytestmark = pytest.mark.slow
 SIGMA = 1.0
-
-
-def read_lines(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def independent_epsilon(sample_rate: float, noise: float, steps: int, delta: float) -> float:
@@ -40,7 +37,7 @@ def dp_sgd_run(smoke_overrides, run_dir, on_budget: str) -> tuple[dict, list]:
                           f"privacy.sample.noise_multiplier={SIGMA}", "privacy.sample.delta=1e-3",
                           f"privacy.sample.max_epsilon={budget_between_rounds(1e-3)}", f"privacy.on_budget={on_budget}",
                           "federation.rounds=3", f"run_dir={run_dir}"])
-    return run_experiment(cfg), read_lines(run_dir)
+    return run_experiment(cfg), read_metric_lines(run_dir)
 
 
 def test_dp_sgd_reports_cumulative_epsilon_and_a_hospital_stops_at_its_budget(smoke_overrides, tmp_path):
@@ -89,7 +86,7 @@ def client_level_run(smoke_overrides, run_dir):
 def test_client_level_dp_accounts_every_participation_and_its_noise_is_seeded(smoke_overrides, tmp_path):
     # client_adaptive: Flower's clipping mod at each hospital, the adaptive wrapper, FedAvgM after the noise
     summary = client_level_run(smoke_overrides, tmp_path / "first")
-    lines = read_lines(tmp_path / "first")
+    lines = read_metric_lines(tmp_path / "first")
     participations: dict[str, int] = {}
     for line in lines:
         for hospital, metrics in line["train"].items():
@@ -126,7 +123,7 @@ def test_a_resumed_run_carries_each_hospitals_epsilon_over_and_matches_one_that_
     resumed = run_experiment(
         compose_config([*common, "federation.rounds=3", f"run_dir={tmp_path / 'split'}", "resume=true"])
     )
-    lines = read_lines(tmp_path / "split")
+    lines = read_metric_lines(tmp_path / "split")
     assert [line["round"] for line in lines] == [1, 2, 3]
     # the hospital's ledger came back from its state folder: round 3's ε composes all 3 rounds, not 1
     assert lines[2]["train"]["0"]["dp-steps"] == 6

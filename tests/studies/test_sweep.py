@@ -151,3 +151,31 @@ def test_report_marks_variants_that_differ_from_the_baseline_paired_by_seed():
     assert lines[2] == "| base | 0.200 ± 0.248 |"
     assert lines[3].endswith(" ↑ |") and "↑" not in lines[4] and "↓" not in lines[4]
     assert "↑" not in metric_table(rows, ["base", "above"], [0.5], "m", "x")  # no baseline, no marks
+
+
+def test_difference_tables_pair_by_seed_along_x_and_against_the_baseline(tmp_path):
+    from fedmm.studies.report import difference_tables
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"fixed": [], "axes": {
+        "strategy": ["fedavg", "local"], "share": ["0", "0.5"], "seed": ["0", "1", "2"]}}))
+    values = {("fedavg", "0"): [0.5, 0.625, 0.75], ("fedavg", "0.5"): [0.375, 0.5, 0.6875],  # -1/8, -1/8, -1/16
+              ("local", "0"): [0.25, 0.375, 0.5], ("local", "0.5"): [0.25, 0.375, 0.5]}  # level along x
+    with open(tmp_path / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell", "strategy", "share", "seed", "m"])
+        for (strategy, share), per_seed in values.items():
+            for seed, value in enumerate(per_seed):
+                writer.writerow([f"{strategy}-{share}-{seed}", strategy, share, seed, value])
+    lines = difference_tables(tmp_path, "share", "0,0.5", "strategy=fedavg", ["m"]).splitlines()
+    assert lines[:4] == ["Along x: share = 0.5 minus 0, paired by seed", "",
+                         "| variant | metric | difference (95% t-interval) | p |", "|---|---|---|---|"]
+    # -0.104 ± t(0.975, 2) * sd / sqrt(3) = 4.303 * 0.0361 / 1.732; t = -5.0 on 2 degrees of freedom: p = 0.038
+    assert lines[4] == "| strategy=fedavg | m | -0.104 ± 0.090 | 0.0377 |"
+    assert lines[5] == "| strategy=local | m | 0.000 ± 0.000 | – |"  # the same in every seed: no p-value
+    assert lines[-1] == "| strategy=local | m | -0.250 ± 0.000 | – | -0.146 ± 0.090 | 0.0198 |"  # t = -7.0
+    for bad, named in ((dict(shares="0,0.25"), "this sweep has 0, 0.5"), (dict(shares="0"), "FROM,TO"),
+                       (dict(x="nope"), "--x 'nope'"), (dict(baseline="strategy=x"), "its variants"),
+                       (dict(metrics=["auroc"]), "--metric 'auroc'")):
+        arguments = dict(x="share", shares="0,0.5", baseline="strategy=fedavg", metrics=["m"]) | bad
+        with pytest.raises(ConfigError, match=named):
+            difference_tables(tmp_path, **arguments)

@@ -9,7 +9,11 @@ Representation Ensemble", ICLR). Each round:
    modalities it holds: an image-only hospital sends image embeddings, a report-only one report
    embeddings;
 3. the server ensembles them per modality (weights ∝ samples of that modality, times a quality score
-   on the reference set when `distill.quality_weighting`) and distills the ensemble into the global heads.
+   on the reference set when `distill.quality_weighting`) and distills the ensemble into the global heads;
+4. with `distill.server_contrastive_epochs`, the server then trains the global heads on the reference set's
+   own pairs (symmetric InfoNCE), as CreamFL's server trains its global model on the public data at the
+   start of each round (FLAIR-THU/CreamFL, `MMFL.train`). Off by default: the global heads then learn only
+   from the hospitals.
 The math is in `fedmm.aggregation.ensemble` and `fedmm.training.distill`.
 """
 
@@ -30,6 +34,7 @@ from fedmm.strategies.base import HospitalFedAvg
 from fedmm.strategies.roster import hospital_of
 from fedmm.strategies.spec import Exchange, StrategySpec, register
 from fedmm.training.distill import ReferenceEmbeddings, distill_heads, embed_reference
+from fedmm.training.local import train_heads
 from fedmm.training.updates import LocalStep, StateDict
 
 DISTILL_MESSAGE = "train.distill"
@@ -42,6 +47,7 @@ class DistillConfig:
     weight: float  # client pull of its reference embeddings toward the global ones
     server_epochs: int  # epochs over the reference set when distilling the ensemble into the global heads
     server_lr: float
+    server_contrastive_epochs: int  # then InfoNCE on the reference pairs (CreamFL's global training); 0: none
     quality_weighting: bool  # weight each hospital by its reference-set alignment (CreamFL-style)
     chunk_size: int  # rows per similarity block; memory ~ chunk_size^2, whatever the reference size
 
@@ -99,6 +105,11 @@ class FedDistill(HospitalFedAvg):
             derive_seed(self.roster.seed, DISTILL_STREAM, server_round), next(self.heads.parameters()).device)
         metrics = self.train_metrics_aggr_fn([reply.content for reply in ordered], self.weighted_by_key)
         metrics["distill-loss"] = distill_loss
+        if self.distill.server_contrastive_epochs:
+            metrics["reference-loss"] = train_heads(
+                self.heads, self.reference, self.train, derive_seed(self.roster.seed, DISTILL_STREAM, server_round, 1),
+                next(self.heads.parameters()).device, epochs=self.distill.server_contrastive_epochs,
+                optimizer=lambda parameters: torch.optim.Adam(parameters, lr=self.distill.server_lr)).loss
         state = {key: Array(value.detach().cpu().numpy()) for key, value in self.heads.state_dict().items()}
         return ArrayRecord(state), metrics
 
@@ -128,6 +139,9 @@ def check(cfg, options: FedDistillOptions) -> None:
                         ("chunk_size", distill.chunk_size)):
         if value <= 0:
             raise ConfigError(f"strategy.distill.{name}={value} must be positive")
+    if distill.server_contrastive_epochs < 0:
+        raise ConfigError(f"strategy.distill.server_contrastive_epochs={distill.server_contrastive_epochs} must be "
+                          ">= 0 (0: the server only distills)")
     if distill.weight < 0:
         raise ConfigError(f"strategy.distill.weight={distill.weight} must be >= 0")
     if cfg.missing.handler != "ignore":

@@ -156,10 +156,10 @@ def test_impossible_sample_budgets_fail_validation(sample, message):
 
 
 def test_a_target_no_noise_can_reach_fails_before_training_naming_the_hospital():
-    cfg = replace(user_config(), privacy=_privacy(configured("privacy.sample", enabled=True, target_epsilon=0.01)))
+    cfg = replace(user_config(), privacy=_privacy(configured("privacy.sample", enabled=True, target_epsilon=0.001)))
     validate_config(cfg)  # reachable or not depends on each hospital's n: checked once counts are known
     with pytest.raises(
-        ConfigError, match=r"target_epsilon=0.01 cannot be reached by hospital 1 .*raise target_epsilon"
+        ConfigError, match=r"target_epsilon=0.001 cannot be reached by hospital 1 .*raise target_epsilon"
     ):
         plan_all_hospitals(cfg, {0: 0, 1: 500})
 
@@ -519,3 +519,17 @@ def test_poisson_client_dp_charges_every_hospital_each_round_and_noises_an_empty
 def test_impossible_hospital_sampling_names_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(user_config(*overrides))
+
+
+def test_rdp_orders_past_63_tighten_a_small_epsilon_and_leave_a_typical_one_as_opacus_gives_it():
+    from opacus.accountants import RDPAccountant
+
+    def opacus_default(steps: SampledGaussianSteps, delta: float) -> float:
+        accountant = RDPAccountant()
+        accountant.history = [(steps.noise_multiplier, steps.sample_rate, steps.steps)]
+        return accountant.get_epsilon(delta=delta)  # Opacus' own orders, up to 63
+
+    small = SampledGaussianSteps(noise_multiplier=50.0, sample_rate=0.01, steps=10)  # best order: past 63
+    assert epsilon_spent((small,), 1e-5) < 0.5 * opacus_default(small, 1e-5)
+    typical = SampledGaussianSteps(noise_multiplier=1.0, sample_rate=64 / 1000, steps=300)  # best order below 63
+    assert epsilon_spent((typical,), 1e-5) == pytest.approx(opacus_default(typical, 1e-5), rel=1e-12)

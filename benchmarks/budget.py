@@ -15,11 +15,11 @@ and `<!-- benchmarks/budget.py: end -->`.
 """
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 from fedmm.cli import run_with_progress
+from fedmm.runs.recorder import read_metric_lines
 from fedmm.studies.markdown import update_section
 from fedmm.studies.sweep import run_grid, with_seeds
 
@@ -29,7 +29,7 @@ FIXED = ["federation.rounds=60", "federation.evaluate_every=2", "early_stopping.
 
 
 def curves(run_dir: Path) -> list[dict]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(run_dir)
     return [line for line in lines if "validation" in line]
 
 

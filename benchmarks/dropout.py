@@ -14,10 +14,10 @@ between the markers `<!-- benchmarks/dropout.py: begin -->` and `<!-- benchmarks
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from fedmm.cli import run_with_progress
+from fedmm.runs.recorder import read_metric_lines
 from fedmm.studies.compare import COLUMNS
 from fedmm.studies.markdown import update_section
 from fedmm.studies.sweep import run_grid, with_seeds
@@ -39,7 +39,7 @@ BASELINE = "the same form without dropout"
 def offline_rounds(run_dir: Path, summary: dict, group: str) -> float:
     """Rounds up to the reported one in which a hospital of `group` was offline, per hospital of that group."""
     members = {h for h, metrics in summary["hospitals"].items() if metrics["group"] == group}
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(run_dir)
     return sum(len(members & {str(h) for h in line.get("offline", [])}) for line in lines
                if line["round"] <= summary["evaluated_round"]) / len(members)
 

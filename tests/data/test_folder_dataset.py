@@ -21,6 +21,7 @@ from fedmm.data.synthetic import generate_synthetic_cxr
 from fedmm.experiment import run_experiment
 from fedmm.federation import load_federated_data, load_reference, resolve_hospitals
 from fedmm.models.features import load_features
+from fedmm.runs.recorder import read_metric_lines
 from fedmm.studies.sweep import compose_cells, make_cells, parse_sweep
 
 SITES = {"north": 90, "south": 70, "east": 60, "tiny-a": 12, "tiny-b": 16}  # studies per site
@@ -105,7 +106,7 @@ def test_fedmm_run_on_a_folder_dataset_by_site(strategy, dataset_dir, cache_dir,
     assert summary["hospital_sites"] == {"0": "east", "1": "north", "2": "south", "3": SMALL_SITES}
     assert 0.0 <= summary["i2t_recall@10"] <= 1.0
     assert "zeroshot_auroc_cardiomegaly" in summary and "zeroshot_auroc_effusion" in summary
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(tmp_path)
     assert [line["round"] for line in lines] == [1, 2]
 
 

@@ -27,6 +27,7 @@ from fedmm.deployment.local import COMPLETED, LocalFederation, alive_in_groups, 
 from fedmm.experiment import run_experiment
 from fedmm.federation import load_folder_features, load_hospital_folder, load_server_data
 from fedmm.models.heads import build_heads
+from fedmm.runs.recorder import read_metric_lines
 
 # Every metric name a hospital may publish: counts, losses, privacy accounting and aggregate evaluation
 # metrics of its own test split. Anything else in a reply fails the audit.
@@ -242,10 +243,6 @@ def run_on_loopback(folders, out, overrides, tls=False, node_auth=False, kill_af
     return status, details, run_dir, groups
 
 
-def read_rounds(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 # The two loopback runs are the suite's longest tests (about 2 min each, mostly waiting on Flower's message
 # polling and, for a killed node, its 60 s heartbeat timeout), so each proves several things at once. They are
 # in xdist group "waits": one worker runs them in turn, from the start, beside the rest (side by side they
@@ -261,12 +258,12 @@ def test_a_loopback_deployment_computes_what_the_simulation_does_and_stops_below
     assert not alive_in_groups(groups)
     # Round 1, with every node: the same federation in simulation gives the same evaluation, number for number
     # (training losses may differ in the last float bits: a node uses all cores, a simulated hospital one thread).
-    deployed = read_rounds(run_dir)
+    deployed = read_metric_lines(run_dir)
     assert [line["round"] for line in deployed] == [1]  # round 1 finished and is kept
     assert sorted(deployed[0]["hospitals"]) == ["0", "1", "2"]
     reference = tmp_path / "simulated"
     run_experiment(compose_config([*overrides, "simulation.engine=inprocess", f"run_dir={reference}"]))
-    simulated = read_rounds(reference)[0]
+    simulated = read_metric_lines(reference)[0]
     assert deployed[0]["global"] == simulated["global"] and deployed[0]["hospitals"] == simulated["hospitals"]
     # Round 2, without the node killed after round 1: too few remain, so the run stops, and says why.
     assert status == "finished:failed"
@@ -289,7 +286,7 @@ def test_over_tls_with_node_authentication_and_secagg_a_run_completes_without_a_
     assert status == COMPLETED, details
     assert not alive_in_groups(groups)
     assert "https://127.0.0.1" in (out / "logs" / "superlink.log").read_text()  # TLS, not a silent fallback
-    rounds = read_rounds(run_dir)
+    rounds = read_metric_lines(run_dir)
     assert [line["round"] for line in rounds] == [1, 2]  # round 2 without the node killed after round 1
     assert sorted(rounds[0]["hospitals"]) == ["0", "1", "2"] and sorted(rounds[-1]["hospitals"]) == ["0", "1"]
     assert sorted(rounds[-1]["train"]) == ["0", "1"] and "skipped" not in rounds[-1]

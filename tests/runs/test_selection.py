@@ -1,6 +1,5 @@
 """Early stopping: a validation split held out from the global test pool selects the round a run reports."""
 
-import json
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from safetensors.torch import load_file
 from fedmm.compose import compose_config
 from fedmm.config import ConfigError, EarlyStoppingConfig
 from fedmm.experiment import run_experiment
-from fedmm.runs.recorder import global_metrics_by_round
+from fedmm.runs.recorder import global_metrics_by_round, read_metric_lines
 from fedmm.runs.selection import ModelSelection, server_splits
 from fedmm.validation import validate_config
 
@@ -62,7 +61,7 @@ def test_a_run_reports_the_round_selected_on_validation_and_saves_its_heads(stra
                           "federation.evaluate_every=1", "early_stopping.metric=i2t_recall@10",
                           "early_stopping.patience=2", f"run_dir={tmp_path}"])
     summary = run_experiment(cfg)
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(tmp_path)
     values = [(line["round"], line["validation"]["i2t_recall@10"]) for line in lines]
     best = max(values, key=lambda rv: (rv[1], -rv[0]))  # the best, the earliest among ties
     assert summary["evaluated_round"] == summary["selection"]["selected_round"] == best[0]
@@ -85,7 +84,7 @@ def test_local_takes_every_hospital_at_its_own_best_round(smoke_overrides, tmp_p
     cfg = compose_config([*smoke_overrides, "strategy=local", "federation.rounds=10", "federation.evaluate_every=1",
                           "early_stopping.metric=i2t_recall@10", "early_stopping.patience=2", f"run_dir={tmp_path}"])
     summary = run_experiment(cfg)
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(tmp_path)
     for hospital, selected in summary["selected_rounds"].items():
         curve = [(line["round"], line["hospital_validation"][hospital]) for line in lines]
         assert selected == max(curve, key=lambda rv: (rv[1], -rv[0]))[0]  # its own best, the earliest among ties

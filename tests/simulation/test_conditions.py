@@ -2,7 +2,6 @@
 (`fedmm.simulation.conditions`), from the schedule up to a whole run."""
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 
 from fedmm import protocol as keys
 from fedmm.config import AvailabilityConfig, ConditionsConfig, ConfigError
+from fedmm.runs.recorder import read_metric_lines
 from fedmm.simulation.conditions import Availability, Clock, offline_rounds, training_speed
 from fedmm.strategies.roster import RoundLog
 from fedmm.training.local import train_heads
@@ -179,7 +179,7 @@ def test_a_run_under_dropouts_and_a_deadline_records_who_was_missing(smoke_overr
                           "conditions.deadline_s=3", "conditions.late=drop", "early_stopping.metric=i2t_recall@10",
                           "early_stopping.patience=null", f"run_dir={tmp_path}"])
     summary = run_experiment(cfg)
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(tmp_path)
     availability = Availability(cfg.conditions.availability, 3, cfg.seed, 4)
     clock = 0.0
     for line in lines:

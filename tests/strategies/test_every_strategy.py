@@ -12,6 +12,7 @@ from fedmm.compose import compose_config
 from fedmm.experiment import run_experiment
 from fedmm.federation import load_federated_data
 from fedmm.models.heads import is_personal_layer
+from fedmm.runs.recorder import read_metric_lines
 from fedmm.strategies import Exchange, all_strategies, strategy_spec
 
 FEDERATED = [spec.name for spec in all_strategies() if not spec.is_reference]
@@ -29,7 +30,7 @@ def test_strategy_runs_and_only_shared_arrays_leave_the_hospitals(name, smoke_ov
     train = [e for e in entries if e["type"].startswith("train")]
 
     # The run itself: two rounds, every hospital evaluated, bytes measured
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(tmp_path / "run")
     assert [line["round"] for line in lines] == [1, 2] and set(summary["hospitals"]) == {"0", "1", "2"}
     sent = [
         sum(len(Array(np.zeros(shape, dtype=np.float32)).data) for shape in e["reply_shapes"].values()) for e in train
@@ -95,7 +96,7 @@ def test_missing_modality_handlers_train_the_image_only_hospital_in_personalized
         [*smoke_overrides, f"strategy={strategy}", f"missing={handler}", f"run_dir={tmp_path / 'run'}"]
     )
     run_experiment(cfg)
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(tmp_path / "run")
     image_only = lines[0]["train"]["1"]  # smoke: hospital 1 holds images only
     assert image_only["num-image-used"] == len(load_federated_data(cfg).hospital(1).train) > 0
     assert (image_only["num-paired-used"], image_only["num-report-used"]) == (0, 0)

@@ -12,6 +12,7 @@ from fedmm.aggregation.modality import MODALITY, SIZE, RunningAverage
 from fedmm.aggregation.secure import SecureSum, average_error_bound, hospital_vector
 from fedmm.config import ConfigError
 from fedmm.models.heads import HeadGroup
+from fedmm.runs.recorder import read_metric_lines
 from fedmm.strategies.secagg import shares_and_threshold
 from fedmm.validation import validate_config
 from tests.helpers import make_audit_mod, state, user_config
@@ -95,7 +96,7 @@ def run(smoke_overrides, run_dir, *overrides, mods=()):
 
     cfg = compose_config([*smoke_overrides, "federation.rounds=1", f"run_dir={run_dir}", *overrides])
     summary = run_experiment(cfg, client_mods=list(mods))
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metric_lines(run_dir)
     return cfg, summary, lines, load_file(run_dir / "heads.safetensors")
 
 

@@ -160,7 +160,39 @@ class HospitalAccounts:
         return ArrayRecord({key: Array(value) for key, value in zip(arrays.keys(), values)})
 
 
-class ClientLevelDP(Delegating):
+class AveragingRelease(Delegating):
+    """A wrapper that releases an averaging `HospitalFedAvg`'s rounds its own way (`ClientLevelDP`, SecAgg+).
+    Besides the averaging strategy's state it keeps, across rounds and checkpoints, the server optimizer that
+    steps after the release and, with client-level DP, the hospitals' accountants."""
+
+    averaging: HospitalFedAvg
+    server_optimizer: ServerOptimizer | None
+    accounts: HospitalAccounts | None
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
+        checkpoint = self.averaging.checkpoint(server_round, arrays)
+        if self.server_optimizer is not None:
+            checkpoint.optimizer_moments, checkpoint.optimizer_steps = self.server_optimizer.state()
+        if self.accounts is not None:
+            checkpoint.accountants = self.accounts.state()
+        return checkpoint
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.averaging.restore(checkpoint)
+        if self.server_optimizer is not None:
+            self.server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
+        if self.accounts is not None:
+            self.accounts.load_state(checkpoint.accountants)
+
+    @property
+    def has_global_model(self) -> bool:
+        return self.averaging.has_global_model
+
+    def initial_arrays(self, heads_state) -> ArrayRecord:
+        return self.averaging.initial_arrays(heads_state)
+
+
+class ClientLevelDP(AveragingRelease):
     """A Flower DP wrapper around a uniformly weighted `HospitalFedAvg`, the server optimizer after the
     noise, and each hospital's cumulative ε (reported as `client-dp-epsilon` in its training metrics)."""
 
@@ -174,21 +206,6 @@ class ClientLevelDP(Delegating):
         self.accounts = HospitalAccounts(dp, roster)
         self.current_arrays: ArrayRecord | None = None
         self.seed = seed
-
-    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
-        return keep_release_state(self.averaging.checkpoint(server_round, arrays), self.server_optimizer,
-                                  self.accounts)
-
-    def restore(self, checkpoint: Checkpoint) -> None:
-        self.averaging.restore(checkpoint)
-        restore_release_state(checkpoint, self.server_optimizer, self.accounts)
-
-    @property
-    def has_global_model(self) -> bool:
-        return self.averaging.has_global_model
-
-    def initial_arrays(self, heads_state) -> ArrayRecord:
-        return self.averaging.initial_arrays(heads_state)
 
     def epsilon(self, hospital: int) -> float:
         return self.accounts.epsilon(hospital)
@@ -221,25 +238,6 @@ class ClientLevelDP(Delegating):
         metrics = self.averaging.train_metrics_aggr_fn(
             [reply.content for reply in ordered if hospital_of(reply) in contributors], self.averaging.weighted_by_key)
         return step_after_noise(self.server_optimizer, self.current_arrays, noised), metrics
-
-
-def keep_release_state(checkpoint: Checkpoint, server_optimizer: ServerOptimizer | None,
-                       accounts: HospitalAccounts | None) -> Checkpoint:
-    """Add to `checkpoint` what a noised release keeps across rounds: the optimizer that steps after the
-    noise and the hospitals' accountants (`ClientLevelDP`, SecAgg+ with client-level DP)."""
-    if server_optimizer is not None:
-        checkpoint.optimizer_moments, checkpoint.optimizer_steps = server_optimizer.state()
-    if accounts is not None:
-        checkpoint.accountants = accounts.state()
-    return checkpoint
-
-
-def restore_release_state(checkpoint: Checkpoint, server_optimizer: ServerOptimizer | None,
-                          accounts: HospitalAccounts | None) -> None:
-    if server_optimizer is not None:
-        server_optimizer.load_state(checkpoint.optimizer_moments, checkpoint.optimizer_steps)
-    if accounts is not None:
-        accounts.load_state(checkpoint.accountants)
 
 
 def step_after_noise(server_optimizer: ServerOptimizer | None, current: ArrayRecord,

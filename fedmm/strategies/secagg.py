@@ -49,15 +49,9 @@ from fedmm.aggregation.secure import SecureSum
 from fedmm.aggregation.server_optimizers import ServerOptimizer
 from fedmm.config import ClientDPConfig, SecAggConfig
 from fedmm.models.heads import HeadGroup
-from fedmm.runs.checkpoint import Checkpoint
 from fedmm.seeding import SECAGG_STREAM
-from fedmm.strategies.base import GROUP_COUNT_KEYS, Delegating, HospitalFedAvg
-from fedmm.strategies.client_dp import (
-    HospitalAccounts,
-    keep_release_state,
-    restore_release_state,
-    step_after_noise,
-)
+from fedmm.strategies.base import GROUP_COUNT_KEYS, HospitalFedAvg
+from fedmm.strategies.client_dp import AveragingRelease, HospitalAccounts, step_after_noise
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +92,7 @@ class ProtocolRound:
         return sorted(n for n in needed if len(self.neighbours[n] & self.active) < self.threshold)
 
 
-class SecureAggregation(Delegating):
+class SecureAggregation(AveragingRelease):
     """`inner`'s rounds under SecAgg+; `inner` is an averaging `HospitalFedAvg` (checked by the spec)."""
 
     def __init__(self, inner: HospitalFedAvg, cfg: SecAggConfig, seed: int, dp: ClientDPConfig | None = None,
@@ -114,21 +108,6 @@ class SecureAggregation(Delegating):
         self.hospital_by_node = {node: hospital for hospital, node in self.roster.node_of_hospital.items()}
         self.grid: Grid | None = None
         self.round: ProtocolRound | None = None
-
-    @property
-    def has_global_model(self) -> bool:
-        return self.averaging.has_global_model
-
-    def initial_arrays(self, heads_state) -> ArrayRecord:
-        return self.averaging.initial_arrays(heads_state)
-
-    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
-        return keep_release_state(self.averaging.checkpoint(server_round, arrays), self.server_optimizer,
-                                  self.accounts)
-
-    def restore(self, checkpoint: Checkpoint) -> None:
-        self.averaging.restore(checkpoint)
-        restore_release_state(checkpoint, self.server_optimizer, self.accounts)
 
     def hospital_of_node(self, node: int) -> int:
         return self.hospital_by_node[node]

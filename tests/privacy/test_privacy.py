@@ -533,3 +533,38 @@ def test_rdp_orders_past_63_tighten_a_small_epsilon_and_leave_a_typical_one_as_o
     assert epsilon_spent((small,), 1e-5) < 0.5 * opacus_default(small, 1e-5)
     typical = SampledGaussianSteps(noise_multiplier=1.0, sample_rate=64 / 1000, steps=300)  # best order below 63
     assert epsilon_spent((typical,), 1e-5) == pytest.approx(opacus_default(typical, 1e-5), rel=1e-12)
+
+
+def test_client_dp_checkpoints_its_accountants_and_server_momentum_and_a_restored_run_continues_identically(
+    flower_run_identity, tmp_path
+):
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedmm.aggregation.server_optimizers import MomentumConfig, ServerMomentum
+    from fedmm.runs.checkpoint import load_checkpoint, save_checkpoint
+    from fedmm.strategies.base import HospitalFedAvg
+    from fedmm.strategies.roster import Roster
+
+    dp = configured("privacy.client", clipping="server_fixed", noise_multiplier=1.0, clipping_norm=0.5, delta=1e-5)
+    key = "image_head.0.weight"
+
+    def fresh() -> ClientLevelDP:
+        roster = Roster({h: 10 for h in range(3)}, clients_per_round=3, seed=0, evaluate_every=1, num_rounds=3)
+        return ClientLevelDP(HospitalFedAvg(roster, uniform_weights=True), dp,
+                             ServerMomentum(MomentumConfig(lr=1.0, momentum=0.9)), seed=0)
+
+    def play(strategy: ClientLevelDP, server_round: int, current: ArrayRecord) -> ArrayRecord:
+        list(strategy.configure_train(server_round, current, ConfigRecord(), grid=None))
+        replies = [_reply(h, {key: current[key].numpy() + 0.1 * (h + 1)}) for h in range(3)]
+        return strategy.aggregate_train(server_round, replies)[0]
+
+    whole = fresh()
+    arrays = ArrayRecord({key: _array(np.zeros(64))})
+    for server_round in (1, 2):
+        arrays = play(whole, server_round, arrays)
+    save_checkpoint(tmp_path, whole.checkpoint(2, arrays))
+    resumed = fresh()
+    resumed.restore(load_checkpoint(tmp_path))
+    assert [resumed.epsilon(h) for h in range(3)] == [whole.epsilon(h) for h in range(3)] and whole.epsilon(0) > 0
+    assert np.array_equal(resumed.server_optimizer.velocity[key], whole.server_optimizer.velocity[key])
+    assert np.array_equal(play(resumed, 3, arrays)[key].numpy(), play(whole, 3, arrays)[key].numpy())

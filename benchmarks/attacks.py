@@ -14,6 +14,10 @@ attackers within `--margin-recall` and `--margin-auroc` of its own attack-free m
 fixed before looking at the results: 0.05 and 0.02). `--update FILE` writes both between the markers
 `<!-- benchmarks/attacks.py: begin -->` and `<!-- benchmarks/attacks.py: end -->`.
 
+`--curves PNG` draws each aggregator's test R@10 per evaluated round at each attack level (mean over the
+seeds, band: the 95% t-interval), from the cells' metrics.jsonl: whether an aggregator's loss under attack
+is there from the start or grows with the rounds.
+
 `--kinds` adds the other kinds of fault, one attacker of 8, under the mean and the median (`noise` σ = 1,
 `stale`, `shuffled_pairs`; cells under OUT/kinds, 18 runs; the attack-free runs are the table's own), each
 tested against the same aggregator without attackers, at the last round; `--update` writes it between
@@ -24,9 +28,11 @@ import argparse
 from pathlib import Path
 
 from fedmm.cli import run_with_progress
+from fedmm.runs.recorder import global_metrics_by_round
 from fedmm.studies.compare import COLUMNS
 from fedmm.studies.markdown import update_section
-from fedmm.studies.sweep import VARIANT_AXIS, run_grid, with_seeds
+from fedmm.studies.stats import t_interval
+from fedmm.studies.sweep import VARIANT_AXIS, Cell, run_grid, with_seeds
 from fedmm.studies.tables import Column, results_table, seeded_rows, table_section
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multikrum")
@@ -101,6 +107,38 @@ def kinds_table(out: Path, seeds: str, overrides: list[str], clean: list[dict]) 
             + results_table(rows, "setting", LAST, at_last_round, BASELINE))
 
 
+def plot_curves(finished: list[tuple[Cell, dict]], levels: dict[str, int], out: Path, path: Path,
+                metric: str = "i2t_recall@10") -> None:
+    """One panel per aggregator: `metric` on the test set per evaluated round, a line per attack level (mean over
+    the seeds and its 95% t-interval as a band), over the rounds every seed evaluated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[tuple[str, int], list[dict[int, dict]]] = {}
+    for cell, _ in finished:
+        key = (cell.values["aggregator"], levels[cell.values[VARIANT_AXIS]])
+        curves.setdefault(key, []).append(global_metrics_by_round(out / "cells" / cell.name))
+    aggregators = list(dict.fromkeys(aggregator for aggregator, _ in curves))
+    figure, axes = plt.subplots(1, len(aggregators), figsize=(3.6 * len(aggregators), 3.4), sharey=True, squeeze=False)
+    for ax, aggregator in zip(axes[0], aggregators):
+        for attackers in sorted({n for a, n in curves if a == aggregator}):
+            seeds = curves[aggregator, attackers]
+            rounds = sorted(set.intersection(*(set(curve) for curve in seeds)))
+            intervals = [t_interval([curve[r][metric] for curve in seeds]) for r in rounds]
+            ax.plot(rounds, [i.mean for i in intervals], color=f"C{attackers}", label=f"{attackers} of 8 attack")
+            ax.fill_between(rounds, [i.mean if i.low is None else i.low for i in intervals],
+                            [i.mean if i.high is None else i.high for i in intervals], color=f"C{attackers}", alpha=0.2)
+        ax.set(title=aggregator, xlabel="round")
+    axes[0][0].set(ylabel=f"test {metric}")
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle(f"test {metric} per round; band: 95% t-interval over the seeds", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/attacks"))
@@ -111,6 +149,7 @@ def main() -> None:
     parser.add_argument("--margin-auroc", type=float, default=0.02)
     parser.add_argument("--kinds", action="store_true", help="also the other kinds of fault under mean and median")
     parser.add_argument("--update", type=Path, help="a markdown file with the table's begin/end markers")
+    parser.add_argument("--curves", type=Path, help="a PNG of each aggregator's test R@10 per round")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     levels = {attack(n, args.kind, args.scale): n for n in (0, 1, 2)}
@@ -126,6 +165,9 @@ def main() -> None:
     print(text)
     if args.update:
         update_section(args.update, "benchmarks/attacks.py", text)
+    if args.curves:
+        plot_curves(finished, levels, args.out, args.curves)
+        print(f"written {args.curves}")
     if args.kinds:
         kinds = kinds_table(args.out / "kinds", args.seeds, args.overrides, summaries)
         print(kinds)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from scipy import stats as scipy_stats
 
 LEVEL = 0.95
+EQUAL_UP_TO = 1e-12  # relative: differences closer than this are float rounding of one value
 INTERVAL_NAME = "95% Student-t confidence interval of the mean across seeds"
 TEST_NAME = "paired t-test across seeds, two-sided, α = 0.05, no multiplicity correction"
 
@@ -58,7 +59,7 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval | None
 @dataclass(frozen=True)
 class PairedDifference:
     difference: Interval  # of (value - baseline), paired by seed
-    p_value: float | None  # None with fewer than 2 pairs, or when every difference is equal (sd = 0)
+    p_value: float | None  # None with fewer than 2 pairs, or when every difference is equal (up to float rounding)
 
     @property
     def significant(self) -> bool:
@@ -80,7 +81,9 @@ def paired_difference(values: dict[int, float | None], baseline: dict[int, float
     differences = [values[seed] - baseline[seed] for seed in seeds]
     interval = t_interval(differences, level)
     p_value = None
-    if len(seeds) >= 2 and len(set(differences)) > 1:
+    # Differences equal up to float rounding (0.3 - 0.1 against 0.7 - 0.5) have no spread to test: t would be
+    # mean / (rounding error) and p about 1e-30, a number the data does not support.
+    if len(seeds) >= 2 and max(differences) - min(differences) > EQUAL_UP_TO * max(1.0, *map(abs, differences)):
         p_value = float(scipy_stats.ttest_1samp(differences, 0.0).pvalue)
     return PairedDifference(interval, p_value)
 

@@ -35,6 +35,10 @@ def test_a_paired_difference_is_significant_only_when_its_interval_excludes_zero
     assert paired_difference({5: 1.0}, baseline) is None
     same = paired_difference(baseline, baseline)
     assert same.difference.mean == 0 and not same.significant and same.p_value is None
+    # 0.2 in every seed, up to float rounding (0.19999999999999998, 0.19999999999999996, 0.20000000000000007):
+    # no spread to test, so no p-value (scipy would give about 1e-31)
+    rounded = paired_difference({0: 0.3, 1: 0.7, 2: 1.1}, {0: 0.1, 1: 0.5, 2: 0.9})
+    assert len({0.3 - 0.1, 0.7 - 0.5, 1.1 - 0.9}) == 3 and rounded.p_value is None
 
 
 def test_seeded_rows_group_by_setting_and_test_against_the_baseline():

@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--baseline", default=None,
                         help="a variant as the report names it: mark the others ↑/↓ where they differ significantly "
                         "from it at the same x (paired by seed)")
+    report.add_argument("--differences", default=None, metavar="FROM,TO",
+                        help="two values of x: add the paired differences (95%% t-interval, p) of each variant from "
+                        "FROM to TO, and of each variant minus --baseline at every x")
     data = commands.add_parser(
         "data", help="hospital folders on disk: validate, export the synthetic federation, import IU X-ray reports"
     )
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from fedmm.studies.report import DEFAULT_METRICS, write_report
 
-            path = write_report(args.sweep_dir, args.metric or DEFAULT_METRICS, args.x, args.baseline)
+            path = write_report(args.sweep_dir, args.metric or DEFAULT_METRICS, args.x, args.baseline, args.differences)
             console.print(f"written: {path}")
             return 0
         if args.command == "privacy-sweep":

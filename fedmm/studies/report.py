@@ -67,6 +67,10 @@ def _text(value: Any) -> str:
 
 
 DEFAULT_METRICS = REPORT_DEFAULT
+# The hospital columns the paired differences add to the report's metrics: the fairness table's mean and worst, and
+# the unimodal groups' hospitals (paired hospitals are most of the mean)
+DIFFERENCE_HOSPITAL_COLUMNS = (f"mean_{HOSPITAL_METRIC}", f"worst_{HOSPITAL_METRIC}",
+                               f"image_only_{HOSPITAL_METRIC}", f"report_only_{HOSPITAL_METRIC}")
 
 
 def load_sweep(sweep_dir: Path, metrics: Sequence[str], x: str | None, baseline: str | None
@@ -100,10 +104,17 @@ def label_rows(rows: list[dict[str, Any]], axes: dict[str, list[str]], x: str | 
 
 
 def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: str | None = None,
-                 baseline: str | None = None) -> Path:
+                 baseline: str | None = None, differences: str | None = None) -> Path:
     """Write report.md and its figures into `sweep_dir`; returns the report's path. `baseline`: a variant
-    (as the report names it) that every other variant is tested against, at each x, paired by seed."""
+    (as the report names it) that every other variant is tested against, at each x, paired by seed.
+    `differences` ("FROM,TO", two values of x): add the paired differences with their intervals and p-values
+    (`difference_tables`), for the metrics and the hospital columns."""
+    if differences is not None and baseline is None:
+        raise ConfigError("--differences needs --baseline: the variant the differences at each x are taken against")
     sweep, rows, x, variants, xs = load_sweep(sweep_dir, metrics, x, baseline)
+    paired = [] if differences is None else [
+        "## Paired differences", "",
+        difference_tables(sweep_dir, x, differences, baseline, [*metrics, *DIFFERENCE_HOSPITAL_COLUMNS]), ""]
     hospitals = label_rows(read_table(sweep_dir / "hospitals.csv"), sweep["axes"], x)
     axes = sweep["axes"]
 
@@ -127,7 +138,8 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
         f"Reproduce: `{command}`, then `fedmm report {sweep_dir}"
         + "".join(f" --metric {metric}" for metric in metrics)
         + (f" --x {x}" if x else "")
-        + (f" --baseline '{baseline}'`" if baseline else "`"),
+        + (f" --baseline '{baseline}'" if baseline else "")
+        + (f" --differences {differences}`" if differences else "`"),
         "",
         f"{len(rows)} cells; x = `{x or '–'}`; variants: {len(variants)}; seeds per point: {seeds}. "
         f"`{HOSPITAL_METRIC}`: each hospital's 0-shot AUROC on its own test split, of the model it uses (its own "
@@ -156,6 +168,7 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
         "",
         "![per modality group](group_bars.png)",
         "",
+        *paired,
     ]
     path = sweep_dir / "report.md"
     path.write_text("\n".join(lines))
@@ -176,16 +189,18 @@ def by_seed(rows: list[dict], variant: str, x: Any, column: str) -> dict[int, fl
             if row["variant"] == variant and row["x"] == x and row.get(SEED_AXIS) is not None}
 
 
-def difference_tables(sweep_dir: Path, x: str, shares: str, baseline: str,
+def difference_tables(sweep_dir: Path, x: str, between: str, baseline: str,
                       metrics: Sequence[str] = DEFAULT_METRICS) -> str:
     """The paired differences behind a report's sentences, as two markdown tables with 95% t-intervals and
-    p-values: along x, each variant's value at the second of `shares` ("FROM,TO") minus the first; and
+    p-values: along x, each variant's value at the second of `between` ("FROM,TO") minus the first; and
     against `baseline`, each variant minus it at every value of x. Both paired by seed."""
     _, rows, x, variants, xs = load_sweep(sweep_dir, metrics, x, baseline)
-    parts = shares.split(",")
+    if x is None:
+        raise ConfigError("--differences needs an x: this sweep has no numeric axis but the seed; name one with --x")
+    parts = between.split(",")
     start, end = (_number(part.strip()) for part in parts) if len(parts) == 2 else (None, None)
     if start not in xs or end not in xs:
-        raise ConfigError(f"--shares {shares!r}: give two values of {x} as FROM,TO; this sweep has "
+        raise ConfigError(f"--differences {between!r}: give two values of {x} as FROM,TO; this sweep has "
                           f"{', '.join(_text(v) for v in xs)}")
 
     def cell(variant: str, value: Any, reference: str, reference_value: Any, metric: str) -> str:

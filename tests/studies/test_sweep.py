@@ -136,6 +136,9 @@ def test_two_cell_sweep_runs_once_then_reuses_its_cells_and_reports(smoke_overri
     assert cli_main(["report", str(out), "--metric", "nope"]) == 2
     assert cli_main(["report", str(out), "--baseline", "missing=nope"]) == 2
     assert "significantly above/below `missing=ignore`" in write_report(out, baseline="missing=ignore").read_text()
+    # paired differences need a baseline and an x: this sweep's only axes are the variant and the seed
+    assert cli_main(["report", str(out), "--differences", "0,1"]) == 2
+    assert cli_main(["report", str(out), "--baseline", "missing=ignore", "--differences", "0,1"]) == 2
 
 
 def test_report_marks_variants_that_differ_from_the_baseline_paired_by_seed():
@@ -173,9 +176,9 @@ def test_difference_tables_pair_by_seed_along_x_and_against_the_baseline(tmp_pat
     assert lines[4] == "| strategy=fedavg | m | -0.104 ± 0.090 | 0.0377 |"
     assert lines[5] == "| strategy=local | m | 0.000 ± 0.000 | – |"  # the same in every seed: no p-value
     assert lines[-1] == "| strategy=local | m | -0.250 ± 0.000 | – | -0.146 ± 0.090 | 0.0198 |"  # t = -7.0
-    for bad, named in ((dict(shares="0,0.25"), "this sweep has 0, 0.5"), (dict(shares="0"), "FROM,TO"),
+    for bad, named in ((dict(between="0,0.25"), "this sweep has 0, 0.5"), (dict(between="0"), "FROM,TO"),
                        (dict(x="nope"), "--x 'nope'"), (dict(baseline="strategy=x"), "its variants"),
                        (dict(metrics=["auroc"]), "--metric 'auroc'")):
-        arguments = dict(x="share", shares="0,0.5", baseline="strategy=fedavg", metrics=["m"]) | bad
+        arguments = dict(x="share", between="0,0.5", baseline="strategy=fedavg", metrics=["m"]) | bad
         with pytest.raises(ConfigError, match=named):
             difference_tables(tmp_path, **arguments)

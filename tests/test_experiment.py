@@ -280,6 +280,7 @@ def test_compare_writes_tables_with_intervals_and_reuses_finished_cells(smoke_ov
     assert fedprox["zeroshot_auroc_macro_sig"] in ("-1", "0", "1") and fedavg["zeroshot_auroc_macro_diff"] == ""
     table = (tmp_path / "table.md").read_text()
     assert "### balanced" in table and "95% Student-t" in table and "sample passes" in table
+    assert "| fedprox | 2 | " in (tmp_path / "differences.md").read_text()  # minus fedavg, paired by seed
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     first = (tmp_path / "cells" / "strategy=fedavg,seed=0" / "metrics.jsonl").read_text()
     capsys.readouterr()

@@ -8,6 +8,8 @@ under `out/cells/`, reused when finished with the same config. Layout of `out`:
                              of its 95% t-interval, and the paired difference from the baseline strategy
                              with its p-value and significance (`fedmm.studies.tables`)
     table.md                 the same, one section per scenario, with the budget each row was given
+    differences.md           each strategy minus the baseline, paired by seed: difference ± the half-width of
+                             its 95% t-interval, and the p-value (what a sentence ranking two strategies quotes)
     comparison.png           headline metrics per strategy with 95% intervals, one row of panels per scenario
 """
 
@@ -17,8 +19,18 @@ from typing import Any
 
 from fedmm.data.modality import GROUPS
 from fedmm.evaluation.metrics import label
+from fedmm.studies.stats import INTERVAL_NAME
 from fedmm.studies.sweep import run_grid, with_seeds
-from fedmm.studies.tables import Column, RunFn, csv_fields, legend, seeded_rows, table_section, write_csv
+from fedmm.studies.tables import (
+    Column,
+    RunFn,
+    csv_fields,
+    difference_rows,
+    legend,
+    seeded_rows,
+    table_section,
+    write_csv,
+)
 
 KEYS = ("scenario", "strategy")
 
@@ -88,6 +100,8 @@ def run_comparison(
                        (lambda setting: {**setting, "strategy": baseline}) if baseline else None)
     write_csv(rows, out / "table.csv", csv_fields(KEYS, COLUMNS))
     (out / "table.md").write_text(markdown_table(rows, summaries, baseline))
+    if baseline:
+        (out / "differences.md").write_text(differences_markdown(rows, baseline))
     plot_comparison(rows, out / "comparison.png")
     return rows
 
@@ -99,6 +113,17 @@ def markdown_table(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], 
         members = [row for row in rows if row["scenario"] == scenario]
         runs = [s for s in summaries if s["scenario"] == scenario]
         sections.append(f"### {scenario}\n\n" + table_section(members, "strategy", COLUMNS, runs))
+    return "\n\n".join(sections) + "\n"
+
+
+def differences_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
+    """Per scenario, every strategy's paired difference from `baseline` in each compared column."""
+    sections = [f"Each cell: strategy minus `{baseline}`, paired by seed: mean difference ± half-width of its "
+                f"{INTERVAL_NAME}, and the two-sided p-value of the paired t-test (none where every seed's "
+                "difference is the same)."]
+    for scenario in dict.fromkeys(row["scenario"] for row in rows):
+        members = [row for row in rows if row["scenario"] == scenario]
+        sections.append(f"### {scenario}\n\n" + "\n".join(difference_rows(members, "strategy", COLUMNS)))
     return "\n\n".join(sections) + "\n"
 
 

@@ -63,6 +63,7 @@ def seeded_rows(
             difference = paired_difference(per_seed, {seed: column.read(s) for seed, s in reference.items()})
             if difference is not None:
                 row[f"{column.name}_diff"] = difference.difference.mean
+                row[f"{column.name}_diff_ci"] = difference.difference.half_width
                 row[f"{column.name}_p"] = difference.p_value
                 row[f"{column.name}_sig"] = difference.direction
         rows.append(row)
@@ -71,7 +72,7 @@ def seeded_rows(
 
 def csv_fields(keys: Sequence[str], columns: Sequence[Column]) -> list[str]:
     return [*keys, "seeds", "seed_list",
-            *(f"{c.name}{suffix}" for c in columns for suffix in ("", "_ci", "_diff", "_p", "_sig"))]
+            *(f"{c.name}{suffix}" for c in columns for suffix in ("", "_ci", "_diff", "_diff_ci", "_p", "_sig"))]
 
 
 def format_value(row: dict[str, Any], column: Column) -> str:
@@ -91,6 +92,27 @@ def markdown_rows(rows: Sequence[dict[str, Any]], label: str, columns: Sequence[
         "|---|---|" + "---|" * len(shown),
         *(f"| {row[label]} | {row['seeds']} | " + " | ".join(format_value(row, c) for c in shown) + " |"
           for row in rows),
+    ]
+
+
+def format_difference(row: dict[str, Any], column: Column) -> str:
+    """The paired difference from the baseline, `difference ± half-width (p = ...)`; – where there is none."""
+    difference, half, p_value = (row.get(f"{column.name}{suffix}") for suffix in ("_diff", "_diff_ci", "_p"))
+    if difference is None:
+        return "–"
+    text = f"{difference:+.{column.digits}f}" + ("" if half is None else f" ± {half:.{column.digits}f}")
+    return text + ("" if p_value is None else f" (p = {p_value:.2g})")
+
+
+def difference_rows(rows: Sequence[dict[str, Any]], label: str, columns: Sequence[Column]) -> list[str]:
+    """A Markdown table of each row's paired differences from its baseline (rows without one left out)."""
+    compared = [row for row in rows if any(row.get(f"{c.name}_diff") is not None for c in columns)]
+    shown = [c for c in columns if c.compare and any(row.get(f"{c.name}_diff") is not None for row in compared)]
+    return [
+        f"| {label} | seeds | " + " | ".join(c.header for c in shown) + " |",
+        "|---|---|" + "---|" * len(shown),
+        *(f"| {row[label]} | {row['seeds']} | " + " | ".join(format_difference(row, c) for c in shown) + " |"
+          for row in compared),
     ]
 
 

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from fedmm.studies.stats import paired_difference, t_interval
-from fedmm.studies.tables import Column, format_value, results_table, seeded_rows
+from fedmm.studies.tables import Column, difference_rows, format_difference, format_value, results_table, seeded_rows
 
 T_975_2 = 4.302653
 
@@ -53,6 +53,11 @@ def test_seeded_rows_group_by_setting_and_test_against_the_baseline():
     assert better["auroc_diff"] == pytest.approx(0.11) and better["auroc_sig"] == 1  # differences 0.10, 0.11, 0.12
     assert "bytes_diff" not in better  # a cost column is not tested
     assert format_value(better, columns[0]) == f"0.830 ± {T_975_2 * 0.03 / math.sqrt(3):.3f} ↑"
+    # the differences 0.10, 0.11, 0.12: sd 0.01; t = 0.11 / (0.01 / sqrt(3)) = 19.05 on 2 degrees of freedom
+    assert better["auroc_diff_ci"] == pytest.approx(T_975_2 * 0.01 / math.sqrt(3))
+    assert format_difference(better, columns[0]) == f"+0.110 ± {T_975_2 * 0.01 / math.sqrt(3):.3f} (p = 0.0027)"
+    assert difference_rows([fedavg, better], "strategy", columns)[2:] == [
+        f"| better | 3 | {format_difference(better, columns[0])} |"]  # the baseline and the cost column left out
 
 
 def test_a_results_table_states_its_legend_budget_and_chance():

@@ -108,9 +108,7 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
     """Write report.md and its figures into `sweep_dir`; returns the report's path. `baseline`: a variant
     (as the report names it) that every other variant is tested against, at each x, paired by seed.
     `differences` ("FROM,TO", two values of x): add the paired differences with their intervals and p-values
-    (`difference_tables`), for the metrics and the hospital columns."""
-    if differences is not None and baseline is None:
-        raise ConfigError("--differences needs --baseline: the variant the differences at each x are taken against")
+    (`difference_tables`; against the baseline too when there is one), for the metrics and the hospital columns."""
     sweep, rows, x, variants, xs = load_sweep(sweep_dir, metrics, x, baseline)
     paired = [] if differences is None else [
         "## Paired differences", "",
@@ -189,11 +187,11 @@ def by_seed(rows: list[dict], variant: str, x: Any, column: str) -> dict[int, fl
             if row["variant"] == variant and row["x"] == x and row.get(SEED_AXIS) is not None}
 
 
-def difference_tables(sweep_dir: Path, x: str, between: str, baseline: str,
+def difference_tables(sweep_dir: Path, x: str | None, between: str, baseline: str | None,
                       metrics: Sequence[str] = DEFAULT_METRICS) -> str:
     """The paired differences behind a report's sentences, as two markdown tables with 95% t-intervals and
-    p-values: along x, each variant's value at the second of `between` ("FROM,TO") minus the first; and
-    against `baseline`, each variant minus it at every value of x. Both paired by seed."""
+    p-values: along x, each variant's value at the second of `between` ("FROM,TO") minus the first; and, with a
+    `baseline`, each variant minus it at every value of x. Both paired by seed."""
     _, rows, x, variants, xs = load_sweep(sweep_dir, metrics, x, baseline)
     if x is None:
         raise ConfigError("--differences needs an x: this sweep has no numeric axis but the seed; name one with --x")
@@ -215,6 +213,8 @@ def difference_tables(sweep_dir: Path, x: str, between: str, baseline: str,
              "| variant | metric | difference (95% t-interval) | p |", "|---|---|---|---|"]
     lines += [f"| {variant} | {metric} | {cell(variant, end, variant, start, metric)} |"
               for variant in variants for metric in metrics]
+    if baseline is None:
+        return "\n".join(lines)
     lines += ["", f"Against `{baseline}` at the same {x}, paired by seed", "",
               f"| variant | metric | {' | '.join(f'{_text(v)}: difference | p' for v in xs)} |",
               "|---|---|" + "---|---|" * len(xs)]

@@ -176,6 +176,7 @@ def test_difference_tables_pair_by_seed_along_x_and_against_the_baseline(tmp_pat
     assert lines[4] == "| strategy=fedavg | m | -0.104 ± 0.090 | 0.0377 |"
     assert lines[5] == "| strategy=local | m | 0.000 ± 0.000 | – |"  # the same in every seed: no p-value
     assert lines[-1] == "| strategy=local | m | -0.250 ± 0.000 | – | -0.146 ± 0.090 | 0.0198 |"  # t = -7.0
+    assert difference_tables(tmp_path, "share", "0,0.5", None, ["m"]).splitlines() == lines[:6]  # no baseline
     for bad, named in ((dict(between="0,0.25"), "this sweep has 0, 0.5"), (dict(between="0"), "FROM,TO"),
                        (dict(x="nope"), "--x 'nope'"), (dict(baseline="strategy=x"), "its variants"),
                        (dict(metrics=["auroc"]), "--metric 'auroc'")):

@@ -111,6 +111,30 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config_file(path, ["seed=6"]).seed == 6
 
 
+def test_a_config_saved_before_an_option_existed_loads_with_the_value_that_reproduces_it(tmp_path):
+    """A run saved by an older fedmm lacks the options added since (`ADDED_OPTIONS`): it reruns, and a sweep
+    reuses it, with each such option at the value that reproduces it, and only where its section exists."""
+    import copy
+
+    import yaml
+
+    from fedmm.compose import ADDED_OPTIONS, upgrade_saved_config
+
+    for overrides in (["strategy=feddistill"], ["strategy=fedavg"]):
+        current = yaml.safe_load(yaml.safe_dump(config_to_dict(compose_config(overrides))))  # as a run saves it
+        older = copy.deepcopy(current)
+        for dotted in ADDED_OPTIONS:  # as an older fedmm wrote it
+            *parents, option = dotted.split(".")
+            section = older
+            for key in parents:
+                section = section.get(key, {}) if isinstance(section, dict) else {}
+            section.pop(option, None)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(older))
+        assert upgrade_saved_config(older) == current and load_config_file(path) == compose_config(overrides)
+    assert "distill" not in config_to_dict(compose_config(["strategy=fedavg"]))["strategy"]  # nothing added there
+
+
 def test_flower_run_config_composes_the_same_experiment():
     from fedmm.run_config import config_from_run_config
 

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from fedmm.compose import compose_config
+from fedmm.compose import compose_config, upgrade_saved_config
 from fedmm.config import ConfigError, ExperimentConfig, config_to_dict
 from fedmm.data.modality import GROUPS
 from fedmm.federation import resolve_hospitals, site_hospital_count
@@ -167,7 +167,7 @@ def run_sweep(
 def run_or_reuse(cfg: ExperimentConfig, run: RunFn, log: Callable[[str], None]) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     if (run_dir / "summary.json").exists():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = upgrade_saved_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
         if _comparable(saved) != _comparable(config_to_dict(cfg)):
             raise ConfigError(
                 f"{run_dir} holds a finished run of another configuration (the sweep's fixed "

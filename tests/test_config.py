@@ -1,6 +1,7 @@
 """Every shipped config composes into a valid experiment; bad names and keys fail with the fix."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,37 @@ def test_an_option_missing_from_the_yaml_is_named_with_where_defaults_live():
 def test_bad_engine_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(compose_config(overrides))
+
+
+OPTION_KEYS = Path(__file__).parent / "option_keys.txt"  # every option of every shipped config group, as of now
+
+
+def shipped_option_keys() -> set[str]:
+    """The dotted option keys of the config composed with each option of each group, the others at defaults."""
+    def leaves(section: dict, prefix: str = ""):
+        for key, value in section.items():
+            yield from leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
+
+    keys = set()
+    for group in ("aggregator", "conditions", "dataset", "encoders/image", "encoders/text", "missing", "privacy",
+                  "scenario", "strategy"):
+        for option in sorted((CONFIG_DIR / group).glob("*.yaml")):
+            keys |= set(leaves(config_to_dict(compose_config([f"{group}={option.stem}"]))))
+    return keys
+
+
+def test_every_new_option_is_in_added_options_or_the_snapshot():
+    """A run saved before an option existed loads only if the option is in `ADDED_OPTIONS` (docs/extending.md,
+    "Adding an option"). An option missing from tests/option_keys.txt fails here until it is entered in one:
+    ADDED_OPTIONS when runs saved without it should keep loading, else the snapshot (a new strategy's own options,
+    which no older run has). Rewrite the snapshot with `FEDMM_WRITE_OPTION_KEYS=1 pytest -k new_option`."""
+    from fedmm.compose import ADDED_OPTIONS
+
+    current = shipped_option_keys()
+    if os.environ.get("FEDMM_WRITE_OPTION_KEYS"):
+        OPTION_KEYS.write_text("".join(f"{key}\n" for key in sorted(current)))
+    known = set(OPTION_KEYS.read_text().split())
+    assert not current - known - set(ADDED_OPTIONS), (
+        f"options new since tests/option_keys.txt: {sorted(current - known - set(ADDED_OPTIONS))}; enter each in "
+        "fedmm/compose.py: ADDED_OPTIONS (with the value that reproduces older runs) or in the snapshot")
+    assert set(ADDED_OPTIONS) <= current, f"ADDED_OPTIONS names options no config has: {set(ADDED_OPTIONS) - current}"

@@ -110,9 +110,10 @@ def write_report(sweep_dir: Path, metrics: Sequence[str] = DEFAULT_METRICS, x: s
     `differences` ("FROM,TO", two values of x): add the paired differences with their intervals and p-values
     (`difference_tables`; against the baseline too when there is one), for the metrics and the hospital columns."""
     sweep, rows, x, variants, xs = load_sweep(sweep_dir, metrics, x, baseline)
-    paired = [] if differences is None else [
+    paired = [] if differences is None else [  # checked before any figure is written
         "## Paired differences", "",
-        difference_tables(sweep_dir, x, differences, baseline, [*metrics, *DIFFERENCE_HOSPITAL_COLUMNS]), ""]
+        paired_difference_tables(rows, variants, xs, x, differences, baseline,
+                                 [*metrics, *DIFFERENCE_HOSPITAL_COLUMNS]), ""]
     hospitals = label_rows(read_table(sweep_dir / "hospitals.csv"), sweep["axes"], x)
     axes = sweep["axes"]
 
@@ -193,6 +194,12 @@ def difference_tables(sweep_dir: Path, x: str | None, between: str, baseline: st
     p-values: along x, each variant's value at the second of `between` ("FROM,TO") minus the first; and, with a
     `baseline`, each variant minus it at every value of x. Both paired by seed."""
     _, rows, x, variants, xs = load_sweep(sweep_dir, metrics, x, baseline)
+    return paired_difference_tables(rows, variants, xs, x, between, baseline, metrics)
+
+
+def paired_difference_tables(rows: list[dict], variants: list[str], xs: list, x: str | None, between: str,
+                             baseline: str | None, metrics: Sequence[str]) -> str:
+    """`difference_tables` on a sweep already loaded (`load_sweep`)."""
     if x is None:
         raise ConfigError("--differences needs an x: this sweep has no numeric axis but the seed; name one with --x")
     parts = between.split(",")
